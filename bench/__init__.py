@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.<name> [--quick]``; one JSON object on the last stdout line."""

@@ -1,0 +1,1 @@
+"""Shared core of JARVIS Voice Engine: member context, database access, local stack."""
