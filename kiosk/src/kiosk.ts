@@ -1,0 +1,374 @@
+/**
+ * JarvisKiosk: one member's conversation with JARVIS on a kiosk, over livekit-client.
+ *
+ * It joins the room the token service prepared, publishes the microphone with the
+ * browser's echo cancellation / noise suppression / auto gain, plays the agent's voice,
+ * follows the agent's state and the live transcript, answers the agent's
+ * `kiosk.show_video` RPC, survives network blips and ends cleanly. The UI only listens
+ * to its typed events.
+ */
+import {
+  ConnectionError,
+  ConnectionErrorReason,
+  MediaDeviceFailure,
+  ParticipantKind,
+  Room,
+  RoomEvent,
+  Track,
+  type AudioCaptureOptions,
+  type Participant,
+  type RemoteParticipant,
+  type RemoteTrack,
+  type RpcInvocationData,
+  type TextStreamReader,
+} from "livekit-client";
+
+import { TypedEmitter } from "./events.js";
+import { kioskError, type KioskError } from "./messages.js";
+import { classifyDisconnect, DEFAULT_RECONNECT_DELAYS_MS, Reconnector, type AttemptFailure } from "./reconnect.js";
+import { answerShowVideo, SHOW_VIDEO_METHOD, type KioskVideo, type ShowVideoRejection } from "./rpc.js";
+import { AGENT_STATE_ATTRIBUTE, KioskStateMachine, type KioskState } from "./state.js";
+import {
+  ATTR_SEGMENT_ID,
+  ATTR_TRANSCRIPTION_FINAL,
+  Transcript,
+  TRANSCRIPTION_TOPIC,
+  type TranscriptLine,
+} from "./transcript.js";
+
+/** What the gym backend's session route returns (a subset of the token API's response). */
+export interface KioskSessionCredentials {
+  livekit_url: string;
+  token: string;
+  session_id?: string;
+  member_first_name?: string;
+}
+
+export interface JarvisKioskOptions {
+  /** How long to wait for the agent to join before telling the member (ms). */
+  agentTimeoutMs?: number;
+  /** Delays between rejoin attempts once livekit-client gave up on a blip (ms). */
+  reconnectDelaysMs?: readonly number[];
+  /** Where the agent's hidden <audio> elements go (default: document.body). */
+  audioContainer?: HTMLElement;
+  /** Publish the microphone (default true). False gives a text-only kiosk. */
+  microphone?: boolean;
+  logger?: Pick<Console, "info" | "warn" | "error">;
+}
+
+export type EndReason = "by_member" | "by_server" | "error";
+
+export interface JarvisKioskEvents {
+  state: KioskState;
+  transcript: TranscriptLine[];
+  /** A video to show, or null when it should close. */
+  video: KioskVideo | null;
+  videoRejected: { reason: ShowVideoRejection };
+  error: KioskError;
+  muted: boolean;
+  /** The agent's received audio track (for level meters), or null when it goes away. */
+  agentAudio: MediaStreamTrack | null;
+  ended: { reason: EndReason };
+}
+
+/** The text-mode chat topic LiveKit Agents reads member text from. */
+export const CHAT_TOPIC = "lk.chat";
+
+export const MICROPHONE_CAPTURE: AudioCaptureOptions = {
+  echoCancellation: true,
+  noiseSuppression: true,
+  autoGainControl: true,
+};
+
+const DEFAULT_AGENT_TIMEOUT_MS = 20_000;
+
+export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
+  private room: Room | null = null;
+  private credentials: KioskSessionCredentials | null = null;
+  private readonly machine: KioskStateMachine;
+  private readonly transcriptLines = new Transcript();
+  private readonly reconnector: Reconnector;
+  private readonly logger: Pick<Console, "info" | "warn" | "error">;
+  private agentIdentity: string | null = null;
+  private agentTimer: ReturnType<typeof setTimeout> | null = null;
+  private ending = false;
+  private mutedFlag = false;
+  private currentVideo: KioskVideo | null = null;
+
+  constructor(private readonly options: JarvisKioskOptions = {}) {
+    super();
+    this.logger = options.logger ?? console;
+    this.machine = new KioskStateMachine((state) => this.emit("state", state));
+    this.reconnector = new Reconnector({ delaysMs: options.reconnectDelaysMs ?? DEFAULT_RECONNECT_DELAYS_MS });
+  }
+
+  get state(): KioskState {
+    return this.machine.state;
+  }
+
+  get muted(): boolean {
+    return this.mutedFlag;
+  }
+
+  get video(): KioskVideo | null {
+    return this.currentVideo;
+  }
+
+  get transcript(): TranscriptLine[] {
+    return this.transcriptLines.snapshot();
+  }
+
+  /** The underlying LiveKit room (for stats and tests); null outside a session. */
+  get livekitRoom(): Room | null {
+    return this.room;
+  }
+
+  /** Joins the session's room; resolves once joined (the agent may still be on its way). */
+  async connect(credentials: KioskSessionCredentials): Promise<void> {
+    if (this.room) throw new Error("this kiosk already has a session: call end() first");
+    this.credentials = credentials;
+    this.ending = false;
+    this.agentIdentity = null;
+    this.transcriptLines.clear();
+    this.machine.reset();
+    this.machine.update({ started: true, connection: "connecting" });
+
+    const room = new Room({ audioCaptureDefaults: MICROPHONE_CAPTURE, adaptiveStream: false, dynacast: false });
+    this.room = room;
+    this.wireRoom(room);
+    try {
+      await room.connect(credentials.livekit_url, credentials.token, { autoSubscribe: true });
+    } catch (error) {
+      this.failSession(isTokenRefused(error) ? "token_expired" : "connection_failed", describe(error));
+      return;
+    }
+    this.machine.update({ connection: "connected" });
+    for (const participant of room.remoteParticipants.values()) this.considerParticipant(participant);
+    this.armAgentTimer();
+    // The badge tap is the user gesture that lets audio play on a kiosk browser.
+    room.startAudio().catch((error: unknown) => this.logger.warn("[jarvis-kiosk] audio playback blocked", describe(error)));
+    if (this.options.microphone ?? true) await this.publishMicrophone();
+  }
+
+  /** Mutes or unmutes the member's microphone. */
+  async setMuted(muted: boolean): Promise<void> {
+    const room = this.room;
+    if (!room || this.state === "ended") return;
+    await room.localParticipant.setMicrophoneEnabled(!muted, MICROPHONE_CAPTURE);
+    this.mutedFlag = muted;
+    this.emit("muted", muted);
+  }
+
+  /** Sends a typed message to the agent (text mode), and shows it in the transcript. */
+  async sendChat(text: string): Promise<void> {
+    const room = this.room;
+    const trimmed = text.trim();
+    if (!room || trimmed === "") return;
+    await room.localParticipant.sendText(trimmed, { topic: CHAT_TOPIC });
+    const id = `chat-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
+    this.transcriptLines.beginSegment(id, "member", true);
+    this.transcriptLines.appendDelta(id, trimmed);
+    this.emit("transcript", this.transcriptLines.snapshot());
+  }
+
+  /** Closes the video overlay (a tap on it, or the end of the video). */
+  closeVideo(): void {
+    if (this.currentVideo === null) return;
+    this.currentVideo = null;
+    this.emit("video", null);
+  }
+
+  /** Ends the session: leaves the room, stops the microphone, closes the video. */
+  async end(): Promise<void> {
+    await this.finish("by_member");
+  }
+
+  private wireRoom(room: Room): void {
+    room
+      .on(RoomEvent.Reconnecting, () => this.machine.update({ connection: "reconnecting" }))
+      .on(RoomEvent.Reconnected, () => this.machine.update({ connection: "connected" }))
+      .on(RoomEvent.Disconnected, (reason) => this.onDisconnected(reason))
+      .on(RoomEvent.ParticipantConnected, (participant) => this.considerParticipant(participant))
+      .on(RoomEvent.ParticipantDisconnected, (participant) => this.onParticipantLeft(participant))
+      .on(RoomEvent.ParticipantAttributesChanged, (_changed, participant) => this.considerParticipant(participant))
+      .on(RoomEvent.TrackSubscribed, (track, _publication, participant) => this.onTrackSubscribed(track, participant))
+      .on(RoomEvent.TrackUnsubscribed, (track) => this.onTrackUnsubscribed(track))
+      .on(RoomEvent.MediaDevicesError, (error) => this.onMicrophoneError(error));
+
+    room.registerTextStreamHandler(TRANSCRIPTION_TOPIC, (reader, participantInfo) => {
+      void this.readTranscription(reader, participantInfo.identity);
+    });
+    room.registerRpcMethod(SHOW_VIDEO_METHOD, async (data: RpcInvocationData) =>
+      answerShowVideo(data.payload, data.callerIdentity, {
+        show: (video) => {
+          this.currentVideo = video;
+          this.emit("video", video);
+        },
+        onRejected: (reason, caller) => {
+          // The payload itself is not logged: it may be huge, or carry anything.
+          this.logger.warn(`[jarvis-kiosk] ${SHOW_VIDEO_METHOD} refused from ${caller}: ${reason}`);
+          this.emit("videoRejected", { reason });
+        },
+      }),
+    );
+  }
+
+  private async publishMicrophone(): Promise<void> {
+    const room = this.room;
+    if (!room) return;
+    try {
+      await room.localParticipant.setMicrophoneEnabled(true, MICROPHONE_CAPTURE);
+    } catch (error) {
+      this.onMicrophoneError(error);
+    }
+  }
+
+  private onMicrophoneError(error: unknown): void {
+    const failure = MediaDeviceFailure.getFailure(error);
+    const code = failure === MediaDeviceFailure.NotFound ? "microphone_missing" : "microphone_denied";
+    this.logger.warn("[jarvis-kiosk] microphone unavailable", failure ?? describe(error));
+    // The session stays open: the member can still read and the agent can still speak.
+    this.emit("error", kioskError(code, String(failure ?? "unknown")));
+  }
+
+  private isAgent(participant: Participant): boolean {
+    return participant.kind === ParticipantKind.AGENT || AGENT_STATE_ATTRIBUTE in participant.attributes;
+  }
+
+  private considerParticipant(participant: Participant): void {
+    if (participant === this.room?.localParticipant || !this.isAgent(participant)) return;
+    this.agentIdentity = participant.identity;
+    this.clearAgentTimer();
+    this.machine.update({ agentPresent: true, agentState: participant.attributes[AGENT_STATE_ATTRIBUTE] });
+  }
+
+  private onParticipantLeft(participant: RemoteParticipant): void {
+    if (participant.identity !== this.agentIdentity) return;
+    this.agentIdentity = null;
+    this.machine.update({ agentPresent: false, agentState: undefined });
+    this.emit("agentAudio", null);
+    // The agent may come back (a worker restart); if not, the member is told.
+    this.armAgentTimer();
+  }
+
+  private onTrackSubscribed(track: RemoteTrack, participant: RemoteParticipant): void {
+    if (track.kind !== Track.Kind.Audio) return;
+    const element = track.attach();
+    element.dataset["jarvisAgentAudio"] = participant.identity;
+    (this.options.audioContainer ?? document.body).appendChild(element);
+    if (this.isAgent(participant)) this.emit("agentAudio", track.mediaStreamTrack);
+  }
+
+  private onTrackUnsubscribed(track: RemoteTrack): void {
+    for (const element of track.detach()) element.remove();
+  }
+
+  private async readTranscription(reader: TextStreamReader, senderIdentity: string): Promise<void> {
+    const attributes = reader.info.attributes ?? {};
+    const segmentId = attributes[ATTR_SEGMENT_ID] ?? reader.info.id;
+    const local = this.room?.localParticipant;
+    const trackId = attributes["lk.transcribed_track_id"];
+    const fromMember =
+      senderIdentity === local?.identity || (trackId !== undefined && local?.trackPublications.has(trackId) === true);
+    this.transcriptLines.beginSegment(segmentId, fromMember ? "member" : "agent", attributes[ATTR_TRANSCRIPTION_FINAL] === "true");
+    try {
+      for await (const delta of reader) {
+        this.transcriptLines.appendDelta(segmentId, delta);
+        this.emit("transcript", this.transcriptLines.snapshot());
+      }
+    } catch (error) {
+      this.logger.warn("[jarvis-kiosk] transcription stream interrupted", describe(error));
+    }
+    if (attributes[ATTR_TRANSCRIPTION_FINAL] === "true") this.transcriptLines.markFinal(segmentId);
+    this.emit("transcript", this.transcriptLines.snapshot());
+  }
+
+  private onDisconnected(reason: number | undefined): void {
+    if (this.ending || this.state === "ended") return;
+    const cause = classifyDisconnect(reason);
+    if (!Reconnector.shouldRetry(cause)) {
+      void this.finish(cause === "by_member" ? "by_member" : "by_server");
+      return;
+    }
+    void this.rejoin();
+  }
+
+  private async rejoin(): Promise<void> {
+    const room = this.room;
+    const credentials = this.credentials;
+    if (!room || !credentials || this.reconnector.isRunning) return;
+    this.clearAgentTimer();
+    this.machine.update({ connection: "reconnecting", agentPresent: false, agentState: undefined });
+    const outcome = await this.reconnector.run(
+      () => room.connect(credentials.livekit_url, credentials.token, { autoSubscribe: true }),
+      (error): AttemptFailure => ({ tokenRefused: isTokenRefused(error) }),
+      (n) => this.logger.info(`[jarvis-kiosk] rejoining the room, attempt ${n}`),
+    );
+    if (outcome === "cancelled") return;
+    if (outcome === "reconnected") {
+      this.machine.update({ connection: "connected" });
+      for (const participant of room.remoteParticipants.values()) this.considerParticipant(participant);
+      this.armAgentTimer();
+      if ((this.options.microphone ?? true) && !this.mutedFlag) await this.publishMicrophone();
+      return;
+    }
+    this.failSession(outcome === "token_refused" ? "token_expired" : "network_lost", outcome);
+  }
+
+  private armAgentTimer(): void {
+    this.clearAgentTimer();
+    if (this.agentIdentity !== null) return;
+    this.agentTimer = setTimeout(() => {
+      this.agentTimer = null;
+      if (this.agentIdentity === null && this.state !== "ended") this.failSession("agent_absent");
+    }, this.options.agentTimeoutMs ?? DEFAULT_AGENT_TIMEOUT_MS);
+  }
+
+  private clearAgentTimer(): void {
+    if (this.agentTimer !== null) clearTimeout(this.agentTimer);
+    this.agentTimer = null;
+  }
+
+  private failSession(code: Parameters<typeof kioskError>[0], detail?: string): void {
+    this.logger.warn(`[jarvis-kiosk] session failed: ${code}`, detail ?? "");
+    this.emit("error", kioskError(code, detail));
+    void this.finish("error");
+  }
+
+  private async finish(reason: EndReason): Promise<void> {
+    if (this.ending) return;
+    this.ending = true;
+    this.clearAgentTimer();
+    this.reconnector.cancel();
+    const room = this.room;
+    this.room = null;
+    this.closeVideo();
+    if (room) {
+      room.unregisterTextStreamHandler(TRANSCRIPTION_TOPIC);
+      room.unregisterRpcMethod(SHOW_VIDEO_METHOD);
+      try {
+        await room.disconnect(true);
+      } catch (error) {
+        this.logger.warn("[jarvis-kiosk] leaving the room failed", describe(error));
+      }
+      room.removeAllListeners();
+    }
+    this.emit("agentAudio", null);
+    this.machine.update({ ended: true, connection: "disconnected" });
+    this.emit("ended", { reason });
+  }
+}
+
+/** True when LiveKit refused the token itself (expired or invalid): retrying cannot help. */
+export function isTokenRefused(error: unknown): boolean {
+  return (
+    error instanceof ConnectionError &&
+    error.reason === ConnectionErrorReason.NotAllowed &&
+    (error.status === 401 || error.status === 403)
+  );
+}
+
+function describe(error: unknown): string {
+  if (error instanceof Error) return `${error.name}: ${error.message}`;
+  return String(error);
+}
