@@ -1,0 +1,1 @@
+"""The JARVIS agent worker: one LiveKit job per kiosk session."""

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AgentSettings(BaseSettings):
+    """The worker's settings, from the environment (``JARVIS_*``).
+
+    LiveKit's own ``LIVEKIT_URL``, ``LIVEKIT_API_KEY`` and ``LIVEKIT_API_SECRET`` are read by
+    livekit-agents itself.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="JARVIS_", extra="ignore")
+
+    agent_name: str = "jarvis"
+    database_url: str = "postgresql://jarvis@127.0.0.1:5432/jarvis"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Idle job processes kept warm; each costs a Python process (~150 MB).
+    num_idle_processes: int = 2
+    # Above this CPU load the worker stops taking jobs and LiveKit routes to another worker.
+    load_threshold: float = 0.85
+    # Prometheus metrics of the worker (0 = off).
+    prometheus_port: int = 0
+    db_timeout_s: float = 3.0

@@ -1,0 +1,276 @@
+"""The local stack on loopback: PostgreSQL, Redis and the LiveKit server, each a real process.
+
+Used by the tests (temporary directories, free ports) and by ``make demo`` / ``make up``
+(a project-local data directory under ``.data/``). Nothing here is used in production,
+where the services run under systemd (see deploy/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+LIVEKIT_BINARY = REPO / ".tools" / "livekit-server"
+LIVEKIT_YAML = REPO / "livekit.yaml"
+
+
+class StackError(RuntimeError):
+    """A local service could not be started."""
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(check: object, what: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"{what} exited with code {proc.returncode}")
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise StackError(f"{what} not ready after {timeout_s:.0f} s")
+
+
+def _tcp_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+def _postgres_bin(name: str) -> str:
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not candidates:
+        raise StackError(f"PostgreSQL's {name} not found: run `make setup`")
+    return candidates[-1]
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; CI and the dev machines run as root.
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+@dataclass
+class LocalStack:
+    """Handles on the running services; ``stop()`` ends them all."""
+
+    workdir: Path
+    pg_port: int = 0
+    redis_port: int = 0
+    livekit_port: int = 0
+    livekit_api_key: str = "devkey"
+    livekit_api_secret: str = field(default_factory=lambda: secrets.token_hex(24))
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    @property
+    def pg_dsn(self) -> str:
+        return f"postgresql://jarvis@127.0.0.1:{self.pg_port}/jarvis"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def livekit_url(self) -> str:
+        return f"ws://127.0.0.1:{self.livekit_port}"
+
+    def env(self) -> dict[str, str]:
+        """The environment our own services read to find the stack."""
+        return {
+            "JARVIS_DATABASE_URL": self.pg_dsn,
+            "JARVIS_REDIS_URL": self.redis_url,
+            "LIVEKIT_URL": self.livekit_url,
+            "LIVEKIT_API_KEY": self.livekit_api_key,
+            "LIVEKIT_API_SECRET": self.livekit_api_secret,
+        }
+
+    # -- PostgreSQL ---------------------------------------------------------------------
+    def start_postgres(self) -> None:
+        data = self.workdir / "pg"
+        sockets = self.workdir / "pg-sockets"
+        sockets.mkdir(parents=True, exist_ok=True)
+        fresh = not (data / "PG_VERSION").exists()
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres")
+            shutil.chown(sockets, "postgres")
+            if data.exists():
+                shutil.chown(data, "postgres")
+        if fresh:
+            subprocess.run(
+                _as_postgres_user(
+                    [_postgres_bin("initdb"), "-D", str(data), "-U", "jarvis", "--auth=trust",
+                     "-E", "UTF8", "--locale=C.UTF-8"]
+                ),
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+        self.pg_port = self.pg_port or free_port()
+        proc = subprocess.Popen(
+            _as_postgres_user(
+                [_postgres_bin("postgres"), "-D", str(data), "-p", str(self.pg_port), "-k", str(sockets),
+                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                 "-c", "full_page_writes=off", "-c", "max_connections=200"]
+            ),
+            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "postgres.log", "ab"),  # noqa: SIM115
+        )
+        self.processes.append(("postgres", proc))
+        isready = _postgres_bin("pg_isready")
+        _wait_for(
+            lambda: subprocess.run(
+                [isready, "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "jarvis"], capture_output=True
+            ).returncode == 0,
+            "PostgreSQL", 30, proc,
+        )
+        if fresh:
+            subprocess.run(
+                [_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "jarvis", "jarvis"],
+                check=True,
+            )
+
+    # -- Redis --------------------------------------------------------------------------
+    def start_redis(self) -> None:
+        self.redis_port = self.redis_port or free_port()
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        )
+        self.processes.append(("redis", proc))
+        _wait_for(lambda: _tcp_open(self.redis_port), "Redis", 15, proc)
+
+    # -- LiveKit ------------------------------------------------------------------------
+    def livekit_config(self) -> dict[str, object]:
+        """The production livekit.yaml, bent to loopback: same room defaults, local ports."""
+        config: dict[str, object] = yaml.safe_load(LIVEKIT_YAML.read_text("utf-8"))
+        self.livekit_port = self.livekit_port or free_port()
+        config["port"] = self.livekit_port
+        config["bind_addresses"] = ["127.0.0.1"]
+        rtc = dict(config.get("rtc") or {})  # type: ignore[call-overload]
+        rtc.update(
+            tcp_port=free_port(),
+            udp_port=free_port(socket.SOCK_DGRAM),
+            node_ip="127.0.0.1",
+            use_external_ip=False,
+            enable_loopback_candidate=True,
+        )
+        for key in ("port_range_start", "port_range_end"):
+            rtc.pop(key, None)
+        config["rtc"] = rtc
+        config.pop("key_file", None)
+        config["keys"] = {self.livekit_api_key: self.livekit_api_secret}
+        if self.redis_port:
+            config["redis"] = {"address": f"127.0.0.1:{self.redis_port}", "db": 1}
+        else:
+            config.pop("redis", None)
+        config["logging"] = {"level": "warn", "json": False}
+        return config
+
+    def start_livekit(self) -> None:
+        if not LIVEKIT_BINARY.exists():
+            raise StackError(f"{LIVEKIT_BINARY} missing: run `make setup`")
+        path = self.workdir / "livekit.yaml"
+        path.write_text(yaml.safe_dump(self.livekit_config()), "utf-8")
+        proc = subprocess.Popen(
+            [str(LIVEKIT_BINARY), "--config", str(path)],
+            stdout=open(self.workdir / "livekit.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        )
+        self.processes.append(("livekit", proc))
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.livekit_port}/", timeout=1) as r:
+                return bool(r.status == 200)
+
+        _wait_for(healthy, "LiveKit server", 30, proc)
+
+    # -- our own services ---------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **self.env(), **(extra_env or {})}
+        proc = subprocess.Popen(
+            [sys.executable, *args], env=env, cwd=REPO,
+            stdout=open(self.workdir / f"{name}.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        )
+        self.processes.append((name, proc))
+        return proc
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.workdir / f"{name}.log"
+        return "\n".join(path.read_text("utf-8", "replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def start_token_service(self, extra_env: dict[str, str] | None = None) -> str:
+        """``python -m token_service`` on a free port; returns its base URL."""
+        port = free_port()
+        proc = self._spawn("token_service", ["-m", "token_service"], {"JARVIS_PORT": str(port), **(extra_env or {})})
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+
+        _wait_for(healthy, "token service", 30, proc)
+        return f"http://127.0.0.1:{port}"
+
+    def start_agent_worker(self, extra_env: dict[str, str] | None = None, name: str = "agent") -> None:
+        """``python -m agent start``; returns once the worker registered with LiveKit."""
+        proc = self._spawn(name, ["-m", "agent", "start"], extra_env)
+        log = self.workdir / f"{name}.log"
+        _wait_for(
+            lambda: "registered worker" in log.read_text("utf-8", "replace"),
+            f"agent worker (log: {log})", 90, proc,
+        )
+
+    def stop(self) -> None:
+        for _name, proc in reversed(self.processes):
+            if proc.poll() is None:
+                proc.terminate()
+        for _name, proc in reversed(self.processes):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+
+
+@contextlib.contextmanager
+def local_stack(workdir: Path | None = None, *, livekit: bool = True) -> Iterator[LocalStack]:
+    """Start PostgreSQL, Redis and (optionally) LiveKit; stop them all on exit.
+
+    With no ``workdir``, everything lives in a temporary directory removed afterwards.
+    """
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.mkdtemp(prefix="jarvis-stack-")
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)
+    workdir.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(workdir=workdir)
+    try:
+        stack.start_postgres()
+        stack.start_redis()
+        if livekit:
+            stack.start_livekit()
+        yield stack
+    finally:
+        stack.stop()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Install everything JARVIS needs on a fresh Debian machine; seconds when already done.
+#   Debian packages, the LiveKit server (from the Go module proxy), .venv with the project,
+#   the kiosk's npm packages and build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LIVEKIT_VERSION=1.13.5
+APT_PACKAGES=(redis-server postgresql postgresql-client espeak-ng sox chromium ca-certificates)
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# 1. Debian packages
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. LiveKit server, built from source by the Go toolchain, kept project-local
+mkdir -p .tools
+if ! .tools/livekit-server --version 2>/dev/null | grep -q "$LIVEKIT_VERSION"; then
+  log "building livekit-server v$LIVEKIT_VERSION (go install, a few minutes the first time)"
+  gobin=$(mktemp -d)
+  GOBIN="$gobin" go install "github.com/livekit/livekit-server/cmd/server@v$LIVEKIT_VERSION"
+  mv "$gobin/server" .tools/livekit-server
+  rmdir "$gobin"
+fi
+
+# 3. Python: .venv with the project (editable) and its dev extras
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
+fi
+stamp=.venv/.jarvis-setup-stamp
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing Python packages (torch is large: about a minute the first time)"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+
+# 4. Kiosk (TypeScript): npm packages from the lock file, then the page build
+if [ -f kiosk/package-lock.json ]; then
+  kstamp=kiosk/node_modules/.jarvis-setup-stamp
+  kwant=$(cat kiosk/package-lock.json kiosk/package.json | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$kstamp" 2>/dev/null)" != "$kwant" ]; then
+    log "installing kiosk npm packages"
+    (cd kiosk && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$kwant" > "$kstamp"
+  fi
+  if [ -n "$(find kiosk/src kiosk/page kiosk/index.html -newer kiosk/dist/.built 2>/dev/null | head -1)" ] || [ ! -f kiosk/dist/.built ]; then
+    if grep -q '"build"' kiosk/package.json; then
+      log "building the kiosk page"
+      (cd kiosk && npm run --silent build) && touch kiosk/dist/.built
+    fi
+  fi
+fi
+log "ready"
