@@ -1,14 +1,174 @@
-"""The conversation itself. This skeleton only keeps the session open: speech and the
-gym tools plug in here."""
+"""The conversation: one AgentSession with the member's prompt, the gym tools and the LLM.
+
+Speech is optional here: without STT/TTS the session runs in text mode (the kiosk's chat
+messages in, text out), which is how the brain is tested. The speech plugins are passed in
+by whoever builds the session (`stt`, `tts`, `vad`), nothing else changes.
+"""
 
 from __future__ import annotations
 
-from livekit.agents import JobContext
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
+from livekit import rtc
+from livekit.agents import Agent, AgentSession, JobContext, room_io
+from livekit.agents import llm as lk_llm
+from livekit.agents import stt as lk_stt
+from livekit.agents import tts as lk_tts
+from livekit.agents import vad as lk_vad
+from livekit.agents.llm import mcp
+from livekit.agents.voice.agent_session import SessionConnectOptions
+
+from agent.llm import LLMConfig, build_llm, llm_connect_options
+from agent.prompt import build_instructions, greeting
 from agent.resources import SessionResources
+from agent.session_log import SessionLog
+from agent.tools import (
+    TOOL_SPECS,
+    CoachNotifier,
+    GymTools,
+    Kiosk,
+    RoomKiosk,
+    SessionIds,
+    livekit_tools,
+    log_only_notifier,
+)
 from jarvis.context import MemberContext
 
+logger = logging.getLogger("jarvis.agent.conversation")
 
-async def start_conversation(ctx: JobContext, context: MemberContext, resources: SessionResources) -> None:
-    """Start talking with the member; returns once the conversation is running."""
+# A member asks one thing at a time: a tool result, then the answer; a third step is a loop.
+MAX_TOOL_STEPS = 3
+
+
+class JarvisAgent(Agent):
+    """JARVIS for one member: the personalised instructions and the gym's tools."""
+
+    def __init__(
+        self,
+        context: MemberContext,
+        tools: GymTools,
+        *,
+        mcp_servers: list[mcp.MCPServer] | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        super().__init__(
+            instructions=build_instructions(context, now),
+            tools=list(livekit_tools(tools)),
+            mcp_servers=mcp_servers or None,
+        )
+
+
+@dataclass
+class Conversation:
+    session: AgentSession[GymTools]
+    agent: JarvisAgent
+    tools: GymTools
+    log: SessionLog
+    greeting: str
+
+
+def external_mcp_servers(agent_settings: dict[str, Any]) -> list[mcp.MCPServer]:
+    """The gym's own MCP servers, from gyms.agent_settings.mcp_servers: [{"url": ..., ...}]."""
+    ours = {spec.name for spec in TOOL_SPECS}
+    servers: list[mcp.MCPServer] = []
+    for entry in agent_settings.get("mcp_servers") or []:
+        url = entry.get("url") if isinstance(entry, dict) else None
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            logger.warning("ignoring an MCP server entry without an http(s) url")
+            continue
+        allowed = entry.get("allowed_tools")
+        servers.append(
+            mcp.MCPServerHTTP(
+                url=url,
+                transport_type="sse" if entry.get("transport") == "sse" else "streamable_http",
+                # A gym's tool may not shadow one of ours: the gym tools hold the tenant rules.
+                allowed_tools=[t for t in allowed if t not in ours] if isinstance(allowed, list) else None,
+                headers=entry.get("headers") if isinstance(entry.get("headers"), dict) else None,
+                timeout=float(entry.get("timeout_s", 5)),
+                client_session_timeout_seconds=float(entry.get("timeout_s", 5)),
+            )
+        )
+    return servers
+
+
+def build_conversation(
+    context: MemberContext,
+    *,
+    pool: Any,
+    llm: lk_llm.LLM,
+    llm_conn_options: Any = None,
+    kiosk: Kiosk | None = None,
+    stt: lk_stt.STT | None = None,
+    tts: lk_tts.TTS | None = None,
+    vad: lk_vad.VAD | None = None,
+    notify_coach: CoachNotifier = log_only_notifier,
+    mcp_servers: list[mcp.MCPServer] | None = None,
+    now: datetime | None = None,
+) -> Conversation:
+    """Everything a session needs, not started yet; tests drive it with `session.run`."""
+    ids = SessionIds(gym_id=context.gym.id, member_id=context.member.id, session_id=context.session_id)
+    tools = GymTools(pool, ids, kiosk=kiosk, notify_coach=notify_coach)
+    # Only what is given: AgentSession tells "not given" apart from None.
+    options: dict[str, Any] = {"stt": stt, "tts": tts, "vad": vad}
+    options = {key: value for key, value in options.items() if value is not None}
+    if llm_conn_options is not None:
+        options["conn_options"] = SessionConnectOptions(llm_conn_options=llm_conn_options)
+    session: AgentSession[GymTools] = AgentSession(
+        llm=llm, userdata=tools, max_tool_steps=MAX_TOOL_STEPS, **options
+    )
+    agent = JarvisAgent(context, tools, mcp_servers=mcp_servers, now=now)
+    log = SessionLog(pool, context)
+    log.attach(session)
+    return Conversation(session=session, agent=agent, tools=tools, log=log, greeting=greeting(context, now))
+
+
+def _kiosk_identity(room: rtc.Room) -> str | None:
+    for participant in room.remote_participants.values():
+        if participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            return participant.identity
     return None
+
+
+async def start_conversation(
+    ctx: JobContext,
+    context: MemberContext,
+    resources: SessionResources,
+    *,
+    stt: lk_stt.STT | None = None,
+    tts: lk_tts.TTS | None = None,
+    vad: lk_vad.VAD | None = None,
+    notify_coach: CoachNotifier = log_only_notifier,
+) -> AgentSession[GymTools]:
+    """Start talking with the member; returns once the conversation is running."""
+    config: LLMConfig = getattr(resources.settings, "llm", None) or LLMConfig()
+    conversation = build_conversation(
+        context,
+        pool=resources.db_pool,
+        llm=build_llm(config),
+        llm_conn_options=llm_connect_options(config),
+        kiosk=RoomKiosk(ctx.room, lambda: _kiosk_identity(ctx.room)),
+        stt=stt,
+        tts=tts,
+        vad=vad,
+        notify_coach=notify_coach,
+        mcp_servers=external_mcp_servers(context.gym.agent_settings),
+    )
+    conversation.log.start()
+    ctx.add_shutdown_callback(conversation.log.finish)
+    speech = stt is not None and tts is not None
+    await conversation.session.start(
+        conversation.agent,
+        room=ctx.room,
+        room_options=room_io.RoomOptions(
+            text_input=True,
+            text_output=True,
+            audio_input=speech,
+            audio_output=speech,
+        ),
+    )
+    # Spoken at once from a fixed text: the member hears their name before any LLM call.
+    conversation.session.say(conversation.greeting)
+    return conversation.session

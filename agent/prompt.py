@@ -34,7 +34,8 @@ GOLDEN_RULES: tuple[str, ...] = (
     "avancé, propose de prévenir le coach ou de réserver une séance.",
     "Sers-toi des outils pour agir vraiment : vidéo d'un exercice, prévenir un coach, réserver une "
     "séance, infos de la salle, statistiques du membre, mission pour l'équipe. N'annonce une action "
-    "comme faite que si l'outil l'a confirmée ; s'il échoue, dis-le simplement et propose une autre solution.",
+    "comme faite que si l'outil l'a confirmée ; s'il échoue, dis-le simplement et propose une autre "
+    "solution.",
     "Si le membre semble frustré, démotivé ou parle d'arrêter, c'est ta priorité absolue : écoute-le, "
     "rassure-le, signale le risque avec l'outil log_churn_risk et propose une solution concrète. "
     "Ne lui dis jamais qu'il est « signalé ».",
@@ -129,7 +130,8 @@ def build_instructions(ctx: MemberContext, now: datetime | None = None) -> str:
         *_member_section(ctx, local_now.date()),
         "",
         "CONTEXTE",
-        f"Nous sommes le {say_date(local_now.date())} {local_now.year}, il est {say_clock(local_now.strftime('%H:%M'))}.",
+        f"Nous sommes le {say_date(local_now.date())} {local_now.year}, "
+        f"il est {say_clock(local_now.strftime('%H:%M'))}.",
     ]
     if ctx.weather is not None:
         parts.append(

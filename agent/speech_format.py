@@ -1,7 +1,7 @@
 """Turn data into French the way it is said aloud: the TTS reads what the LLM writes.
 
-"18:45" → "dix-huit heures quarante-cinq", 29.90 € → "vingt-neuf euros quatre-vingt-dix". Used by the prompt and by
-the tools' results so that every figure the member hears is already in spoken form.
+"18:45" → "dix-huit heures quarante-cinq", 29.90 € → "vingt-neuf euros quatre-vingt-dix".
+Used by the prompt and by the tools' results so that every figure the member hears is already in spoken form.
 """
 
 from __future__ import annotations

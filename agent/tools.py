@@ -47,6 +47,9 @@ DB_TIMEOUT_S = 3.0
 BOOKING_DURATION_MIN = 60
 BOOKING_HORIZON_DAYS = 90
 KIOSK_RPC_METHOD = "kiosk.show_video"
+# Rows written by a tool point at the session when its voice_sessions row exists (it is written
+# off the conversation's path and may be missing if the database was down at the start).
+SESSION_REF = "(SELECT id FROM voice_sessions WHERE id = {} AND gym_id = $1)"
 
 
 class ToolFailure(Exception):
@@ -77,7 +80,8 @@ class VideoArgs(_Args):
     exercise: str = Field(
         min_length=1,
         max_length=80,
-        description="Nom de l'exercice tel que le membre le dit, par exemple « squat », « développé couché ».",
+        description="Nom de l'exercice tel que le membre le dit, par exemple « squat », "
+        "« développé couché ».",
     )
 
 
@@ -155,9 +159,11 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
     ToolSpec(
         "contact_coach",
         "Prévient un coach de la salle (le coach attitré du membre s'il en a un) pour qu'il vienne voir "
-        "le membre ou le rappelle. À utiliser pour une douleur, une blessure, un programme ou un conseil avancé.",
+        "le membre ou le rappelle. À utiliser pour une douleur, une blessure, un programme ou un conseil "
+        "avancé.",
         CoachArgs,
-        "Je ne peux pas prévenir de coach pour le moment, le système ne répond pas. Tu peux demander à l'accueil.",
+        "Je ne peux pas prévenir de coach pour le moment, le système ne répond pas. "
+        "Tu peux demander à l'accueil.",
     ),
     ToolSpec(
         "book_session",
@@ -188,7 +194,8 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
     ),
     ToolSpec(
         "create_mission",
-        "Crée une tâche pour l'équipe de la salle : machine en panne, problème de propreté, demande du membre.",
+        "Crée une tâche pour l'équipe de la salle : machine en panne, problème de propreté, "
+        "demande du membre.",
         MissionArgs,
         "Je ne peux pas transmettre la demande à l'équipe pour le moment. Tu peux le signaler à l'accueil.",
     ),
@@ -365,7 +372,8 @@ class GymTools:
 
     async def _gym_row(self, conn: Any) -> Any:
         row = await conn.fetchrow(
-            "SELECT name, address, timezone, opening_hours, equipment, classes, prices FROM gyms WHERE id = $1",
+            "SELECT name, address, timezone, opening_hours, equipment, classes, prices"
+            " FROM gyms WHERE id = $1",
             self.ids.gym_id,
         )
         if row is None:
@@ -430,7 +438,7 @@ class GymTools:
             coach = await self._pick_coach(conn, None)
             request_id = await conn.fetchval(
                 "INSERT INTO coach_requests (gym_id, member_id, coach_id, session_id, message, urgency)"
-                " VALUES ($1, $2, $3, (SELECT id FROM voice_sessions WHERE id = $4 AND gym_id = $1), $5, $6)"
+                f" VALUES ($1, $2, $3, {SESSION_REF.format('$4')}, $5, $6)"
                 " RETURNING id",
                 self.ids.gym_id,
                 self.ids.member_id,
@@ -500,8 +508,9 @@ class GymTools:
                     )
                     raise ToolFailure(f"{coach['first_name']} n'est pas disponible à cette heure : {said}.")
                 clash = await conn.fetchval(
-                    "SELECT count(*) FROM bookings WHERE gym_id = $1 AND coach_id = $2 AND status = 'confirmed'"
-                    " AND starts_at < $4 AND starts_at + make_interval(mins => duration_min) > $3",
+                    "SELECT count(*) FROM bookings WHERE gym_id = $1 AND coach_id = $2"
+                    " AND status = 'confirmed' AND starts_at < $4"
+                    " AND starts_at + make_interval(mins => duration_min) > $3",
                     self.ids.gym_id,
                     coach["id"],
                     starts,
@@ -509,11 +518,12 @@ class GymTools:
                 )
                 if clash:
                     raise ToolFailure(
-                        f"{coach['first_name']} a déjà une séance le {say_datetime(starts)}. Propose un autre horaire."
+                        f"{coach['first_name']} a déjà une séance le {say_datetime(starts)}. "
+                        "Rien n'est réservé."
                     )
                 await conn.execute(
                     "INSERT INTO bookings (gym_id, member_id, coach_id, session_id, starts_at, duration_min)"
-                    " VALUES ($1, $2, $3, (SELECT id FROM voice_sessions WHERE id = $4 AND gym_id = $1), $5, $6)",
+                    f" VALUES ($1, $2, $3, {SESSION_REF.format('$4')}, $5, $6)",
                     self.ids.gym_id,
                     self.ids.member_id,
                     coach["id"],
@@ -527,7 +537,7 @@ class GymTools:
         async with self._connection() as conn:
             await conn.execute(
                 "INSERT INTO churn_flags (gym_id, member_id, session_id, reason, severity)"
-                " VALUES ($1, $2, (SELECT id FROM voice_sessions WHERE id = $3 AND gym_id = $1), $4, $5)",
+                f" VALUES ($1, $2, {SESSION_REF.format('$3')}, $4, $5)",
                 self.ids.gym_id,
                 self.ids.member_id,
                 self.ids.session_id,
@@ -595,7 +605,7 @@ class GymTools:
         per_week = sum(1 for m in moments if m > now - timedelta(days=28)) / 4
         streak = _week_streak({m.date() for m in moments}, now.date())
         parts = [
-            f"{say_number(last_30, feminine=True)} visite{'s' if last_30 > 1 else ''} ces trente derniers jours",
+            f"{say_number(last_30, feminine=True)} visite{'s' * (last_30 > 1)} ces trente derniers jours",
             f"environ {_say_rate(per_week)} par semaine",
             f"dernière visite le {say_date(moments[0].date())}",
         ]
@@ -607,7 +617,7 @@ class GymTools:
         async with self._connection() as conn:
             await conn.execute(
                 "INSERT INTO missions (gym_id, session_id, member_id, title, description)"
-                " VALUES ($1, (SELECT id FROM voice_sessions WHERE id = $2 AND gym_id = $1), $3, $4, $5)",
+                f" VALUES ($1, {SESSION_REF.format('$2')}, $3, $4, $5)",
                 self.ids.gym_id,
                 self.ids.session_id,
                 self.ids.member_id,
