@@ -1,0 +1,42 @@
+"""Throwaway gyms for tests that must not share rate limits or rows with the demo gyms."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class TestGym:
+    gym_id: str
+    api_key: str
+    badge_id: str
+    member_id: str
+
+
+async def create_gym(dsn: str, *, rate_limit_per_minute: int = 100, city: str = "Nantes") -> TestGym:
+    gym_id, member_id = str(uuid.uuid4()), str(uuid.uuid4())
+    key = f"test-key-{secrets.token_hex(8)}"
+    badge = f"T-{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO gyms (id, slug, name, city, address, rate_limit_per_minute)"
+                " VALUES ($1, $2, 'Salle de test', $3, '1 rue du Test', $4)",
+                gym_id, f"test-{gym_id[:8]}", city, rate_limit_per_minute,
+            )
+            await conn.execute(
+                "INSERT INTO gym_api_keys (gym_id, key_hash) VALUES ($1, encode(sha256($2::bytea), 'hex'))",
+                gym_id, key.encode(),
+            )
+            await conn.execute(
+                "INSERT INTO gym_members (id, gym_id, badge_id, first_name) VALUES ($1, $2, $3, 'Alex')",
+                member_id, gym_id, badge,
+            )
+    finally:
+        await conn.close()
+    return TestGym(gym_id, key, badge, member_id)

@@ -1,0 +1,39 @@
+"""Gym backend asks for a session → kiosk joins → JARVIS is dispatched with the member's context
+→ kiosk leaves → the room closes. All on the real LiveKit server, Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from livekit import rtc
+
+from jarvis.stack import LocalStack
+from tests.conftest import CAMILLE, LYON_GYM_ID, LYON_KEY
+from tests.kiosk_sim import agent_participant, eventually, open_session, room_names
+
+
+async def test_member_badges_in_and_jarvis_joins_with_their_context(
+    stack: LocalStack, token_service_url: str, agent_worker: LocalStack
+) -> None:
+    started = time.perf_counter()
+    session = await open_session(token_service_url, LYON_KEY, CAMILLE["badge_id"])
+    assert session["room"] == f"jarvis-{session['session_id']}"
+    assert "Camille" not in session["room"]
+
+    room = rtc.Room()
+    await room.connect(session["livekit_url"], session["token"])
+    assert room.local_participant.identity == "kiosk-accueil-1"
+    agent = await eventually(lambda: agent_participant(room), 60, "the agent to join and be ready")
+    print(f"\nagent ready {1000 * (time.perf_counter() - started):.0f} ms after the session request")
+
+    assert agent.attributes["jarvis.session_id"] == session["session_id"]
+    assert agent.attributes["jarvis.member_id"] == CAMILLE["member_id"]
+    assert agent.attributes["jarvis.gym_id"] == LYON_GYM_ID
+    assert session["room"] in await room_names(stack)
+
+    await room.disconnect()
+    deadline = time.monotonic() + 30
+    while session["room"] in await room_names(stack):
+        assert time.monotonic() < deadline, "room still open 30 s after the kiosk left"
+        await asyncio.sleep(0.2)

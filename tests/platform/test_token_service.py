@@ -1,0 +1,208 @@
+"""The token API as a gym backend sees it: every answer, good and bad, on the real stack."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import jwt
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from jarvis.stack import LocalStack, free_port
+from tests.conftest import BORDEAUX_KEY, CAMILLE, LYON_GYM_ID, LYON_KEY
+from tests.platform.gym_factory import create_gym
+from token_service.app import create_app
+from token_service.settings import TokenServiceSettings
+
+
+def settings_for(stack: LocalStack, **overrides: object) -> TokenServiceSettings:
+    values: dict[str, object] = {
+        "database_url": stack.pg_dsn,
+        "redis_url": stack.redis_url,
+        "livekit_url": stack.livekit_url,
+        "livekit_api_key": stack.livekit_api_key,
+        "livekit_api_secret": stack.livekit_api_secret,
+        **overrides,
+    }
+    return TokenServiceSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def client_for(stack: LocalStack) -> AsyncIterator[object]:
+    """Build an in-process token service with given settings, lifespan included."""
+    opened = []
+
+    async def make(**overrides: object) -> httpx.AsyncClient:
+        app = create_app(settings_for(stack, **overrides))
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://token")
+        opened.append((lifespan, client))
+        return client
+
+    yield make
+    for lifespan, client in opened:
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+def ask(client: httpx.AsyncClient, key: str | None, body: object) -> object:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.post("/v1/sessions", json=body, headers=headers)
+
+
+async def test_gym_backend_gets_a_token_for_its_member(stack: LocalStack, client_for) -> None:
+    client = await client_for()
+    r = await ask(client, LYON_KEY, {"badge_id": CAMILLE["badge_id"], "kiosk_id": "accueil-1"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert set(body) == {"session_id", "room", "token", "livekit_url", "expires_at", "member_first_name"}
+    claims = jwt.decode(body["token"], stack.livekit_api_secret, algorithms=["HS256"], options={"verify_aud": False})
+    assert claims["sub"] == "kiosk-accueil-1"
+    assert claims["video"]["room"] == body["room"] and claims["video"]["roomJoin"] is True
+    assert claims["exp"] - claims["nbf"] <= 600
+    dispatch = claims["roomConfig"]["agents"][0]
+    assert dispatch["agentName"] == "jarvis"
+    assert body["session_id"] in dispatch["metadata"] and LYON_GYM_ID in dispatch["metadata"]
+    assert "Camille" not in dispatch["metadata"]
+
+
+async def test_gym_key_cannot_open_a_session_for_another_gyms_member(client_for) -> None:
+    client = await client_for()
+    r = await ask(client, BORDEAUX_KEY, {"badge_id": CAMILLE["badge_id"], "kiosk_id": "accueil-1"})
+    assert r.status_code == 403
+    assert r.json() == {"detail": "this badge belongs to another gym"}
+    # and the other way round, after Camille's context is warm in the cache under Lyon
+    await ask(client, LYON_KEY, {"badge_id": CAMILLE["badge_id"], "kiosk_id": "accueil-1"})
+    r = await ask(client, BORDEAUX_KEY, {"badge_id": CAMILLE["badge_id"], "kiosk_id": "accueil-1"})
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "status", "reason"),
+    [
+        (None, {"badge_id": "LYON-0001", "kiosk_id": "k1"}, 401, "missing gym API key"),
+        ("not-a-key", {"badge_id": "LYON-0001", "kiosk_id": "k1"}, 401, "unknown or revoked gym API key"),
+        (LYON_KEY, {"badge_id": "LYON-9999", "kiosk_id": "k1"}, 404, "unknown badge"),
+        (LYON_KEY, {"badge_id": "LYON-0003", "kiosk_id": "k1"}, 404, "inactive badge"),
+        (LYON_KEY, {"kiosk_id": "k1"}, 422, "badge_id"),
+        (LYON_KEY, {"badge_id": "LYON-0001", "kiosk_id": "../etc"}, 422, "kiosk_id"),
+        (LYON_KEY, {"badge_id": "LYON-0001", "kiosk_id": "k1", "admin": True}, 422, "admin"),
+        (LYON_KEY, ["LYON-0001"], 422, "invalid request"),
+    ],
+)
+async def test_bad_requests_get_a_clear_reason(client_for, key, body, status, reason) -> None:
+    client = await client_for()
+    r = await ask(client, key, body)
+    assert r.status_code == status, r.text
+    assert reason in r.json()["detail"]
+    if status == 401:
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+async def test_busy_gym_is_rate_limited_with_retry_after(stack: LocalStack, client_for) -> None:
+    gym = await create_gym(stack.pg_dsn, rate_limit_per_minute=3)
+    client = await client_for()
+    statuses = [
+        (await ask(client, gym.api_key, {"badge_id": gym.badge_id, "kiosk_id": "k1"})).status_code for _ in range(3)
+    ]
+    assert statuses == [201, 201, 201]
+    r = await ask(client, gym.api_key, {"badge_id": gym.badge_id, "kiosk_id": "k1"})
+    assert r.status_code == 429
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    # another gym is not affected
+    assert (await ask(client, LYON_KEY, {"badge_id": "LYON-0002", "kiosk_id": "k1"})).status_code == 201
+
+
+async def test_database_down_gives_503_with_a_reason(client_for) -> None:
+    client = await client_for(database_url=f"postgresql://jarvis@127.0.0.1:{free_port()}/jarvis", db_timeout_s=0.5)
+    r = await ask(client, LYON_KEY, {"badge_id": "LYON-0001", "kiosk_id": "k1"})
+    assert r.status_code == 503
+    assert r.json() == {"detail": "database unavailable, retry shortly"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503 and "database unreachable" in ready.json()["detail"]
+
+
+async def test_redis_down_gives_503_with_a_reason(client_for) -> None:
+    client = await client_for(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    r = await ask(client, LYON_KEY, {"badge_id": "LYON-0001", "kiosk_id": "k1"})
+    assert r.status_code == 503
+    assert r.json() == {"detail": "cache unavailable, retry shortly"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503 and "redis unreachable" in ready.json()["detail"]
+
+
+async def test_context_is_cached_and_metrics_count_hits(stack: LocalStack, client_for) -> None:
+    gym = await create_gym(stack.pg_dsn)
+    client = await client_for()
+    for _ in range(3):
+        assert (await ask(client, gym.api_key, {"badge_id": gym.badge_id, "kiosk_id": "k1"})).status_code == 201
+    text = (await client.get("/metrics")).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+    assert samples[("jarvis_token_context_cache_total", (("result", "miss"),))] == 1
+    assert samples[("jarvis_token_context_cache_total", (("result", "hit"),))] == 2
+    assert samples[("jarvis_token_requests_total", (("route", "/v1/sessions"), ("status", "201")))] == 3
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
+    assert "/v1/sessions" in (await client.get("/openapi.json")).json()["paths"]
+
+
+@pytest.fixture
+async def weather_provider() -> AsyncIterator[dict[str, object]]:
+    """A stand-in weather HTTP provider; tests set its delay."""
+    from aiohttp import web
+
+    state: dict[str, object] = {"delay_s": 0.0, "calls": 0}
+
+    async def handle(request: web.Request) -> web.Response:
+        import asyncio
+
+        state["calls"] = int(state["calls"]) + 1  # type: ignore[call-overload]
+        await asyncio.sleep(float(state["delay_s"]))  # type: ignore[arg-type]
+        return web.json_response({"description": f"ciel dégagé à {request.query['city']}", "temperature_c": 21.5})
+
+    app = web.Application()
+    app.router.add_get("/weather", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    state["url"] = f"http://127.0.0.1:{port}/weather"
+    yield state
+    await runner.cleanup()
+
+
+async def test_weather_joins_the_context_and_a_slow_provider_never_blocks(
+    stack: LocalStack, client_for, weather_provider
+) -> None:
+    import json
+    import time
+
+    import redis.asyncio as aioredis
+
+    gym = await create_gym(stack.pg_dsn, city="Brest")
+    client = await client_for(weather_url=weather_provider["url"], weather_timeout_s=0.2)
+    store = aioredis.from_url(stack.redis_url)
+
+    weather_provider["delay_s"] = 1.0
+    started = time.perf_counter()
+    r = await ask(client, gym.api_key, {"badge_id": gym.badge_id, "kiosk_id": "k1"})
+    waited_ms = 1000 * (time.perf_counter() - started)
+    assert r.status_code == 201 and waited_ms < 600, f"session waited {waited_ms:.0f} ms on the weather"
+    snapshot = json.loads(await store.get(f"session:{r.json()['session_id']}:context"))
+    assert snapshot["weather"] is None
+
+    # the slow answer still lands in the weather cache for the next member
+    import asyncio
+
+    await asyncio.sleep(1.0)
+    r = await ask(client, gym.api_key, {"badge_id": gym.badge_id, "kiosk_id": "k1"})
+    snapshot = json.loads(await store.get(f"session:{r.json()['session_id']}:context"))
+    assert snapshot["weather"] == {"description": "ciel dégagé à Brest", "temperature_c": 21.5}
+    assert weather_provider["calls"] == 1
+    assert 3590 <= await store.ttl(f"session:{r.json()['session_id']}:context") <= 3600
+    await store.aclose()
