@@ -17,6 +17,7 @@ can assume them.
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -123,24 +124,26 @@ def _shape_heads(lm: LMModel, mimi: MimiModel, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     silent = sorted(_silence_codes(mimi, seed))
     feature = lm.dim - 1
-    for emb in lm.emb:
-        emb.weight[:, feature] = 0.0
-    lm.text_emb.weight[:, feature] = 0.0
-    lm.emb[0].weight[silent, feature] = 8.0
+    embeddings = [typing.cast(torch.Tensor, module.weight) for module in lm.emb]
+    for emb_weight in [*embeddings, lm.text_emb.weight]:
+        emb_weight[:, feature] = 0.0
+    embeddings[0][silent, feature] = 8.0
 
-    weight = lm.text_linear.weight.float()
+    text_weight: torch.Tensor = lm.text_linear.weight
+    weight = text_weight.float()
     weight[:, feature] = 0.0
     weight *= 6.0  # sharper random logits: the argmax moves with the audio rather than sticking
     weight[END_OF_WORD_ID] *= 1.6  # word boundaries often enough to split words
     weight[TEXT_PADDING_ID] = 0.0
     weight[TEXT_PADDING_ID, feature] = 4.0
-    lm.text_linear.weight.copy_(weight.to(lm.text_linear.weight.dtype))
-    for index, head in enumerate(lm.extra_heads):
-        head_weight = 0.05 * torch.randn(head.weight.shape, generator=generator)
-        head_weight[:, feature] = 0.0
+    text_weight.copy_(weight.to(text_weight.dtype))
+    head_weights = [typing.cast(torch.Tensor, module.weight) for module in lm.extra_heads]
+    for index, head_weight in enumerate(head_weights):
+        new_weight = 0.05 * torch.randn(tuple(head_weight.shape), generator=generator)
+        new_weight[:, feature] = 0.0
         # Longer-pause heads answer a little less readily, as the real ones do.
-        head_weight[0, feature] = 1.5 - 0.1 * index
-        head.weight.copy_(head_weight.to(head.weight.dtype))
+        new_weight[0, feature] = 1.5 - 0.1 * index
+        head_weight.copy_(new_weight.to(head_weight.dtype))
 
 
 def build_tiny_stt_lm(lm_config: dict[str, Any], mimi: MimiModel, *, seed: int = 0) -> LMModel:
