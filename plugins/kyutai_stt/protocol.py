@@ -1,0 +1,141 @@
+"""The messages of Kyutai's streaming STT protocol (that of its Rust `moshi-server`, /api/asr-streaming).
+
+Shared by our engine server and our LiveKit plugin, so that Kyutai's own clients work against our
+server and our plugin against Kyutai's. One msgpack map per WebSocket binary message, tagged by
+its `type` field.
+
+client → server: `Audio {pcm: [float]}` (mono, 24 kHz, any length), `Marker {id: int}`
+server → client: `Ready`, `Word {text, start_time}`, `EndWord {stop_time}`,
+                 `Step {step_idx, prs, buffered_pcm}`, `Marker {id}`, `Error {message}`
+
+Authentication: the `kyutai-api-key` header, or the `auth_id` query parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PATH = "/api/asr-streaming"
+API_KEY_HEADER = "kyutai-api-key"
+API_KEY_QUERY = "auth_id"
+SAMPLE_RATE = 24_000
+FRAME_RATE = 12.5
+FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one model step
+NO_FREE_CHANNELS = "no free channels"  # moshi-server's wording when it is full; clients match it
+MAX_AUDIO_SAMPLES = SAMPLE_RATE * 10  # one message carries at most 10 s: larger is a client bug
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol (the stream that sent it is ended)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioIn:
+    pcm: np.ndarray  # float32, finite
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerIn:
+    id: int
+
+
+def pack(message: dict[str, Any]) -> bytes:
+    """Encode one message; floats as float32 as moshi-server and Kyutai's clients do."""
+    packed = msgpack.packb(message, use_bin_type=True, use_single_float=True)
+    assert isinstance(packed, bytes)
+    return packed
+
+
+def unpack(data: bytes | str) -> dict[str, Any]:
+    """Decode one message into a dict with a string `type`; raises ProtocolError otherwise."""
+    if isinstance(data, str):
+        raise ProtocolError("expected a binary msgpack message, got a text frame")
+    try:
+        message = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ProtocolError(f"not a msgpack message: {exc}") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("a message must be a map with a string 'type'")
+    return message
+
+
+def parse_client_message(data: bytes | str) -> AudioIn | MarkerIn | None:
+    """Validate a client message. Returns None for messages that carry nothing to do (`Init`)."""
+    message = unpack(data)
+    kind = message["type"]
+    if kind == "Audio":
+        pcm = message.get("pcm")
+        if not isinstance(pcm, list | tuple | bytes):
+            raise ProtocolError("Audio.pcm must be a list of floats")
+        if isinstance(pcm, bytes):
+            if len(pcm) % 4:
+                raise ProtocolError("Audio.pcm bytes must hold float32 samples")
+            samples = np.frombuffer(pcm, dtype="<f4").astype(np.float32)
+        else:
+            if len(pcm) > MAX_AUDIO_SAMPLES:
+                raise ProtocolError(f"Audio.pcm holds more than {MAX_AUDIO_SAMPLES} samples")
+            if not all(isinstance(x, float | int) and not isinstance(x, bool) for x in pcm):
+                raise ProtocolError("Audio.pcm must be a list of numbers")
+            samples = np.asarray(pcm, dtype=np.float32)
+        if samples.size > MAX_AUDIO_SAMPLES:
+            raise ProtocolError(f"Audio.pcm holds more than {MAX_AUDIO_SAMPLES} samples")
+        if not np.isfinite(samples).all():
+            raise ProtocolError("Audio.pcm contains NaN or infinite samples")
+        return AudioIn(samples)
+    if kind == "Marker":
+        marker_id = message.get("id")
+        if not isinstance(marker_id, int) or isinstance(marker_id, bool):
+            raise ProtocolError("Marker.id must be an integer")
+        return MarkerIn(marker_id)
+    if kind == "Init":
+        return None
+    if kind == "OggOpus":
+        raise ProtocolError("OggOpus audio is not supported by this server: send Audio {pcm}")
+    raise ProtocolError(f"unknown message type {kind!r}")
+
+
+# server → client (plain dicts: they are packed as they are)
+
+
+def ready() -> dict[str, Any]:
+    return {"type": "Ready"}
+
+
+def word(text: str, start_time: float) -> dict[str, Any]:
+    return {"type": "Word", "text": text, "start_time": float(start_time)}
+
+
+def end_word(stop_time: float) -> dict[str, Any]:
+    return {"type": "EndWord", "stop_time": float(stop_time)}
+
+
+def step(step_idx: int, prs: list[float], buffered_pcm: int) -> dict[str, Any]:
+    return {"type": "Step", "step_idx": int(step_idx), "prs": [float(p) for p in prs], "buffered_pcm": buffered_pcm}
+
+
+def marker(marker_id: int) -> dict[str, Any]:
+    return {"type": "Marker", "id": int(marker_id)}
+
+
+def error(message: str) -> dict[str, Any]:
+    return {"type": "Error", "message": message}
+
+
+def audio(pcm: np.ndarray | list[float]) -> dict[str, Any]:
+    """A client `Audio` message (float32 samples sent as a msgpack float list, as Kyutai's clients do)."""
+    samples = np.asarray(pcm, dtype=np.float32)
+    return {"type": "Audio", "pcm": samples.tolist()}
+
+
+def marker_in(marker_id: int) -> dict[str, Any]:
+    return {"type": "Marker", "id": int(marker_id)}
+
+
+def frames_for(seconds: float) -> int:
+    """Whole model frames covering `seconds` (rounded up)."""
+    return math.ceil(seconds * FRAME_RATE - 1e-9)

@@ -1,0 +1,342 @@
+"""The STT engine server: `python -m kyutai_stt.server` (one process per GPU; CPU when none).
+
+It speaks Kyutai's own streaming protocol at /api/asr-streaming (see `protocol`), so Kyutai's
+clients and our plugin both work against it, and serves /api/health and /metrics (Prometheus).
+
+One model loop steps every stream that has a full 80 ms frame waiting, all in one batch, in a
+worker thread; it runs as fast as frames arrive, so a backlog (the silence prefix, a flush, a
+client sending faster than real time) drains at model speed. Streams only meet in that batch:
+a slow reader, a silent or vanished client only ever affects its own slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from . import protocol
+from .engine import SttEngine, load_checkpoint
+from .settings import EngineSettings
+
+logger = logging.getLogger("kyutai_stt.server")
+
+MAX_BUFFERED_SECONDS = 60.0  # audio a stream may have waiting for the model before it is ended
+
+
+class Metrics:
+    """The engine's Prometheus metrics, in a registry of its own (several servers may share a process)."""
+
+    def __init__(self, max_streams: int) -> None:
+        self.registry = CollectorRegistry()
+        self.streams_in_use = Gauge(
+            "kyutai_stt_streams_in_use", "Streams holding a batch slot", registry=self.registry
+        )
+        self.max_streams = Gauge("kyutai_stt_max_streams", "Batch slots", registry=self.registry)
+        self.max_streams.set(max_streams)
+        self.step_seconds = Histogram(
+            "kyutai_stt_step_seconds",
+            "Time of one batched model step (Mimi encode + LM step)",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.2, 0.5, 1.0),
+            registry=self.registry,
+        )
+        self.frames_over_budget = Counter(
+            "kyutai_stt_frames_over_budget_total",
+            "Steps that took longer than the 80 ms of audio they process",
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "kyutai_stt_queue_depth", "Audio frames waiting for the model, all streams", registry=self.registry
+        )
+        self.connections = Counter(
+            "kyutai_stt_connections_total", "Stream connections by outcome", ["result"], registry=self.registry
+        )
+        self.errors = Counter(
+            "kyutai_stt_errors_total", "Streams ended by an error, by type", ["type"], registry=self.registry
+        )
+
+
+@dataclass(eq=False)
+class Stream:
+    """One client connection and its batch slot."""
+
+    slot: int
+    frame_size: int
+    pending: deque[np.ndarray] = field(default_factory=deque)  # whole frames waiting for the model
+    partial: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    frames_received: int = 0
+    steps: int = 0
+    markers: deque[tuple[int, int]] = field(default_factory=deque)  # (step to reach, marker id)
+    out: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+    closed: bool = False
+
+    def add_audio(self, pcm: np.ndarray) -> None:
+        samples = np.concatenate([self.partial, pcm]) if self.partial.size else pcm
+        whole = samples.size // self.frame_size * self.frame_size
+        for start in range(0, whole, self.frame_size):
+            self.pending.append(samples[start : start + self.frame_size].copy())
+        self.frames_received += whole // self.frame_size
+        self.partial = samples[whole:].copy()
+
+    @property
+    def buffered_samples(self) -> int:
+        return len(self.pending) * self.frame_size + self.partial.size
+
+
+class SttServer:
+    """The network service around one `SttEngine`."""
+
+    def __init__(self, settings: EngineSettings, engine: SttEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = Metrics(engine.max_streams)
+        self.streams: dict[int, Stream] = {}
+        # Every engine call runs in this one thread: the model and its slots are not thread-safe.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kyutai-stt-model")
+        self._audio_ready = asyncio.Event()
+        self._server: Server | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sockets = list(self._server.sockets)
+        return int(sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._model_loop(), name="kyutai-stt-model-loop")
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            process_request=self._process_request,
+            max_size=2**24,
+            ping_interval=10,
+            ping_timeout=20,
+        )
+        logger.info("listening on ws://%s:%d%s", self.settings.host, self.port, protocol.PATH)
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        self._executor.shutdown(wait=True)
+
+    async def _run_in_model_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # HTTP side: health, metrics, authentication
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path, _, query = request.path.partition("?")
+        if path == "/api/health":
+            body = {
+                "status": "ok",
+                "streams_in_use": len(self.streams),
+                "max_streams": self.engine.max_streams,
+                "pause_heads": self.engine.checkpoint.has_pause_heads,
+            }
+            response = connection.respond(HTTPStatus.OK, json.dumps(body) + "\n")
+            response.headers["Content-Type"] = "application/json"
+            return response
+        if path == "/metrics":
+            response = connection.respond(HTTPStatus.OK, generate_latest(self.metrics.registry).decode())
+            response.headers["Content-Type"] = "text/plain; version=0.0.4"
+            return response
+        if path != protocol.PATH:
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        if self.settings.api_keys:
+            key: str | None = request.headers.get(protocol.API_KEY_HEADER)
+            if key is None:
+                keys = parse_qs(query).get(protocol.API_KEY_QUERY, [])
+                key = keys[0] if keys else None
+            if key not in self.settings.api_keys:
+                self.metrics.connections.labels("unauthorized").inc()
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid api key\n")
+        return None
+
+    # WebSocket side: one stream per connection
+
+    async def _handle(self, websocket: ServerConnection) -> None:
+        slot = await self._run_in_model_thread(self.engine.open_slot)
+        if slot is None:
+            self.metrics.connections.labels("full").inc()
+            logger.warning("no free slot (%d streams)", self.engine.max_streams)
+            with contextlib.suppress(ConnectionClosed):
+                await websocket.send(protocol.pack(protocol.error(protocol.NO_FREE_CHANNELS)))
+                await websocket.close(1013, protocol.NO_FREE_CHANNELS)
+            return
+        self.metrics.connections.labels("accepted").inc()
+        stream = Stream(slot=slot, frame_size=self.engine.frame_size)
+        if self.engine.prefix_frames:
+            stream.add_audio(np.zeros(self.engine.prefix_frames * self.engine.frame_size, dtype=np.float32))
+        self.streams[slot] = stream
+        self.metrics.streams_in_use.set(len(self.streams))
+        sender = asyncio.create_task(self._send_loop(websocket, stream))
+        stream.out.put_nowait(protocol.ready())
+        self._audio_ready.set()
+        try:
+            await self._receive_loop(websocket, stream)
+        finally:
+            stream.closed = True
+            stream.out.put_nowait(None)
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+                await asyncio.wait_for(sender, timeout=2.0)
+            sender.cancel()
+            with contextlib.suppress(ConnectionClosed):
+                await websocket.close()
+            self.streams.pop(slot, None)
+            self.metrics.streams_in_use.set(len(self.streams))
+            if not self._closing:
+                await self._run_in_model_thread(self.engine.close_slot, slot)
+            else:
+                self.engine.close_slot(slot)
+            logger.info("stream on slot %d ended after %d steps", slot, stream.steps)
+
+    def _fail(self, stream: Stream, kind: str, message: str) -> None:
+        self.metrics.errors.labels(kind).inc()
+        logger.info("ending stream on slot %d: %s", stream.slot, message)
+        stream.out.put_nowait(protocol.error(message))
+
+    async def _receive_loop(self, websocket: ServerConnection, stream: Stream) -> None:
+        max_buffered = int(MAX_BUFFERED_SECONDS * protocol.SAMPLE_RATE)
+        while not stream.closed:
+            try:
+                data = await asyncio.wait_for(websocket.recv(), timeout=self.settings.idle_timeout_s)
+            except TimeoutError:
+                self._fail(stream, "idle", "no message for too long")
+                return
+            except ConnectionClosed:
+                return
+            try:
+                message = protocol.parse_client_message(data)
+            except protocol.ProtocolError as exc:
+                self._fail(stream, "protocol", str(exc))
+                return
+            if isinstance(message, protocol.AudioIn):
+                if message.pcm.size == 0:
+                    continue
+                stream.add_audio(message.pcm)
+                if stream.buffered_samples > max_buffered:
+                    self._fail(stream, "overflow", "too much audio waiting: send in real time")
+                    return
+                self._audio_ready.set()
+            elif isinstance(message, protocol.MarkerIn):
+                # Back once every frame received so far went through the model and its delay.
+                stream.markers.append((stream.frames_received + self.engine.delay_steps, message.id))
+                self._emit_markers(stream)
+
+    async def _send_loop(self, websocket: ServerConnection, stream: Stream) -> None:
+        while True:
+            message = await stream.out.get()
+            if message is None:
+                return
+            try:
+                await websocket.send(protocol.pack(message))
+            except ConnectionClosed:
+                stream.closed = True
+                return
+
+    def _emit_markers(self, stream: Stream) -> None:
+        while stream.markers and stream.steps >= stream.markers[0][0]:
+            stream.out.put_nowait(protocol.marker(stream.markers.popleft()[1]))
+
+    # The model loop
+
+    async def _model_loop(self) -> None:
+        budget = 1.0 / self.engine.frame_rate
+        while not self._closing:
+            self._audio_ready.clear()
+            batch: dict[int, tuple[Stream, np.ndarray]] = {}
+            for slot, stream in list(self.streams.items()):
+                if stream.pending and not stream.closed:
+                    batch[slot] = (stream, stream.pending.popleft())
+            self.metrics.queue_depth.set(sum(len(s.pending) for s in self.streams.values()))
+            if not batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._audio_ready.wait(), timeout=0.5)
+                continue
+            frames = {slot: frame for slot, (_, frame) in batch.items()}
+            try:
+                outputs, stats = await self._run_in_model_thread(self.engine.step, frames)
+            except Exception:
+                # A failing step fails every stream in it, never the server.
+                logger.exception("model step failed")
+                for stream, _ in batch.values():
+                    self._fail(stream, "model", "model step failed")
+                    stream.closed = True
+                continue
+            self.metrics.step_seconds.observe(stats.seconds)
+            if stats.seconds > budget:
+                self.metrics.frames_over_budget.inc()
+            for slot, output in outputs.items():
+                stream = batch[slot][0]
+                if stream.closed:
+                    continue
+                stream.steps += 1
+                for message in output.messages:
+                    if message["type"] == "Step":
+                        message["buffered_pcm"] = stream.buffered_samples
+                    stream.out.put_nowait(message)
+                self._emit_markers(stream)
+                if stream.out.qsize() > self.settings.max_pending_messages:
+                    stream.closed = True
+                    self._fail(stream, "slow_client", "client reads too slowly")
+
+
+async def run(settings: EngineSettings) -> None:
+    """Load, warm up, then serve until cancelled."""
+    torch.set_grad_enabled(False)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    logger.info("loading %s", settings.checkpoint)
+    checkpoint = await asyncio.to_thread(load_checkpoint, settings.checkpoint, settings.device, settings.dtype)
+    engine = SttEngine(
+        checkpoint,
+        settings.max_streams,
+        temperature=settings.temperature,
+        silence_prefix=settings.silence_prefix,
+    )
+    if not checkpoint.has_pause_heads:
+        logger.warning("checkpoint has no end-of-speech heads: Step.prs is empty, use a VAD for end of turn")
+    started = time.perf_counter()
+    await asyncio.to_thread(engine.warmup, settings.warmup_steps)
+    logger.info("warmed up %d slots in %.2f s", settings.max_streams, time.perf_counter() - started)
+    server = SttServer(settings, engine)
+    await server.start()
+    try:
+        await asyncio.Future()
+    finally:
+        await server.stop()
+
+
+def main() -> None:
+    settings = EngineSettings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()
