@@ -80,8 +80,7 @@ class VideoArgs(_Args):
     exercise: str = Field(
         min_length=1,
         max_length=80,
-        description="Nom de l'exercice tel que le membre le dit, par exemple « squat », "
-        "« développé couché ».",
+        description="Nom de l'exercice tel que le membre le dit, par exemple « squat », « développé couché ».",
     )
 
 
@@ -162,8 +161,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         "le membre ou le rappelle. À utiliser pour une douleur, une blessure, un programme ou un conseil "
         "avancé.",
         CoachArgs,
-        "Je ne peux pas prévenir de coach pour le moment, le système ne répond pas. "
-        "Tu peux demander à l'accueil.",
+        "Je ne peux pas prévenir de coach pour le moment, le système ne répond pas. Tu peux demander à l'accueil.",
     ),
     ToolSpec(
         "book_session",
@@ -194,8 +192,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
     ),
     ToolSpec(
         "create_mission",
-        "Crée une tâche pour l'équipe de la salle : machine en panne, problème de propreté, "
-        "demande du membre.",
+        "Crée une tâche pour l'équipe de la salle : machine en panne, problème de propreté, demande du membre.",
         MissionArgs,
         "Je ne peux pas transmettre la demande à l'équipe pour le moment. Tu peux le signaler à l'accueil.",
     ),
@@ -235,9 +232,7 @@ class Kiosk(Protocol):
 class RoomKiosk:
     """The kiosk as a participant of the LiveKit room, reached by RPC."""
 
-    def __init__(
-        self, room: rtc.Room, identity: str | Callable[[], str | None], timeout_s: float = 5.0
-    ) -> None:
+    def __init__(self, room: rtc.Room, identity: str | Callable[[], str | None], timeout_s: float = 5.0) -> None:
         self._room = room
         self._identity = identity
         self._timeout_s = timeout_s
@@ -318,10 +313,7 @@ def match_score(query: str, names: list[str]) -> float:
 
 
 def _slot_fits(ranges: list[list[str]], start: dtime, end: dtime) -> bool:
-    return any(
-        len(r) == 2 and dtime.fromisoformat(r[0]) <= start and end <= dtime.fromisoformat(r[1])
-        for r in ranges
-    )
+    return any(len(r) == 2 and dtime.fromisoformat(r[0]) <= start and end <= dtime.fromisoformat(r[1]) for r in ranges)
 
 
 def _say_ranges(ranges: list[list[str]]) -> str:
@@ -349,6 +341,7 @@ class GymTools:
         self.kiosk = kiosk
         self._notify_coach = notify_coach
         self._now = now or (lambda: datetime.now(ZoneInfo("UTC")))
+        self._member_checked = False
 
     async def call(self, name: str, arguments: dict[str, Any]) -> str:
         """Validate the LLM's arguments, then run the tool. Raises ToolFailure with what to say."""
@@ -361,10 +354,24 @@ class GymTools:
             raise ToolFailure(validation_message(spec, exc)) from None
         handler: Callable[[Any], Awaitable[str]] = getattr(self, name)
         try:
+            await self._check_member()
             return await handler(args)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             logger.warning("tool %s: database unavailable (%s)", name, type(exc).__name__)
             raise ToolFailure(spec.unavailable) from None
+
+    async def _check_member(self) -> None:
+        """Defence in depth: the session's member must belong to the session's gym."""
+        if self._member_checked:
+            return
+        async with self._connection() as conn:
+            found = await conn.fetchval(
+                "SELECT 1 FROM gym_members WHERE id = $1 AND gym_id = $2", self.ids.member_id, self.ids.gym_id
+            )
+        if not found:
+            logger.error("session %s: member is not in the session's gym; tools refused", self.ids.session_id)
+            raise ToolFailure("Je ne peux rien faire dans cette session, l'accueil va t'aider.")
+        self._member_checked = True
 
     # The pool is acquired with a timeout so a dead database costs seconds, not the session.
     def _connection(self) -> Any:
@@ -372,8 +379,7 @@ class GymTools:
 
     async def _gym_row(self, conn: Any) -> Any:
         row = await conn.fetchrow(
-            "SELECT name, address, timezone, opening_hours, equipment, classes, prices"
-            " FROM gyms WHERE id = $1",
+            "SELECT name, address, timezone, opening_hours, equipment, classes, prices FROM gyms WHERE id = $1",
             self.ids.gym_id,
         )
         if row is None:
@@ -394,18 +400,14 @@ class GymTools:
             raise ToolFailure(f"Je n'ai pas de vidéo pour « {args.exercise} ».{suffix}")
         video = scored[0][1]
         if self.kiosk is None:
-            raise ToolFailure(
-                f"La vidéo « {video['title']} » existe, mais aucun écran n'est relié à cette session."
-            )
+            raise ToolFailure(f"La vidéo « {video['title']} » existe, mais aucun écran n'est relié à cette session.")
         try:
             shown = await self.kiosk.show_video(video["url"], video["title"])
         except Exception as exc:  # an RPC error or timeout: the kiosk is the problem, not the member
             logger.warning("kiosk did not answer the video RPC (%s)", type(exc).__name__)
             shown = False
         if not shown:
-            raise ToolFailure(
-                f"La vidéo « {video['title']} » existe, mais l'écran de la borne n'a pas répondu."
-            )
+            raise ToolFailure(f"La vidéo « {video['title']} » existe, mais l'écran de la borne n'a pas répondu.")
         return f"La vidéo « {video['title']} » est affichée sur l'écran de la borne."
 
     async def _pick_coach(self, conn: Any, first_name: str | None) -> Any:
@@ -420,9 +422,7 @@ class GymTools:
                 if normalize_name(coach["first_name"]) == wanted:
                     return coach
             names = ", ".join(c["first_name"] for c in coaches)
-            raise ToolFailure(
-                f"Il n'y a pas de coach nommé {first_name} ici. Les coachs de la salle : {names}."
-            )
+            raise ToolFailure(f"Il n'y a pas de coach nommé {first_name} ici. Les coachs de la salle : {names}.")
         preferred = await conn.fetchval(
             "SELECT preferred_coach_id FROM gym_members WHERE id = $1 AND gym_id = $2",
             self.ids.member_id,
@@ -454,9 +454,7 @@ class GymTools:
             await self._notify_coach(notification)
         except Exception:  # the request is recorded: a failed push must not undo it
             logger.exception("coach notification hook failed for request %s", request_id)
-        when = {"high": "dans les dix minutes", "medium": "dans l'heure", "low": "dans la journée"}[
-            args.urgency
-        ]
+        when = {"high": "dans les dix minutes", "medium": "dans l'heure", "low": "dans la journée"}[args.urgency]
         who = coach["first_name"] if coach else "l'équipe"
         return f"C'est transmis à {who}, qui reviendra vers toi {when}."
 
@@ -471,15 +469,11 @@ class GymTools:
         async with self._connection() as conn:
             gym = await self._gym_row(conn)
             zone = ZoneInfo(gym["timezone"])
-            starts = (
-                requested.replace(tzinfo=zone) if requested.tzinfo is None else requested.astimezone(zone)
-            )
+            starts = requested.replace(tzinfo=zone) if requested.tzinfo is None else requested.astimezone(zone)
             ends = starts + timedelta(minutes=BOOKING_DURATION_MIN)
             now = self._now().astimezone(zone)
             if starts <= now:
-                raise ToolFailure(
-                    f"Impossible : le {say_datetime(starts)} est déjà passé. Propose une autre date."
-                )
+                raise ToolFailure(f"Impossible : le {say_datetime(starts)} est déjà passé. Rien n'est réservé.")
             if starts > now + timedelta(days=BOOKING_HORIZON_DAYS):
                 raise ToolFailure("On ne peut réserver que dans les trois prochains mois.")
             day = DAY_KEYS[starts.weekday()]
@@ -506,7 +500,9 @@ class GymTools:
                         if hours
                         else (f"{coach['first_name']} ne travaille pas le {DAY_NAMES[day]}")
                     )
-                    raise ToolFailure(f"{coach['first_name']} n'est pas disponible à cette heure : {said}.")
+                    raise ToolFailure(
+                        f"{coach['first_name']} n'est pas disponible à cette heure : {said}. Rien n'est réservé."
+                    )
                 clash = await conn.fetchval(
                     "SELECT count(*) FROM bookings WHERE gym_id = $1 AND coach_id = $2"
                     " AND status = 'confirmed' AND starts_at < $4"
@@ -518,8 +514,7 @@ class GymTools:
                 )
                 if clash:
                     raise ToolFailure(
-                        f"{coach['first_name']} a déjà une séance le {say_datetime(starts)}. "
-                        "Rien n'est réservé."
+                        f"{coach['first_name']} a déjà une séance le {say_datetime(starts)}. Rien n'est réservé."
                     )
                 await conn.execute(
                     "INSERT INTO bookings (gym_id, member_id, coach_id, session_id, starts_at, duration_min)"
@@ -544,9 +539,7 @@ class GymTools:
                 args.reason,
                 args.severity,
             )
-        return (
-            "C'est noté pour le responsable de la salle. Ne le mentionne pas au membre : continue de l'aider."
-        )
+        return "C'est noté pour le responsable de la salle. Ne le mentionne pas au membre : continue de l'aider."
 
     async def get_gym_info(self, args: GymInfoArgs) -> str:
         async with self._connection() as conn:
@@ -558,11 +551,7 @@ class GymTools:
             return f"La salle est ouverte {hours}." if hours else "Les horaires ne sont pas renseignés."
         if args.topic == "equipements":
             equipment = list(gym["equipment"])
-            return (
-                f"Équipements : {', '.join(equipment)}."
-                if equipment
-                else "Les équipements ne sont pas renseignés."
-            )
+            return f"Équipements : {', '.join(equipment)}." if equipment else "Les équipements ne sont pas renseignés."
         if args.topic == "cours":
             classes = _jsonb(gym["classes"])
             said = [
@@ -571,11 +560,7 @@ class GymTools:
                 for c in classes
                 if c.get("name") and c.get("time")
             ]
-            return (
-                f"Cours collectifs : {'; '.join(said)}."
-                if said
-                else "Il n'y a pas de cours collectif au planning."
-            )
+            return f"Cours collectifs : {'; '.join(said)}." if said else "Il n'y a pas de cours collectif au planning."
         prices = [
             f"{p['label']} : {say_price(float(p['eur']))}"
             for p in _jsonb(gym["prices"])
