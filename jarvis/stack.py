@@ -132,7 +132,7 @@ class LocalStack:
                  "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
                  "-c", "full_page_writes=off", "-c", "max_connections=200"]
             ),
-            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "postgres.log", "ab"),  # noqa: SIM115
+            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "postgres.log", "ab"),
         )
         self.processes.append(("postgres", proc))
         isready = _postgres_bin("pg_isready")
@@ -154,7 +154,7 @@ class LocalStack:
         proc = subprocess.Popen(
             ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT,
         )
         self.processes.append(("redis", proc))
         _wait_for(lambda: _tcp_open(self.redis_port), "Redis", 15, proc)
@@ -193,7 +193,7 @@ class LocalStack:
         path.write_text(yaml.safe_dump(self.livekit_config()), "utf-8")
         proc = subprocess.Popen(
             [str(LIVEKIT_BINARY), "--config", str(path)],
-            stdout=open(self.workdir / "livekit.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            stdout=open(self.workdir / "livekit.log", "ab"), stderr=subprocess.STDOUT,
         )
         self.processes.append(("livekit", proc))
 
@@ -208,7 +208,7 @@ class LocalStack:
         env = {**os.environ, **self.env(), **(extra_env or {})}
         proc = subprocess.Popen(
             [sys.executable, *args], env=env, cwd=REPO,
-            stdout=open(self.workdir / f"{name}.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            stdout=open(self.workdir / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
         )
         self.processes.append((name, proc))
         return proc

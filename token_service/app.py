@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from livekit import api as lkapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jarvis.context import session_context_key
 from jarvis.context_store import MemberRecord, fetch_member_by_badge, member_cache_key
@@ -79,9 +80,9 @@ class GymKey:
 class Services:
     """What the routes need: settings, the PostgreSQL pool (made on first use), Redis, metrics."""
 
-    def __init__(self, settings: TokenServiceSettings) -> None:
+    def __init__(self, settings: TokenServiceSettings, metrics: TokenServiceMetrics) -> None:
         self.settings = settings
-        self.metrics = TokenServiceMetrics()
+        self.metrics = metrics
         self.redis: Any = aioredis.from_url(
             settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=30
         )
@@ -228,6 +229,34 @@ async def open_session(svc: Services, gym: GymKey, body: SessionRequest) -> Sess
     )
 
 
+class MetricsMiddleware:
+    """Counts requests by route template and status, and times them (plain ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp, metrics: TokenServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
@@ -237,9 +266,11 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
     if not settings.livekit_api_secret:
         raise ValueError("LIVEKIT_API_SECRET is not set: the token service cannot sign room tokens")
 
+    metrics = TokenServiceMetrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
-        app.state.services = Services(settings)
+        app.state.services = Services(settings, metrics)
         yield
         await app.state.services.aclose()
 
@@ -267,16 +298,7 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
         logger.error("unexpected %s on %s", type(exc).__name__, request.url.path)
         return _error(500, "internal error")
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics: TokenServiceMetrics = request.app.state.services.metrics
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     error_responses: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorBody, "description": why}
@@ -316,7 +338,7 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
         return {"status": "ready"}
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics(svc: Annotated[Services, Depends(services)]) -> Response:
+    async def prometheus_metrics(svc: Annotated[Services, Depends(services)]) -> Response:
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
