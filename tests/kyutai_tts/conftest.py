@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from kyutai_tiny.tts import DEFAULT_VOICE, TinyTTS, write_tiny_tts
 from kyutai_tts.engine import TTSEngine, load_voice_file
 
@@ -102,3 +101,11 @@ def reference_generate(
             for frame in result.frames[model.delay_steps :]
         ]
     return codes, np.concatenate(pcm), result.all_transcripts[0]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

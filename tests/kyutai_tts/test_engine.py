@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from kyutai_tiny.tts import DEFAULT_VOICE, OTHER_VOICE, TinyTTS
 from kyutai_tts.engine import EngineFull, StreamHandle, TTSEngine, VoiceError, load_voice_file
 

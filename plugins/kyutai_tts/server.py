@@ -1,0 +1,333 @@
+"""The TTS engine server: `python -m kyutai_tts.server` (one process per GPU, CPU when none).
+
+Speaks Kyutai's moshi-server protocol at /api/tts_streaming (see `protocol.py`), so Kyutai's
+own clients work against it and our plugin works against moshi-server. Also serves
+GET /api/health (200 once warmed up) and GET /metrics (Prometheus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+from kyutai_tts import protocol
+from kyutai_tts.engine import Conditioning, EngineError, EngineFull, StreamHandle, TTSEngine
+from kyutai_tts.settings import EngineSettings
+from kyutai_tts.voices import VoiceBank
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+logger = logging.getLogger("kyutai_tts.server")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.streams_active = Gauge("kyutai_tts_streams_active", "Streams holding a slot", registry=self.registry)
+        self.capacity = Gauge("kyutai_tts_capacity", "Slots in the batch", registry=self.registry)
+        self.streams = Counter("kyutai_tts_streams_total", "Streams opened", registry=self.registry)
+        self.rejected = Counter(
+            "kyutai_tts_rejected_total", "Connections refused", ["reason"], registry=self.registry
+        )
+        for reason in ("auth", "bad_request", "full"):
+            self.rejected.labels(reason)  # exported at 0 from the start
+        self.step_seconds = Histogram(
+            "kyutai_tts_step_seconds",
+            "One batched model step (LM + Mimi decode)",
+            buckets=(0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.2, 0.5),
+            registry=self.registry,
+        )
+        self.batch_streams = Histogram(
+            "kyutai_tts_batch_streams", "Streams stepped together", buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.first_audio_seconds = Histogram(
+            "kyutai_tts_first_audio_seconds",
+            "From a stream's first word to its first audio frame",
+            buckets=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0, 2.0),
+            registry=self.registry,
+        )
+
+    def on_step(self, seconds: float, streams: int) -> None:
+        self.step_seconds.observe(seconds)
+        self.batch_streams.observe(streams)
+
+
+@dataclass
+class _Sink:
+    """Hands the engine thread's output to this connection's event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[protocol.ServerMessage | None] = field(default_factory=asyncio.Queue)
+    first_audio_at: float | None = None
+
+    def _put(self, message: protocol.ServerMessage | None) -> None:
+        with contextlib.suppress(RuntimeError):  # loop closed: the connection is gone anyway
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
+
+    def audio(self, pcm: np.ndarray) -> None:
+        if self.first_audio_at is None:
+            self.first_audio_at = time.monotonic()
+        self._put(protocol.Audio(pcm.tolist()))
+
+    def word(self, text: str, start_s: float, stop_s: float) -> None:
+        self._put(protocol.TextOut(text, start_s, stop_s))
+
+    def finished(self) -> None:
+        self._put(None)
+
+    def failed(self, message: str) -> None:
+        self._put(protocol.ErrorOut(message))
+        self._put(None)
+
+
+class TTSService:
+    """Glue between WebSocket connections and the engine."""
+
+    def __init__(self, engine: TTSEngine, voices: VoiceBank, settings: EngineSettings, model_name: str) -> None:
+        self.engine = engine
+        self.voices = voices
+        self.settings = settings
+        self.model_name = model_name
+        self.metrics = Metrics()
+        self.metrics.capacity.set(engine.capacity)
+        engine.on_step = self.metrics.on_step
+        self._conditionings: dict[tuple[str, float | None], Conditioning] = {}
+
+    async def conditioning(self, voice: str | None, cfg_alpha: float | None) -> Conditioning:
+        key = (voice or self.settings.default_voice, cfg_alpha)
+        cached = self._conditionings.get(key)
+        if cached is None:
+            cached = await asyncio.to_thread(self.voices.conditioning, self.engine, key[0], cfg_alpha)
+            self._conditionings[key] = cached
+        return cached
+
+    def authorised(self, websocket: WebSocket) -> bool:
+        keys = self.settings.api_keys
+        offered = websocket.headers.get(protocol.API_KEY_HEADER) or websocket.query_params.get("auth_id")
+        return not keys or offered in keys
+
+    async def handle(self, websocket: WebSocket) -> None:
+        if not self.authorised(websocket):
+            self.metrics.rejected.labels("auth").inc()
+            await websocket.close(code=1008)  # before accept: the client sees HTTP 403
+            return
+        await websocket.accept()
+        try:
+            query = protocol.StreamQuery.parse(dict(websocket.query_params))
+            cfg_alpha = query.cfg_alpha if query.cfg_alpha is not None else self.settings.cfg_alpha
+            conditioning = await self.conditioning(query.voice, cfg_alpha)
+        except (protocol.ProtocolError, EngineError) as exc:
+            self.metrics.rejected.labels("bad_request").inc()
+            await self._refuse(websocket, str(exc))
+            return
+        sink = _Sink(asyncio.get_running_loop())
+        temperature = query.temperature if query.temperature is not None else self.settings.temperature
+        try:
+            handle = self.engine.open(sink, temperature=temperature, seed=query.seed, conditioning=conditioning)
+        except EngineFull as exc:
+            self.metrics.rejected.labels("full").inc()
+            await self._refuse(websocket, str(exc))
+            return
+        self.metrics.streams.inc()
+        self.metrics.streams_active.inc()
+        try:
+            await websocket.send_bytes(protocol.encode(protocol.Ready()))
+            await self._serve(websocket, handle, sink, cfg_alpha)
+        finally:
+            handle.close()  # frees the slot at the next step, whatever ended the connection
+            self.metrics.streams_active.dec()
+
+    async def _refuse(self, websocket: WebSocket, message: str) -> None:
+        with contextlib.suppress(Exception):
+            await websocket.send_bytes(protocol.encode(protocol.ErrorOut(message)))
+            await websocket.close()
+
+    async def _serve(self, websocket: WebSocket, handle: StreamHandle, sink: _Sink, cfg_alpha: float) -> None:
+        first_word_at: list[float] = []
+        receiver = asyncio.create_task(self._receive(websocket, handle, sink, cfg_alpha, first_word_at))
+        try:
+            while True:
+                getter = asyncio.ensure_future(sink.queue.get())
+                if not receiver.done():
+                    await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        if receiver.exception() is not None or receiver.result():
+                            return  # the client went away: stop the stream now
+                        continue  # a bad message: its Error is queued, send it
+                message = await getter
+                if message is None:
+                    await websocket.close()
+                    return
+                if isinstance(message, protocol.Audio) and first_word_at and sink.first_audio_at is not None:
+                    self.metrics.first_audio_seconds.observe(max(0.0, sink.first_audio_at - first_word_at[0]))
+                    first_word_at.clear()
+                await websocket.send_bytes(protocol.encode(message))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return
+        finally:
+            receiver.cancel()
+
+    async def _receive(
+        self, websocket: WebSocket, handle: StreamHandle, sink: _Sink, cfg_alpha: float, first_word_at: list[float]
+    ) -> bool:
+        """Feeds the client's messages to the engine until the client leaves (True) or sends
+        something invalid (False: the Error is queued and the stream closed)."""
+        ended = False
+        while True:
+            try:
+                frame = await websocket.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return True
+            if frame["type"] == "websocket.disconnect":
+                return True
+            data: bytes | str | None = frame.get("bytes") if frame.get("bytes") is not None else frame.get("text")
+            if data is None or ended:
+                continue  # after Eos, moshi-server ignores input too; we keep reading to see a close
+            try:
+                message = protocol.decode_client(data)
+                if isinstance(message, protocol.TextIn):
+                    if not first_word_at:
+                        first_word_at.append(time.monotonic())
+                    handle.push_text(message.text)
+                elif isinstance(message, protocol.VoiceIn):
+                    embedding = torch.tensor(message.embeddings, dtype=torch.float32).reshape(message.shape)
+                    conditioning = await asyncio.to_thread(self.engine.conditioning_for, embedding, cfg_alpha)
+                    handle.set_voice(conditioning)
+                else:
+                    handle.end_text()
+                    ended = True
+            except (protocol.ProtocolError, EngineError) as exc:
+                handle.close()
+                sink.failed(str(exc))
+                return False
+
+
+def create_app(service: TTSService) -> FastAPI:
+    app = FastAPI(title="Kyutai TTS engine", docs_url=None, redoc_url=None)
+
+    @app.get("/api/health")
+    async def health() -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": service.model_name,
+                "capacity": service.engine.capacity,
+                "active_streams": service.engine.active_streams,
+            }
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.websocket(protocol.PATH)
+    async def tts_streaming(websocket: WebSocket) -> None:
+        await service.handle(websocket)
+
+    return app
+
+
+# ----- loading ---------------------------------------------------------------------------------
+
+
+def _device(settings: EngineSettings) -> str:
+    if settings.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return settings.device
+
+
+def _dtype(settings: EngineSettings, device: str) -> torch.dtype:
+    if settings.dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[settings.dtype]
+
+
+def load_checkpoint(settings: EngineSettings) -> Any:
+    """A `CheckpointInfo` from a hub repo id or a local directory in the same layout."""
+    import json
+
+    from moshi.models import loaders
+
+    path = Path(settings.checkpoint)
+    if not path.is_dir():
+        return loaders.CheckpointInfo.from_hf_repo(settings.checkpoint)
+    config = json.loads((path / "config.json").read_text())
+    mimi_config = config.get("mimi_config_name")
+    return loaders.CheckpointInfo.from_hf_repo(
+        str(path),
+        moshi_weights=path / config["moshi_name"],
+        mimi_weights=path / config["mimi_name"],
+        tokenizer=path / config["tokenizer_name"],
+        config_path=path / "config.json",
+        mimi_config_path=path / mimi_config if mimi_config else None,
+    )
+
+
+def build_service(settings: EngineSettings) -> TTSService:
+    from moshi.models.tts import TTSModel
+
+    device = _device(settings)
+    info = load_checkpoint(settings)
+    n_q = settings.n_q or int((info.raw_config or {}).get("dep_q", 32))
+    tts_model = TTSModel.from_checkpoint_info(
+        info,
+        n_q=n_q,
+        device=device,
+        dtype=_dtype(settings, device),
+        voice_repo=settings.voice_repo,
+        max_padding=settings.max_padding,
+        initial_padding=settings.initial_padding,
+        final_padding=settings.final_padding,
+        padding_bonus=settings.padding_bonus,
+        temp=settings.temperature,
+    )
+    voices = VoiceBank(tts_model, settings.voice_dir)
+    default_voice = voices.embedding(settings.default_voice)
+    engine = TTSEngine(
+        tts_model,
+        capacity=settings.capacity,
+        default_voice=default_voice,
+        default_cfg_alpha=settings.cfg_alpha,
+        top_k=settings.top_k,
+        top_k_text=settings.top_k_text,
+        padding_between=settings.padding_between,
+        max_steps=settings.max_steps,
+    )
+    engine.warmup(settings.warmup_steps)
+    engine.start()
+    return TTSService(engine, voices, settings, model_name=settings.checkpoint)
+
+
+@contextlib.contextmanager
+def running_service(settings: EngineSettings) -> Iterator[TTSService]:
+    service = build_service(settings)
+    try:
+        yield service
+    finally:
+        service.engine.stop()
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = EngineSettings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logger.info("loading %s (capacity %d)", settings.checkpoint, settings.capacity)
+    with running_service(settings) as service:
+        logger.info("ready on %s:%d%s", settings.host, settings.port, protocol.PATH)
+        uvicorn.run(create_app(service), host=settings.host, port=settings.port, log_level="warning", ws="websockets")
+
+
+if __name__ == "__main__":
+    main()
