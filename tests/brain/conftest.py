@@ -8,7 +8,9 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from livekit import api, rtc
@@ -35,6 +37,13 @@ async def pool(stack: LocalStack) -> AsyncIterator[Any]:
     db = await create_pool(stack.pg_dsn, min_size=1, max_size=5)
     yield db
     await db.close()
+
+
+def next_weekday_at(weekday: int, hour: int) -> datetime:
+    """The next such day (tomorrow at the earliest), at this local hour in France."""
+    today = datetime.now(ZoneInfo("Europe/Paris")).date()
+    day = today + timedelta(days=(weekday - today.weekday()) % 7 or 7)
+    return datetime(day.year, day.month, day.day, hour, 0)
 
 
 async def member_context(pool: Any, gym_id: str, member_id: str) -> MemberContext:

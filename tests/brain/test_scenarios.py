@@ -20,6 +20,7 @@ from tests.brain.conftest import (
     THOMAS,
     KioskOnLiveKit,
     member_context,
+    next_weekday_at,
     standin_llm,
     started,
 )
@@ -87,14 +88,6 @@ async def converse(
         result = await conversation.session.run(user_input=user_input)
     await conversation.log.finish()
     return result, conversation
-
-
-def next_weekday_at(weekday: int, hour: int) -> datetime:
-    """The next such day (tomorrow at the earliest), at this local hour in Lyon."""
-    today = datetime.now(ZoneInfo("Europe/Paris")).date()
-    days = (weekday - today.weekday()) % 7 or 7
-    day = today + timedelta(days=days)
-    return datetime(day.year, day.month, day.day, hour, 0)
 
 
 async def test_booking_a_coaching_session_with_the_preferred_coach(pool: Any, llm_server: LLMStandIn) -> None:
