@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlencode
 
 import httpx
@@ -37,8 +37,7 @@ async def server(tiny_tts: TinyTTS) -> AsyncIterator[tuple[str, TTSService]]:
     port = free_port()
     uv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(uv.serve())
-    while not uv.started:
-        await asyncio.sleep(0.01)
+    await until(lambda: uv.started)
     yield f"ws://127.0.0.1:{port}", service
     uv.should_exit = True
     await task
@@ -49,17 +48,23 @@ def tts_url(base: str, **query: str) -> str:
     return f"{base}/api/tts_streaming?{urlencode({'format': 'PcmMessagePack', **query})}"
 
 
-async def wait_idle(service: TTSService, timeout_s: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Polls a condition the engine thread changes (it has no event to await)."""
     deadline = time.monotonic() + timeout_s
-    while service.engine.active_streams and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.001)
+
+
+async def wait_idle(service: TTSService) -> None:
+    await until(lambda: service.engine.active_streams == 0)
     assert service.engine.active_streams == 0
 
 
 async def test_a_kyutai_style_client_gets_french_audio_and_word_timestamps(server) -> None:
     """A client written from the protocol description only (msgpack maps with a `type`)."""
     base, service = server
-    async with websockets.connect(tts_url(base, voice=DEFAULT_VOICE), additional_headers={"kyutai-api-key": API_KEY}) as ws:
+    url = tts_url(base, voice=DEFAULT_VOICE)
+    async with websockets.connect(url, additional_headers={"kyutai-api-key": API_KEY}) as ws:
         for word in FRENCH_ANSWER.split():
             await ws.send(msgpack.packb({"type": "Text", "text": word}))
         await ws.send(msgpack.packb({"type": "Eos"}))
@@ -136,9 +141,7 @@ async def test_a_full_server_answers_error_at_once_and_a_dropped_connection_free
         pass
     steps_before = service.engine.total_steps
     await first.close()  # the member interrupted the agent: the kiosk's session drops the stream
-    deadline = time.monotonic() + 5
-    while service.engine.active_streams > 1 and time.monotonic() < deadline:
-        await asyncio.sleep(0.001)
+    await until(lambda: service.engine.active_streams == 1)
     assert service.engine.active_streams == 1
     assert service.engine.total_steps - steps_before <= 3  # gone within a frame or so of the close
     async with websockets.connect(tts_url(base), additional_headers=headers) as fourth:
