@@ -1,0 +1,173 @@
+"""A simulated kiosk: the ``livekit`` Python SDK as the member's microphone and speaker.
+
+It joins the room with the token the gym backend got, keeps its microphone open (silence
+between sentences, as a real kiosk does), plays sentences into it in real time, records what
+the agent says, and measures each turn's voice-to-voice latency: from the last voiced sample
+the kiosk sent to the first agent audio sample it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from livekit import rtc
+
+SAMPLE_RATE = 48_000
+FRAME_MS = 10
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
+# Received audio counts as speech above this RMS (int16 units): well above codec noise.
+SPEECH_RMS = 200.0
+
+
+def synthesize_french(text: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A French sentence spoken by espeak-ng, as int16 mono at ``sample_rate``."""
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed: run `make setup`")
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.wav"
+        subprocess.run(["espeak-ng", "-v", "fr", "-s", "165", "-w", str(raw), text], check=True,
+                       capture_output=True)
+        with wave.open(str(raw)) as w:
+            rate = w.getframerate()
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    return resample_int16(pcm, rate, sample_rate)
+
+
+def resample_int16(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    if from_rate == to_rate:
+        return pcm.astype(np.int16)
+    duration = len(pcm) / from_rate
+    t_out = np.arange(int(duration * to_rate)) / to_rate
+    t_in = np.arange(len(pcm)) / from_rate
+    return np.interp(t_out, t_in, pcm.astype(np.float32)).astype(np.int16)
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples.astype(np.float32))))) if samples.size else 0.0
+
+
+@dataclass
+class Turn:
+    text: str
+    voice_end: float  # wall clock (perf_counter) of the last voiced sample sent
+    first_answer: float | None = None  # first agent speech sample received after voice_end
+
+    @property
+    def v2v_ms(self) -> float | None:
+        return None if self.first_answer is None else 1000 * (self.first_answer - self.voice_end)
+
+
+@dataclass
+class AgentAudioLog:
+    """When the agent's voice was heard: (perf_counter at frame arrival, rms) per 10 ms frame."""
+
+    frames: list[tuple[float, float]] = field(default_factory=list)
+
+    def first_speech_after(self, t: float) -> float | None:
+        for at, level in self.frames:
+            if at > t and level >= SPEECH_RMS:
+                # the frame arrived at `at`; its first sample was 10 ms earlier in the stream
+                return at - FRAME_MS / 1000
+        return None
+
+    def last_speech_after(self, t: float) -> float | None:
+        last = None
+        for at, level in self.frames:
+            if at > t and level >= SPEECH_RMS:
+                last = at
+        return last
+
+    def speech_seconds(self) -> float:
+        return sum(FRAME_MS / 1000 for _at, level in self.frames if level >= SPEECH_RMS)
+
+
+class SimulatedKiosk:
+    def __init__(self) -> None:
+        self.room = rtc.Room()
+        # A short queue makes capture_frame pace us in real time, as a microphone would.
+        self.mic = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=40)
+        self.heard = AgentAudioLog()
+        self._speech: asyncio.Queue[np.ndarray] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._voice_end: asyncio.Future[float] | None = None
+
+    async def join(self, livekit_url: str, token: str) -> None:
+        self.room.on("track_subscribed", self._on_track)
+        await self.room.connect(livekit_url, token)
+        track = rtc.LocalAudioTrack.create_audio_track("microphone", self.mic)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await self.room.local_participant.publish_track(track, options)
+        self._tasks.append(asyncio.create_task(self._microphone()))
+
+    def _on_track(self, track: rtc.Track, _pub: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            self._tasks.append(asyncio.create_task(self._listen(track)))
+
+    async def _listen(self, track: rtc.Track) -> None:
+        stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+        async for event in stream:
+            samples = np.frombuffer(event.frame.data, dtype=np.int16)
+            self.heard.frames.append((time.perf_counter(), rms(samples)))
+
+    async def _microphone(self) -> None:
+        silence = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        while True:
+            try:
+                sentence = self._speech.get_nowait()
+            except asyncio.QueueEmpty:
+                await self._send(silence)
+                continue
+            for start in range(0, len(sentence), FRAME_SAMPLES):
+                chunk = sentence[start:start + FRAME_SAMPLES]
+                if len(chunk) < FRAME_SAMPLES:
+                    chunk = np.pad(chunk, (0, FRAME_SAMPLES - len(chunk)))
+                await self._send(chunk)
+            # the last sample leaves once what is still queued has played out
+            done = time.perf_counter() + self.mic.queued_duration / 1000
+            if self._voice_end is not None and not self._voice_end.done():
+                self._voice_end.set_result(done)
+
+    async def _send(self, samples: np.ndarray) -> None:
+        frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, len(samples))
+        await self.mic.capture_frame(frame)
+
+    async def say(self, pcm: np.ndarray, text: str = "") -> Turn:
+        """Speak ``pcm`` (int16 mono 48 kHz); returns once its last sample was sent."""
+        trimmed = _trim_trailing_silence(pcm)
+        self._voice_end = asyncio.get_running_loop().create_future()
+        await self._speech.put(trimmed)
+        return Turn(text=text, voice_end=await self._voice_end)
+
+    async def hear_answer(self, turn: Turn, timeout_s: float = 30.0) -> Turn:
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            first = self.heard.first_speech_after(turn.voice_end)
+            if first is not None:
+                turn.first_answer = first
+                return turn
+            await asyncio.sleep(0.01)
+        return turn
+
+    async def leave(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.room.disconnect()
+        await self.mic.aclose()
+
+
+def _trim_trailing_silence(pcm: np.ndarray, level: float = 300.0) -> np.ndarray:
+    # "Last voiced sample" must be the last sample with voice in it, not espeak's tail.
+    voiced = np.nonzero(np.abs(pcm.astype(np.int32)) > level)[0]
+    return pcm[: voiced[-1] + 1] if voiced.size else pcm
