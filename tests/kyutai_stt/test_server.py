@@ -1,0 +1,214 @@
+"""The engine server speaks Kyutai's protocol: a client written from the protocol description alone
+(websockets + msgpack, as in Kyutai's own scripts) transcribes a WAV and gets its Marker back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import numpy as np
+import pytest
+import websockets
+from kyutai_stt.server import SttServer
+from kyutai_tiny.stt import TOKENIZER_NAME
+from websockets.exceptions import InvalidStatus
+
+from .conftest import MAX_STREAMS, espeak_french, server_url, speech, start_server
+from .test_equivalence import reference_transcribe
+
+FRAME = 1920
+
+
+def pack(message: dict[str, Any]) -> bytes:
+    return msgpack.packb(message, use_bin_type=True, use_single_float=True)
+
+
+async def kyutai_client(url: str, audio: np.ndarray, marker_id: int = 42) -> list[dict[str, Any]]:
+    """What Kyutai's stt_from_file_rust_server.py does: audio, silence, a Marker, silence until it returns."""
+    received: list[dict[str, Any]] = []
+    headers = {"kyutai-api-key": "public_token"}
+    async with websockets.connect(f"{url}/api/asr-streaming", additional_headers=headers) as ws:
+
+        async def send() -> None:
+            for start in range(0, len(audio), FRAME):
+                await ws.send(pack({"type": "Audio", "pcm": [float(x) for x in audio[start : start + FRAME]]}))
+            await ws.send(pack({"type": "Marker", "id": marker_id}))
+            for _ in range(40):  # the flush: silence until the marker has gone through the model
+                await ws.send(pack({"type": "Audio", "pcm": [0.0] * FRAME}))
+                await asyncio.sleep(0.005)
+
+        sender = asyncio.create_task(send())
+        async for raw in ws:
+            message = msgpack.unpackb(raw, raw=False)
+            received.append(message)
+            if message["type"] == "Marker":
+                break
+        sender.cancel()
+    return received
+
+
+def words_from_tokens(tokens: list[int], tokenizer_path: Path) -> list[str]:
+    """Words as the protocol defines them: pieces between padding (3) / end-of-word (0) tokens."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer_path))
+    words, current = [], []
+    for token in tokens:
+        if token in (0, 3):
+            if current and sp.decode(current).strip():
+                words.append(sp.decode(current).strip())
+            current = []
+        elif token > 3:
+            current.append(token)
+    return words
+
+
+def read_wav_24k(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as handle:
+        rate = handle.getframerate()
+        samples = np.frombuffer(handle.readframes(handle.getnframes()), dtype=np.int16).astype(np.float32) / 32768
+    positions = np.arange(0, len(samples), rate / 24000)
+    return np.interp(positions, np.arange(len(samples)), samples).astype(np.float32)
+
+
+async def test_a_kyutai_style_client_transcribes_a_wav_and_gets_its_marker(
+    tiny_stt_dir: Path, tmp_path: Path
+) -> None:
+    samples, rate = espeak_french("Bonjour, je voudrais réserver un cours de yoga demain matin.", tmp_path)
+    wav = tmp_path / "member.wav"
+    with wave.open(str(wav), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes(samples.tobytes())
+    audio = read_wav_24k(wav)
+    audio = np.concatenate([audio, np.zeros(-len(audio) % FRAME, np.float32)])
+
+    # One slot: batched CPU kernels may tip a nearest-centroid tie in Mimi (see test_equivalence),
+    # with a batch of one the server must give exactly the reference loop's words.
+    server = await start_server(tiny_stt_dir, max_streams=1)
+    try:
+        messages = await kyutai_client(server_url(server), audio, marker_id=42)
+    finally:
+        await server.stop()
+
+    assert messages[0] == {"type": "Ready"}
+    assert messages[-1] == {"type": "Marker", "id": 42}
+    steps = [m for m in messages if m["type"] == "Step"]
+    assert [m["step_idx"] for m in steps] == list(range(1, len(steps) + 1))
+    assert all(len(m["prs"]) == 4 and all(0.0 <= p <= 1.0 for p in m["prs"]) for m in steps)
+    # The marker comes back only after all the audio sent before it went through the model.
+    assert len(steps) >= len(audio) // FRAME
+    words = [m for m in messages if m["type"] == "Word"]
+    assert words, "the tiny model transcribes speech into words"
+    starts = [m["start_time"] for m in words]
+    assert starts == sorted(starts)
+    ends = [m["stop_time"] for m in messages if m["type"] == "EndWord"]
+    assert ends == sorted(ends)
+
+    # The same words as the plain moshi reference loop on this audio (+ the flush's silence).
+    flush = np.zeros(FRAME * (len(steps) - len(audio) // FRAME), np.float32)
+    tokens, _ = reference_transcribe(tiny_stt_dir, np.concatenate([audio, flush]))
+    tokenizer = tiny_stt_dir / TOKENIZER_NAME
+    assert [m["text"] for m in words] == words_from_tokens(tokens, tokenizer)[: len(words)]
+
+
+async def test_auth_by_header_or_query_and_unknown_keys_refused(stt_server: SttServer) -> None:
+    url = f"{server_url(stt_server)}/api/asr-streaming"
+    async with websockets.connect(f"{url}?auth_id=public_token") as ws:
+        assert msgpack.unpackb(await ws.recv()) == {"type": "Ready"}
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(url, additional_headers={"kyutai-api-key": "stolen"}):
+            pass
+    assert refused.value.response.status_code == 401
+
+
+async def wait_for_streams(server: SttServer, count: int) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(100):
+            health = (await client.get(f"http://127.0.0.1:{server.port}/api/health")).json()
+            if health["streams_in_use"] == count:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} streams in use, health says {health}")
+
+
+async def test_a_full_server_answers_an_error_at_once_and_a_freed_slot_is_reused(stt_server: SttServer) -> None:
+    url = f"{server_url(stt_server)}/api/asr-streaming?auth_id=public_token"
+    await wait_for_streams(stt_server, 0)
+    kiosks = [await websockets.connect(url) for _ in range(MAX_STREAMS)]
+    for ws in kiosks:
+        assert msgpack.unpackb(await ws.recv()) == {"type": "Ready"}
+
+    async with websockets.connect(url) as extra:
+        answer = msgpack.unpackb(await asyncio.wait_for(extra.recv(), timeout=1.0))
+    assert answer == {"type": "Error", "message": "no free channels"}
+
+    # A member walks away mid-sentence: the kiosk closes, the slot comes back.
+    await kiosks[0].send(pack({"type": "Audio", "pcm": speech(0.5).tolist()}))
+    await kiosks[0].close()
+    await wait_for_streams(stt_server, MAX_STREAMS - 1)
+    async with websockets.connect(url) as newcomer:
+        assert msgpack.unpackb(await newcomer.recv()) == {"type": "Ready"}
+    for ws in kiosks[1:]:
+        await ws.close()
+    await wait_for_streams(stt_server, 0)
+
+
+@pytest.mark.parametrize(
+    ("bad_message", "expected"),
+    [
+        ({"type": "Audio", "pcm": [0.1, float("nan"), 0.2]}, "NaN"),
+        ({"type": "Audio", "pcm": "not audio"}, "list of floats"),
+        ({"type": "Audio", "pcm": [0.1, "x"]}, "list of numbers"),
+        ({"type": "Marker", "id": "seven"}, "integer"),
+        ({"type": "Shout"}, "unknown message type"),
+        ({"pcm": [0.0]}, "string 'type'"),
+    ],
+)
+async def test_bad_input_ends_that_stream_only(stt_server: SttServer, bad_message: Any, expected: str) -> None:
+    url = f"{server_url(stt_server)}/api/asr-streaming?auth_id=public_token"
+    async with websockets.connect(url) as neighbour, websockets.connect(url) as faulty:
+        assert msgpack.unpackb(await neighbour.recv())["type"] == "Ready"
+        assert msgpack.unpackb(await faulty.recv())["type"] == "Ready"
+        await faulty.send(pack({"type": "Audio", "pcm": []}))  # an empty frame is no error
+        await faulty.send(pack(bad_message))
+        error = msgpack.unpackb(await asyncio.wait_for(faulty.recv(), timeout=2.0))
+        assert error["type"] == "Error" and expected in error["message"]
+
+        await neighbour.send(pack({"type": "Audio", "pcm": speech(0.2).tolist()}))
+        step = msgpack.unpackb(await asyncio.wait_for(neighbour.recv(), timeout=2.0))
+        assert step["type"] == "Step"
+
+
+async def test_a_text_frame_or_garbage_is_a_protocol_error(stt_server: SttServer) -> None:
+    url = f"{server_url(stt_server)}/api/asr-streaming?auth_id=public_token"
+    for bad in ("hello", b"\xc1\xc1garbage"):
+        async with websockets.connect(url) as ws:
+            await ws.recv()
+            await ws.send(bad)
+            error = msgpack.unpackb(await asyncio.wait_for(ws.recv(), timeout=2.0))
+            assert error["type"] == "Error"
+
+
+async def test_health_and_prometheus_metrics(stt_server: SttServer) -> None:
+    async with httpx.AsyncClient() as client:
+        base = f"http://127.0.0.1:{stt_server.port}"
+        health = (await client.get(f"{base}/api/health")).json()
+        metrics = (await client.get(f"{base}/metrics")).text
+        missing = await client.get(f"{base}/nowhere")
+    assert health["status"] == "ok" and health["max_streams"] == MAX_STREAMS and health["pause_heads"] is True
+    for name in (
+        "kyutai_stt_streams_in_use",
+        "kyutai_stt_step_seconds_bucket",
+        "kyutai_stt_frames_over_budget_total",
+        "kyutai_stt_queue_depth",
+        'kyutai_stt_connections_total{result="full"}',
+    ):
+        assert name in metrics
+    assert missing.status_code == 404
