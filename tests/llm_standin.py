@@ -120,7 +120,8 @@ class LLMStandIn:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        # Stalled answers are abandoned at stop rather than awaited.
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -79,7 +79,7 @@ class KioskOnLiveKit:
         return RoomKiosk(self.agent_room, self.kiosk_room.local_participant.identity, timeout_s=3.0)
 
 
-def _token(stack: LocalStack, identity: str, room: str, kind: str = "standard") -> str:
+def _token(stack: LocalStack, identity: str, room: str, kind: Literal["standard", "agent"] = "standard") -> str:
     grants = api.VideoGrants(room_join=True, room=room)
     token = api.AccessToken(stack.livekit_api_key, stack.livekit_api_secret).with_identity(identity)
     return token.with_grants(grants).with_kind(kind).to_jwt()

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
+from livekit.agents.voice.run_result import RunResult
 
 from agent.conversation import build_conversation
 from jarvis.stack import free_port
@@ -43,7 +44,7 @@ async def test_member_asks_how_to_squat_and_the_kiosk_shows_the_video(
         build_conversation(context, pool=pool, llm=standin_llm(llm_server), kiosk=kiosk_on_livekit.kiosk)
     )
     async with conversation.session:
-        result = await conversation.session.run(user_input="Comment on fait un squat ?")
+        result: RunResult[None] = await conversation.session.run(user_input="Comment on fait un squat ?")
 
         result.expect.next_event().is_function_call(name="display_video_tutorial", arguments={"exercise": "squat"})
         output = result.expect.next_event().is_function_call_output().event().item
@@ -85,7 +86,7 @@ async def converse(
     llm_server.script(replies)
     conversation = await started(build_conversation(context, pool=pool, llm=standin_llm(llm_server), **kwargs))
     async with conversation.session:
-        result = await conversation.session.run(user_input=user_input)
+        result: RunResult[None] = await conversation.session.run(user_input=user_input)
     await conversation.log.finish()
     return result, conversation
 
@@ -234,13 +235,13 @@ async def test_database_down_the_agent_says_it_cannot_book_and_carries_on(pool: 
     )  # fmt: skip
     conversation = await started(build_conversation(context, pool=dead_pool, llm=standin_llm(llm_server)))
     async with conversation.session:
-        result = await conversation.session.run(user_input="Réserve-moi une séance jeudi à dix heures")
+        result: RunResult[None] = await conversation.session.run(user_input="Réserve-moi une séance jeudi à dix heures")
         result.expect.next_event().is_function_call(name="book_session")
         result.expect.next_event().is_function_call_output()
         answer = result.expect.next_event().is_message(role="assistant").event().item.text_content or ""
         assert answer.startswith("Je ne peux pas réserver pour le moment")
         # The conversation goes on.
-        second = await conversation.session.run(user_input="Merci quand même")
+        second: RunResult[None] = await conversation.session.run(user_input="Merci quand même")
         second.expect.next_event().is_message(role="assistant")
     await conversation.log.finish()
     assert conversation.log.lost_rows > 0  # the log gave up quietly, the member never noticed
