@@ -98,7 +98,7 @@ def build_conversation(
     context: MemberContext,
     *,
     pool: Any,
-    llm: lk_llm.LLM,
+    llm: lk_llm.LLM | None,
     llm_conn_options: Any = None,
     kiosk: Kiosk | None = None,
     stt: lk_stt.STT | None = None,
@@ -112,13 +112,11 @@ def build_conversation(
     ids = SessionIds(gym_id=context.gym.id, member_id=context.member.id, session_id=context.session_id)
     tools = GymTools(pool, ids, kiosk=kiosk, notify_coach=notify_coach)
     # Only what is given: AgentSession tells "not given" apart from None.
-    options: dict[str, Any] = {"stt": stt, "tts": tts, "vad": vad}
+    options: dict[str, Any] = {"llm": llm, "stt": stt, "tts": tts, "vad": vad}
     options = {key: value for key, value in options.items() if value is not None}
     if llm_conn_options is not None:
         options["conn_options"] = SessionConnectOptions(llm_conn_options=llm_conn_options)
-    session: AgentSession[GymTools] = AgentSession(
-        llm=llm, userdata=tools, max_tool_steps=MAX_TOOL_STEPS, **options
-    )
+    session: AgentSession[GymTools] = AgentSession(userdata=tools, max_tool_steps=MAX_TOOL_STEPS, **options)
     agent = JarvisAgent(context, tools, mcp_servers=mcp_servers, now=now)
     log = SessionLog(pool, context)
     log.attach(session)
@@ -143,11 +141,17 @@ async def start_conversation(
     notify_coach: CoachNotifier = log_only_notifier,
 ) -> AgentSession[GymTools]:
     """Start talking with the member; returns once the conversation is running."""
-    config: LLMConfig = getattr(resources.settings, "llm", None) or LLMConfig()
+    config: LLMConfig = resources.settings.llm
+    try:
+        llm: lk_llm.LLM | None = build_llm(config)
+    except ValueError as exc:
+        # A misconfigured LLM must not cost the member the session: greet, then stay silent.
+        logger.error("session %s: no LLM (%s); check JARVIS_LLM__* settings", context.session_id, exc)
+        llm = None
     conversation = build_conversation(
         context,
         pool=resources.db_pool,
-        llm=build_llm(config),
+        llm=llm,
         llm_conn_options=llm_connect_options(config),
         kiosk=RoomKiosk(ctx.room, lambda: _kiosk_identity(ctx.room)),
         stt=stt,

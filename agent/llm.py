@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from livekit.agents import APIConnectOptions
+from livekit.agents import NOT_GIVEN, APIConnectOptions
 from livekit.agents import llm as lk_llm
 from livekit.plugins import groq, openai
 from pydantic import BaseModel, Field, SecretStr
@@ -46,7 +46,8 @@ def build_endpoint_llm(endpoint: LLMEndpoint) -> lk_llm.LLM:
     if endpoint.provider == "groq":
         return groq.LLM(
             model=endpoint.model,
-            api_key=api_key or _missing_key("groq"),
+            # Without a key here the plugin reads GROQ_API_KEY, and raises ValueError without one.
+            api_key=api_key or NOT_GIVEN,
             base_url=endpoint.base_url or "https://api.groq.com/openai/v1",
             temperature=endpoint.temperature,
             max_completion_tokens=endpoint.max_completion_tokens,
@@ -61,10 +62,6 @@ def build_endpoint_llm(endpoint: LLMEndpoint) -> lk_llm.LLM:
         temperature=endpoint.temperature,
         max_completion_tokens=endpoint.max_completion_tokens,
     )
-
-
-def _missing_key(provider: str) -> str:
-    raise ValueError(f"the {provider} endpoint needs an api_key (JARVIS_LLM__PRIMARY__API_KEY or ...)")
 
 
 def build_llm(config: LLMConfig) -> lk_llm.LLM:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent.llm import LLMConfig
 
 
 class AgentSettings(BaseSettings):
@@ -10,7 +13,7 @@ class AgentSettings(BaseSettings):
     livekit-agents itself.
     """
 
-    model_config = SettingsConfigDict(env_prefix="JARVIS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="JARVIS_", env_nested_delimiter="__", extra="ignore")
 
     agent_name: str = "jarvis"
     database_url: str = "postgresql://jarvis@127.0.0.1:5432/jarvis"
@@ -22,3 +25,7 @@ class AgentSettings(BaseSettings):
     # Prometheus metrics of the worker (0 = off).
     prometheus_port: int = 0
     db_timeout_s: float = 3.0
+    # The conversation's LLM: JARVIS_LLM__PRIMARY__PROVIDER=groq|vllm, JARVIS_LLM__PRIMARY__MODEL,
+    # JARVIS_LLM__PRIMARY__BASE_URL, JARVIS_LLM__PRIMARY__API_KEY, the same for SECONDARY (optional),
+    # JARVIS_LLM__ATTEMPT_TIMEOUT_S.
+    llm: LLMConfig = Field(default_factory=LLMConfig)
