@@ -48,6 +48,7 @@ if ((config.microphone ?? "fake") === "fake") {
 const pageErrors = [];
 const consoleErrors = [];
 const consoleLog = [];
+const kioskLogs = [];
 const result = { ok: false, steps_done: 0 };
 const userDataDir = await mkdtemp(join(tmpdir(), "jarvis-kiosk-chromium-"));
 let context;
@@ -75,6 +76,7 @@ async function diagnostics(page) {
         text: li.textContent,
       })),
       state: document.getElementById("app").dataset.state,
+      agent_present: d.kiosk()?.agentPresent ?? false,
       greeting: document.getElementById("greeting").textContent,
       now: performance.now(),
     };
@@ -127,6 +129,8 @@ async function runStep(page, step) {
     await poll(`state ${step.wait_state.join("|")}`, timeoutMs, async () =>
       step.wait_state.includes((await diagnostics(page)).state),
     );
+  } else if (step.wait_agent_present) {
+    await poll("the agent to join the room", timeoutMs, async () => (await diagnostics(page)).agent_present);
   } else if (step.wait_agent_audio !== undefined) {
     const peak = await poll("energy in the agent's received audio", timeoutMs, async () => {
       const max = Math.max(0, ...(await levels(page, "agent")).map((s) => s.rms));
@@ -188,6 +192,7 @@ try {
   page.on("pageerror", (error) => pageErrors.push(`${error.name}: ${error.message}`));
   page.on("console", (message) => {
     if (message.type() === "error") consoleErrors.push(message.text().slice(0, 300));
+    if (message.text().includes("[jarvis-kiosk]")) kioskLogs.push(`${message.type()}: ${message.text().slice(0, 300)}`);
     if (config.echoConsole) consoleLog.push(`${message.type()}: ${message.text().slice(0, 300)}`);
   });
   if (config.sessionOverride) {
@@ -225,6 +230,7 @@ try {
   }
   result.page_errors = pageErrors;
   result.console_errors = consoleErrors;
+  result.kiosk_logs = kioskLogs;
   if (config.echoConsole) result.console = consoleLog;
   await context?.close().catch(() => {});
   await rm(userDataDir, { recursive: true, force: true });

@@ -81,6 +81,7 @@ export const MICROPHONE_CAPTURE: AudioCaptureOptions = {
 };
 
 const DEFAULT_AGENT_TIMEOUT_MS = 20_000;
+const MAX_INCOMING_STREAM_BYTES = 2_000_000;
 
 export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
   private room: Room | null = null;
@@ -110,6 +111,11 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     return this.mutedFlag;
   }
 
+  /** True while an agent participant is in the room (ready or not). */
+  get agentPresent(): boolean {
+    return this.machine.snapshot.agentPresent;
+  }
+
   get video(): KioskVideo | null {
     return this.currentVideo;
   }
@@ -133,7 +139,17 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     this.machine.reset();
     this.machine.update({ started: true, connection: "connecting" });
 
-    const room = new Room({ audioCaptureDefaults: MICROPHONE_CAPTURE, adaptiveStream: false, dynacast: false });
+    const room = new Room({
+      audioCaptureDefaults: MICROPHONE_CAPTURE,
+      adaptiveStream: false,
+      dynacast: false,
+      // Single peer connection mode fails renegotiation ("Transceiver not found based on
+      // m-line index") when the mic is published while the agent's track arrives, with
+      // livekit-server 1.13 and Chromium 156: the classic two-connection mode does not.
+      singlePeerConnection: false,
+      // Bounds what one incoming data stream (an RPC, a transcript) may hold in memory.
+      dataStream: { maxPayloadByteLength: MAX_INCOMING_STREAM_BYTES },
+    });
     this.room = room;
     this.wireRoom(room);
     try {

@@ -1,0 +1,209 @@
+"""What the browser tests need besides the stack: the kiosk build, the demo gym backend,
+a French WAV for the fake microphone, a scripted stand-in agent, and the node runner that
+plays a scenario in Debian's Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from livekit import api, rtc
+
+from jarvis.stack import LocalStack
+
+REPO = Path(__file__).resolve().parents[2]
+KIOSK = REPO / "kiosk"
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+SAMPLE_RATE = 48_000
+
+
+def ensure_kiosk_built() -> None:
+    """The page and the library must be built (``make setup`` does it); rebuild if stale."""
+    if not (KIOSK / "node_modules" / "playwright-core").exists():
+        raise RuntimeError("kiosk npm packages missing: run `make setup` (npm ci in kiosk/)")
+    subprocess.run(["npm", "run", "--silent", "build"], cwd=KIOSK, check=True, capture_output=True, timeout=240)
+
+
+@contextlib.contextmanager
+def demo_server(token_service_url: str) -> Iterator[str]:
+    """The demo gym backend (kiosk/server/demo-server.mjs) on a free port; yields its URL."""
+    env = {**os.environ, "JARVIS_TOKEN_SERVICE_URL": token_service_url, "JARVIS_KIOSK_PORT": "0"}
+    proc = subprocess.Popen(
+        ["node", str(KIOSK / "server" / "demo-server.mjs")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("KIOSK_URL="):
+            raise RuntimeError(f"demo server did not start: {line!r}")
+        yield line.removeprefix("KIOSK_URL=").strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def french_wav(path: Path, text: str, lead_silence_s: float = 1.0, tail_silence_s: float = 4.0) -> Path:
+    """A French sentence spoken by espeak-ng, 48 kHz mono 16-bit, padded with silence."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.wav"
+        subprocess.run(["espeak-ng", "-v", "fr", "-s", "150", "-w", str(raw), text], check=True, capture_output=True)
+        subprocess.run(
+            ["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(path),
+             "pad", str(lead_silence_s), str(tail_silence_s)],
+            check=True, capture_output=True,
+        )
+    return path
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as w:
+        assert w.getframerate() == SAMPLE_RATE and w.getnchannels() == 1 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+
+
+def kiosk_token(stack: LocalStack, room: str, identity: str = "kiosk-accueil-1", ttl_s: int = 600) -> str:
+    return (
+        api.AccessToken(stack.livekit_api_key, stack.livekit_api_secret)
+        .with_identity(identity)
+        .with_ttl(timedelta(seconds=ttl_s))
+        .with_grants(api.VideoGrants(room_join=True, room=room))
+        .to_jwt()
+    )
+
+
+def session_for_page(stack: LocalStack, room: str, token: str | None = None) -> dict[str, Any]:
+    """What /api/kiosk-session would answer, for a room the test controls (no dispatch)."""
+    return {
+        "status": 201,
+        "body": {
+            "session_id": room,
+            "livekit_url": stack.livekit_url,
+            "token": token or kiosk_token(stack, room),
+            "expires_at": "2099-01-01T00:00:00Z",
+            "member_first_name": "Camille",
+        },
+    }
+
+
+async def run_scenario(config: dict[str, Any], timeout_s: float = 120) -> dict[str, Any]:
+    """Plays one scenario in Chromium (kiosk/browser/scenario.mjs); returns its JSON result."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    config = {"artifactsDir": str(ARTIFACTS), "chromium": str(CHROMIUM), **config}
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(KIOSK / "browser" / "scenario.mjs"), json.dumps(config),
+        cwd=KIOSK, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    lines = out.decode().strip().splitlines()
+    if not lines:
+        raise AssertionError(f"scenario printed nothing; stderr:\n{err.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["stderr"] = err.decode()[-2000:]
+    return result
+
+
+@dataclass
+class StandInAgent:
+    """A scripted participant that speaks LiveKit Agents' protocol to the kiosk: the
+    ``lk.agent.state`` attribute, an audio track, ``lk.transcription`` text streams,
+    ``lk.chat`` from the member, and the ``kiosk.show_video`` RPC. It lets the browser
+    tests prove the kiosk's side without depending on the speech models."""
+
+    stack: LocalStack
+    room_name: str
+    greeting_wav: Path
+    room: rtc.Room = field(default_factory=rtc.Room)
+    chats: list[str] = field(default_factory=list)
+    chat_received: asyncio.Event = field(default_factory=asyncio.Event)
+    source: rtc.AudioSource | None = None
+    track_sid: str = ""
+
+    async def join(self) -> None:
+        token = (
+            api.AccessToken(self.stack.livekit_api_key, self.stack.livekit_api_secret)
+            .with_identity("agent-standin")
+            .with_kind("agent")
+            .with_attributes({"lk.agent.state": "initializing"})
+            .with_grants(api.VideoGrants(room_join=True, room=self.room_name, can_update_own_metadata=True))
+            .to_jwt()
+        )
+
+        def on_chat(reader: rtc.TextStreamReader, _identity: str) -> None:
+            async def read() -> None:
+                self.chats.append(await reader.read_all())
+                self.chat_received.set()
+
+            asyncio.ensure_future(read())  # noqa: RUF006 - lives as long as the room
+
+        self.room.register_text_stream_handler("lk.chat", on_chat)
+        await self.room.connect(self.stack.livekit_url, token)
+        self.source = rtc.AudioSource(SAMPLE_RATE, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("agent-voice", self.source)
+        publication = await self.room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        )
+        self.track_sid = publication.sid
+
+    async def kiosk_identity(self, timeout_s: float = 60) -> str:
+        for _ in range(int(timeout_s * 20)):
+            for participant in self.room.remote_participants.values():
+                return participant.identity
+            await asyncio.sleep(0.05)
+        raise AssertionError("the kiosk never joined the room")
+
+    async def set_state(self, state: str) -> None:
+        await self.room.local_participant.set_attributes({"lk.agent.state": state})
+
+    async def say(self, text: str, wav: Path, segment_id: str) -> None:
+        """Speaks a WAV in real time while streaming its transcript, as an agent does."""
+        assert self.source is not None
+        await self.set_state("speaking")
+        writer = await self.room.local_participant.stream_text(
+            topic="lk.transcription",
+            attributes={"lk.segment_id": segment_id, "lk.transcription_final": "true",
+                        "lk.transcribed_track_id": self.track_sid},
+        )
+        words = text.split(" ")
+        samples = read_wav(wav)
+        frame = SAMPLE_RATE // 100
+        for index, start in enumerate(range(0, len(samples) - frame, frame)):
+            chunk = samples[start:start + frame]
+            await self.source.capture_frame(rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, frame))
+            if words and index % 25 == 0:
+                await writer.write(words.pop(0) + " ")
+        if words:
+            await writer.write(" ".join(words))
+        await writer.aclose()
+        await self.source.wait_for_playout()
+        await self.set_state("listening")
+
+    async def show_video(self, kiosk: str, payload: str) -> str:
+        return await self.room.local_participant.perform_rpc(
+            destination_identity=kiosk, method="kiosk.show_video", payload=payload, response_timeout=10
+        )
+
+    async def leave(self) -> None:
+        await self.room.disconnect()
+
+
+def chromium_available() -> bool:
+    return CHROMIUM.exists() and shutil.which("node") is not None

@@ -1,0 +1,228 @@
+"""The kiosk page in a real browser: Debian's Chromium (headless, driven by playwright-core)
+with a fake microphone playing a French WAV, against the real LiveKit server, token service,
+PostgreSQL and Redis of the local stack.
+
+Two kinds of agent answer the kiosk: the real JARVIS worker (dispatched by the token
+service, as in production), and a scripted stand-in that speaks LiveKit Agents' protocol
+(state attribute, audio, transcription streams, the kiosk.show_video RPC) so the kiosk's
+own side is proven whatever the speech models can do on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jarvis.stack import LocalStack
+from tests.browser.helpers import (
+    ARTIFACTS,
+    CHROMIUM,
+    REPO,
+    StandInAgent,
+    demo_server,
+    ensure_kiosk_built,
+    french_wav,
+    kiosk_token,
+    run_scenario,
+    session_for_page,
+)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed (/usr/bin/chromium)"),
+]
+
+SQUAT_VIDEO = "https://videos.example.com/tutoriels/squat.mp4"
+SCREENSHOT_DOC = REPO / "docs" / "img" / "kiosk-video-overlay.png"
+
+
+@pytest.fixture(scope="module")
+def kiosk_page() -> None:
+    ensure_kiosk_built()
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("wav")
+    return {
+        "question": french_wav(folder / "question.wav", "Bonjour JARVIS, montre-moi un tutoriel pour le squat."),
+        "greeting": french_wav(
+            folder / "greeting.wav", "Bonjour Camille, je suis JARVIS. Que puis-je faire pour vous ?",
+            lead_silence_s=0.1, tail_silence_s=0.3,
+        ),
+        "answer": french_wav(folder / "answer.wav", "Voici le tutoriel du squat.", lead_silence_s=0.0, tail_silence_s=0.2),
+    }
+
+
+@pytest.fixture
+def kiosk_url(kiosk_page: None, token_service_url: str) -> Iterator[str]:
+    with demo_server(token_service_url) as url:
+        yield url
+
+
+@pytest.fixture
+async def standin(stack: LocalStack, wavs: dict[str, Path]) -> AsyncIterator[StandInAgent]:
+    agent = StandInAgent(stack, f"browser-{uuid.uuid4().hex[:8]}", wavs["greeting"])
+    await agent.join()
+    yield agent
+    await agent.leave()
+
+
+def assert_clean(result: dict[str, Any]) -> None:
+    """The scenario ran to its end and the page threw nothing."""
+    assert result["ok"], (
+        f"{result.get('error')} at {result.get('current_step')}; states={result.get('states')} "
+        f"message={result.get('message_code')} console_errors={result.get('console_errors')} "
+        f"kiosk_logs={result.get('kiosk_logs')}"
+    )
+    assert result["page_errors"] == [], result["page_errors"]
+
+
+async def test_member_talks_with_the_agent_and_gets_a_tutorial_video(
+    standin: StandInAgent, stack: LocalStack, kiosk_url: str, wavs: dict[str, Path]
+) -> None:
+    """Badge → room → the agent greets (audio energy measured in the browser) → the member
+    asks for a tutorial (text mode) → bad video requests are refused → the video shows."""
+    replies: list[dict[str, str]] = []
+
+    async def play_agent() -> None:
+        kiosk = await standin.kiosk_identity()
+        await standin.set_state("listening")
+        await standin.say("Bonjour Camille, je suis JARVIS.", wavs["greeting"], "greeting")
+        await asyncio.wait_for(standin.chat_received.wait(), 60)
+        await standin.set_state("thinking")
+        bad_payloads = [
+            json.dumps({"title": "Squat"}),  # no url
+            json.dumps({"url": "javascript:alert(document.cookie)", "title": "Squat"}),
+            json.dumps({"url": SQUAT_VIDEO, "title": "x" * 201}),
+            json.dumps({"url": SQUAT_VIDEO, "title": "Squat", "notes": "n" * 5000}),  # over 4 KB
+            json.dumps({"url": SQUAT_VIDEO, "title": "t" * 1_000_000}),  # a 1 MB title
+        ]
+        for payload in bad_payloads:
+            replies.append(json.loads(await standin.show_video(kiosk, payload)))
+        replies.append(json.loads(await standin.show_video(kiosk, json.dumps({"url": SQUAT_VIDEO, "title": "Le squat"}))))
+        await standin.say("Voici le tutoriel du squat.", wavs["answer"], "answer")
+
+    agent_task = asyncio.create_task(play_agent())
+    result = await run_scenario({
+        "url": kiosk_url,
+        "wav": str(wavs["question"]),
+        "sessionOverride": session_for_page(stack, standin.room_name),
+        "steps": [
+            {"click_badge": "LYON-0001"},
+            {"wait_state": ["listening", "speaking"]},
+            {"wait_agent_audio": 0.02},
+            {"wait_transcript": "Camille"},
+            {"chat": "Montre-moi un tutoriel pour le squat"},
+            {"wait_rejections": 5},
+            {"wait_video": SQUAT_VIDEO},
+            {"wait_transcript": "tutoriel du squat"},
+            {"screenshot": "kiosk-video-overlay.png"},
+            {"tap_video": True},
+            {"wait_video_closed": True},
+            {"end": True},
+        ],
+    })
+    if not result["ok"]:
+        agent_task.cancel()
+    assert_clean(result)
+    await asyncio.wait_for(agent_task, 30)
+
+    assert result["greeting"] == "Bonjour Camille"
+    assert result["agent_audio_peak_rms"] > 0.02, "the greeting's audio must arrive with energy, not silence"
+    assert {"listening", "speaking", "thinking"} <= {s["state"] for s in result["states"]}
+    assert standin.chats == ["Montre-moi un tutoriel pour le squat"]
+    assert replies == [
+        {"status": "rejected", "reason": "missing_url"},
+        {"status": "rejected", "reason": "unsupported_url_scheme"},
+        {"status": "rejected", "reason": "title_too_long"},
+        {"status": "rejected", "reason": "payload_too_large"},
+        {"status": "rejected", "reason": "payload_too_large"},
+        {"status": "shown"},
+    ]
+    assert result["video_rejections"] == ["missing_url", "unsupported_url_scheme", "title_too_long", "payload_too_large",
+                                         "payload_too_large"]
+    assert [v["url"] for v in result["videos"]] == [SQUAT_VIDEO], "only the valid request reached the screen"
+    refusals = [line for line in result["kiosk_logs"] if "kiosk.show_video refused" in line]
+    assert len(refusals) == 5, result["kiosk_logs"]
+    assert not any("alert(" in line or "tttt" in line for line in result["kiosk_logs"]), "payloads are not logged"
+    speakers = [(line["speaker"], line["text"]) for line in result["transcript"]]
+    assert ("member", "Montre-moi un tutoriel pour le squat") in speakers
+    assert any(s == "agent" and "Bonjour Camille" in t for s, t in speakers)
+    assert result["state"] == "ended"
+
+    screenshot = ARTIFACTS / "kiosk-video-overlay.png"
+    assert screenshot.stat().st_size > 10_000
+    SCREENSHOT_DOC.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(screenshot, SCREENSHOT_DOC)
+
+
+async def test_microphone_denied_is_explained_in_french(standin: StandInAgent, stack: LocalStack, kiosk_url: str) -> None:
+    result = await run_scenario({
+        "url": kiosk_url,
+        "microphone": "denied",
+        "sessionOverride": session_for_page(stack, standin.room_name),
+        "steps": [{"click_badge": "LYON-0001"}, {"wait_message": "microphone_denied"}, {"end": True}],
+    })
+    assert_clean(result)
+    assert "micro" in result["message_text"] and "Autorisez" in result["message_text"]
+
+
+async def test_expired_token_asks_the_member_to_badge_again(stack: LocalStack, kiosk_url: str) -> None:
+    room = f"browser-{uuid.uuid4().hex[:8]}"
+    expired = kiosk_token(stack, room, ttl_s=-120)
+    result = await run_scenario({
+        "url": kiosk_url,
+        "sessionOverride": session_for_page(stack, room, token=expired),
+        "steps": [{"click_badge": "LYON-0001"}, {"wait_message": "token_expired"}],
+    })
+    assert_clean(result)
+    assert result["message_text"] == "Votre session a expiré. Scannez à nouveau votre badge."
+    assert result["state"] == "ended"
+
+
+async def test_absent_agent_is_explained_in_french(stack: LocalStack, kiosk_url: str) -> None:
+    room = f"browser-{uuid.uuid4().hex[:8]}"  # nobody dispatches an agent to this room
+    result = await run_scenario({
+        "url": kiosk_url + "?agentTimeoutMs=3000",
+        "sessionOverride": session_for_page(stack, room),
+        "steps": [{"click_badge": "LYON-0001"}, {"wait_state": ["waiting_agent"]}, {"wait_message": "agent_absent"}],
+    })
+    assert_clean(result)
+    assert result["message_text"].startswith("JARVIS ne répond pas")
+    assert result["state"] == "ended"
+
+
+async def test_badge_of_another_gym_is_refused_by_the_gym_backend(kiosk_url: str) -> None:
+    result = await run_scenario({
+        "url": kiosk_url,
+        "steps": [{"click_badge": "BDX-0001"}, {"wait_message": "session_refused"}],
+    })
+    assert_clean(result)
+    assert result["states"] == [], "no room is joined with a refused badge"
+
+
+async def test_real_jarvis_worker_joins_the_page_through_the_gym_backend(
+    kiosk_url: str, agent_worker: LocalStack, wavs: dict[str, Path]
+) -> None:
+    """The production path: page → demo gym backend (gym key) → token service → LiveKit
+    → the JARVIS worker is dispatched into the kiosk's room."""
+    result = await run_scenario({
+        "url": kiosk_url,
+        "wav": str(wavs["question"]),
+        "steps": [
+            {"click_badge": "LYON-0001"},
+            {"wait_agent_present": True, "timeoutMs": 60_000},
+            {"screenshot": "kiosk-real-agent.png"},
+            {"end": True},
+        ],
+    }, timeout_s=150)
+    assert_clean(result)
+    assert result["greeting"] == "Bonjour Camille"
