@@ -1,0 +1,142 @@
+"""End to end in text mode, over the real LiveKit server: the gym backend asks the token
+service for a session, the kiosk joins with that token, greets come first, the member types
+"how do I squat", the kiosk receives the `kiosk.show_video` RPC and the text answer, and the
+session's rows are in PostgreSQL. The agent is the real worker process (`python -m agent
+start`) with its LLM pointed at the stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from livekit import rtc
+
+from jarvis.stack import LocalStack
+from tests.brain.conftest import CAMILLE, LYON
+from tests.kiosk_sim import agent_participant, eventually, open_session
+from tests.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say, last_user_text
+
+pytestmark = pytest.mark.integration
+
+# Our own agent name, so this worker never serves another test's sessions and vice versa.
+AGENT_NAME = "jarvis-brain-e2e"
+
+
+def kiosk_conversation(request: dict[str, Any]) -> Reply:
+    """The LLM's side: a video for an exercise question, then relay the tool's result."""
+    if request["messages"][-1]["role"] == "tool":
+        return EchoToolResult("D'accord ! ")
+    if "squat" in last_user_text(request).lower():
+        return CallTool("display_video_tutorial", {"exercise": "squat"})
+    return Say("Avec plaisir.")
+
+
+@pytest.fixture(scope="module")
+async def brain_services(stack: LocalStack) -> AsyncIterator[tuple[str, LLMStandIn]]:
+    """The stand-in LLM, a token service and a worker dispatched as AGENT_NAME."""
+    async with LLMStandIn(kiosk_conversation) as llm_server:
+        env = {
+            "JARVIS_AGENT_NAME": AGENT_NAME,
+            "JARVIS_NUM_IDLE_PROCESSES": "1",
+            "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
+            "JARVIS_LLM__PRIMARY__MODEL": "standin",
+            "JARVIS_LLM__PRIMARY__BASE_URL": llm_server.base_url,
+        }
+        token_url = await asyncio.to_thread(stack.start_token_service, env)
+        await asyncio.to_thread(stack.start_agent_worker, env, "agent-brain")
+        yield token_url, llm_server
+
+
+async def db_rows(stack: LocalStack, sql: str, *args: Any) -> list[Any]:
+    import asyncpg
+
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def test_kiosk_chats_with_jarvis_and_gets_the_squat_video(
+    stack: LocalStack, brain_services: tuple[str, LLMStandIn]
+) -> None:
+    token_url, _ = brain_services
+    session = await open_session(token_url, "demo-key-lyon-part-dieu", "LYON-0001")
+    started = time.perf_counter()
+
+    room = rtc.Room()
+    answers: list[str] = []
+    videos: list[dict[str, Any]] = []
+
+    async def read_answer(reader: rtc.TextStreamReader) -> None:
+        text = await reader.read_all()
+        if text.strip():
+            answers.append(text)
+
+    def on_text(reader: rtc.TextStreamReader, participant_identity: str) -> None:
+        asyncio.get_running_loop().create_task(read_answer(reader))
+
+    async def show_video(data: rtc.RpcInvocationData) -> str:
+        videos.append(json.loads(data.payload))
+        return json.dumps({"status": "shown"})
+
+    room.register_text_stream_handler("lk.transcription", on_text)
+    await room.connect(session["livekit_url"], session["token"])
+    room.local_participant.register_rpc_method("kiosk.show_video", show_video)
+    try:
+        await eventually(lambda: agent_participant(room), 60, "JARVIS to join")
+        greeting = await eventually(
+            lambda: next((a for a in answers if "Camille" in a), None), 20, "the greeting by first name"
+        )
+        greeted_ms = 1000 * (time.perf_counter() - started)
+        assert greeting.startswith(("Bonjour Camille", "Bonsoir Camille"))
+
+        asked = time.perf_counter()
+        await room.local_participant.send_text("Comment on fait un squat ?", topic="lk.chat")
+        await eventually(lambda: videos, 20, "the kiosk.show_video RPC")
+        video_ms = 1000 * (time.perf_counter() - asked)
+        answer = await eventually(lambda: next((a for a in answers if "affichée" in a), None), 20, "the answer")
+        answer_ms = 1000 * (time.perf_counter() - asked)
+    finally:
+        await room.disconnect()
+
+    assert videos == [{"url": "https://videos.example.com/energie-lyon-part-dieu/squat.mp4", "title": "Le squat"}]
+    assert answer == "D'accord ! La vidéo « Le squat » est affichée sur l'écran de la borne."
+    print(
+        f"\ne2e text: greeting {greeted_ms:.0f} ms after the session request; "
+        f"video RPC {video_ms:.0f} ms and answer {answer_ms:.0f} ms after the chat message"
+    )
+
+    session_id = session["session_id"]
+    sessions = await db_rows(
+        stack, "SELECT gym_id::text, member_id::text, kiosk_id, room FROM voice_sessions WHERE id = $1", session_id
+    )
+    assert [tuple(s) for s in sessions] == [(LYON, CAMILLE, "accueil-1", session["room"])]
+    logged = await db_rows(
+        stack, "SELECT kind, text, tool_name FROM jarvis_interactions WHERE session_id = $1 ORDER BY id", session_id
+    )
+    kinds = [(r["kind"], r["tool_name"] or r["text"]) for r in logged]
+    assert kinds == [
+        ("agent", greeting),
+        ("user", "Comment on fait un squat ?"),
+        ("tool", "display_video_tutorial"),
+        ("agent", answer),
+    ]
+
+    # When the kiosk leaves, the job ends and the summary is written after the conversation.
+    async def summary() -> Any:
+        rows = await db_rows(
+            stack, "SELECT outcome, summary, sentiment, duration_s FROM voice_sessions WHERE id = $1", session_id
+        )
+        return rows[0] if rows and rows[0]["outcome"] else None
+
+    deadline = time.monotonic() + 30
+    while (ended := await summary()) is None:
+        assert time.monotonic() < deadline, "no session summary 30 s after the kiosk left"
+        await asyncio.sleep(0.2)
+    assert ended["outcome"] == "completed" and ended["summary"].startswith("Vidéo")
+    assert ended["sentiment"] == "neutral" and ended["duration_s"] > 0
