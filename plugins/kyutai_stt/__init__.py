@@ -4,3 +4,8 @@ engine server it talks to (`python -m kyutai_stt.server`), sharing Kyutai's own 
 The engine modules import torch and moshi; the plugin does not, so agent jobs stay light.
 """
 
+
+from .models import EndOfTurnOptions, SttLanguage
+from .stt import STT, SpeechStream
+
+__all__ = ["STT", "EndOfTurnOptions", "SpeechStream", "SttLanguage"]

@@ -1,0 +1,447 @@
+"""LiveKit STT for Kyutai's streaming speech-to-text: a thin client of the engine server.
+
+Each `SpeechStream` opens one WebSocket to the server (ours, or Kyutai's Rust moshi-server: same
+protocol), sends the room's audio resampled to 24 kHz mono, and turns the server's messages into
+LiveKit events: START_OF_SPEECH on the first word of a turn, INTERIM_TRANSCRIPT as words arrive,
+then, at the end of the turn, FINAL_TRANSCRIPT and END_OF_SPEECH.
+
+End of turn: the pause probability of one of the model's end-of-speech heads, smoothed as Unmute
+does, crossing a threshold while the member speaks. The stream then flushes the model's text delay
+(a `Marker` followed by a burst of silence) so the last words and the FINAL come at once, not
+half a second later. Checkpoints without the heads end a turn after a silence without words (the
+agent's VAD or turn detector can flush earlier through `flush()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgpack
+import numpy as np
+import websockets
+from livekit import rtc
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectionError,
+    APIConnectOptions,
+    APIStatusError,
+    APITimeoutError,
+    stt,
+    utils,
+)
+from livekit.agents.language import LanguageCode
+from livekit.agents.types import NOT_GIVEN, NotGivenOr, TimedString
+from livekit.agents.utils import AudioBuffer, is_given
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from .log import logger
+from .models import FRAME_SECONDS, EndOfTurnOptions, PauseAverage, SttLanguage
+
+# The wire format, as in `protocol` (not imported: that module pulls numpy-heavy validation the
+# plugin does not need, and the plugin must also work against Kyutai's own server).
+PATH = "/api/asr-streaming"
+API_KEY_HEADER = "kyutai-api-key"
+SAMPLE_RATE = 24_000
+FRAME_SAMPLES = 1920
+NO_FREE_CHANNELS = "no free channels"
+END_MARKER_TIMEOUT_S = 5.0  # at end of input, the longest wait for the last words
+
+
+@dataclass
+class _STTOptions:
+    url: str
+    api_key: str
+    language: SttLanguage
+    end_of_turn: EndOfTurnOptions
+
+
+class STT(stt.STT):
+    """Kyutai streaming STT through a Kyutai engine server (`python -m kyutai_stt.server`)."""
+
+    def __init__(
+        self,
+        *,
+        url: NotGivenOr[str] = NOT_GIVEN,
+        api_key: NotGivenOr[str] = NOT_GIVEN,
+        language: SttLanguage = "fr",
+        end_of_turn: EndOfTurnOptions | None = None,
+    ) -> None:
+        super().__init__(
+            capabilities=stt.STTCapabilities(
+                streaming=True, interim_results=True, aligned_transcript="word", offline_recognize=True
+            )
+        )
+        resolved_url = url if is_given(url) else os.environ.get("KYUTAI_STT_URL", "ws://127.0.0.1:8088")
+        resolved_key = api_key if is_given(api_key) else os.environ.get("KYUTAI_STT_API_KEY", "public_token")
+        if not resolved_url.startswith(("ws://", "wss://")):
+            raise ValueError("url must be a ws:// or wss:// address of a Kyutai STT server")
+        self._opts = _STTOptions(
+            url=resolved_url.rstrip("/"),
+            api_key=resolved_key,
+            language=language,
+            end_of_turn=end_of_turn or EndOfTurnOptions(),
+        )
+
+    @property
+    def model(self) -> str:
+        return "kyutai/stt-1b-en_fr"
+
+    @property
+    def provider(self) -> str:
+        return "kyutai"
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> SpeechStream:
+        opts = self._opts
+        if is_given(language):
+            opts = replace(opts, language=_language(language))
+        return SpeechStream(stt=self, opts=opts, conn_options=conn_options)
+
+    async def _recognize_impl(
+        self,
+        buffer: AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions,
+    ) -> stt.SpeechEvent:
+        """One-shot recognition: stream the buffer, end the input, gather the final transcripts."""
+        frame = utils.merge_frames(buffer)
+        stream = self.stream(language=language, conn_options=replace(conn_options, max_retry=0))
+        finals: list[stt.SpeechData] = []
+        async with stream:
+            stream.push_frame(frame)
+            stream.end_input()
+            async for event in stream:
+                if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    finals.extend(event.alternatives[:1])
+        words = [w for data in finals for w in (data.words or [])]
+        text = " ".join(data.text for data in finals)
+        data = stt.SpeechData(
+            language=LanguageCode(stream.language),
+            text=text,
+            start_time=finals[0].start_time if finals else 0.0,
+            end_time=finals[-1].end_time if finals else 0.0,
+            words=words,
+        )
+        return stt.SpeechEvent(type=stt.SpeechEventType.FINAL_TRANSCRIPT, alternatives=[data])
+
+
+def _language(language: str) -> SttLanguage:
+    code = language.split("-")[0].lower()
+    if code not in ("fr", "en"):
+        raise ValueError(f"Kyutai stt-1b-en_fr transcribes French and English, not {language!r}")
+    return "fr" if code == "fr" else "en"
+
+
+@dataclass
+class _Connection:
+    """What one connection to the server knows; a reconnection starts afresh."""
+
+    ws: ClientConnection
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sent_samples: int = 0  # everything sent, flush silence included: the server's time axis
+    inserted: list[tuple[float, float]] = field(default_factory=list)  # (server time, silence seconds)
+    steps: int = 0
+    speaking: bool = False
+    words: list[TimedString] = field(default_factory=list)
+    last_word_step: int = 0
+    markers: dict[int, str] = field(default_factory=dict)  # marker id -> "turn" | "flush" | "end"
+    next_marker: int = 1
+    flushing: bool = False
+    closing: bool = False
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    usage_samples: int = 0  # member audio not yet reported as usage
+    has_heads: bool | None = None
+
+    def audio_time(self, server_time: float) -> float:
+        """Server time (which counts the flush silence we inserted) -> time in the member's audio."""
+        inserted = sum(seconds for at, seconds in self.inserted if at < server_time - 1e-6)
+        return max(0.0, server_time - inserted)
+
+
+class SpeechStream(stt.SpeechStream):
+    def __init__(self, *, stt: STT, opts: _STTOptions, conn_options: APIConnectOptions) -> None:
+        super().__init__(stt=stt, conn_options=conn_options, sample_rate=SAMPLE_RATE)
+        self._opts = opts
+        self._pause = PauseAverage(opts.end_of_turn.attack_s, opts.end_of_turn.release_s)
+        self._warned_no_heads = False
+
+    @property
+    def language(self) -> SttLanguage:
+        return self._opts.language
+
+    @property
+    def pause_probability(self) -> float:
+        """The smoothed probability that the member has finished their turn (0 without heads)."""
+        return self._pause.value
+
+    async def _run(self) -> None:
+        conn = _Connection(ws=await self._connect())
+        self._pause.value = 0.0
+        sender = asyncio.create_task(self._send_loop(conn), name="kyutai_stt.send")
+        receiver = asyncio.create_task(self._receive_loop(conn), name="kyutai_stt.receive")
+        try:
+            done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # raise the first failure
+            if receiver not in done:
+                await receiver
+        finally:
+            conn.closing = True
+            await utils.aio.cancel_and_wait(sender, receiver)
+            with contextlib.suppress(Exception):
+                await conn.ws.close()
+
+    async def _connect(self) -> ClientConnection:
+        url = f"{self._opts.url}{PATH}"
+        timeout = self._conn_options.timeout
+        try:
+            async with asyncio.timeout(timeout):
+                ws = await websockets.connect(
+                    url,
+                    additional_headers={API_KEY_HEADER: self._opts.api_key},
+                    open_timeout=None,
+                    max_size=2**22,
+                )
+        except TimeoutError as exc:
+            raise APITimeoutError(f"Kyutai STT server at {self._opts.url} did not answer in {timeout} s") from exc
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise APIStatusError(
+                f"Kyutai STT server refused the stream (HTTP {status})", status_code=status
+            ) from exc
+        except (OSError, InvalidHandshake, InvalidURI) as exc:
+            raise APIConnectionError(f"cannot reach the Kyutai STT server at {self._opts.url}: {exc}") from exc
+        try:
+            async with asyncio.timeout(timeout):
+                first = msgpack.unpackb(await ws.recv(), raw=False)
+        except TimeoutError as exc:
+            await ws.close()
+            raise APITimeoutError("Kyutai STT server accepted the connection but sent no Ready") from exc
+        except ConnectionClosed as exc:
+            raise APIConnectionError("Kyutai STT server closed the connection before Ready") from exc
+        if isinstance(first, dict) and first.get("type") == "Ready":
+            return ws
+        await ws.close()
+        raise _server_error(first)
+
+    async def _send(self, conn: _Connection, message: dict[str, Any]) -> None:
+        data = msgpack.packb(message, use_bin_type=True, use_single_float=True)
+        async with conn.send_lock:
+            try:
+                await conn.ws.send(data)
+            except ConnectionClosed as exc:
+                if conn.closing:
+                    return
+                raise APIConnectionError("connection to the Kyutai STT server lost") from exc
+
+    async def _send_audio(self, conn: _Connection, samples: np.ndarray) -> None:
+        conn.sent_samples += samples.size
+        await self._send(conn, {"type": "Audio", "pcm": samples.tolist()})
+
+    async def _send_loop(self, conn: _Connection) -> None:
+        async for item in self._input_ch:
+            if isinstance(item, self._FlushSentinel):
+                if conn.speaking or conn.words:
+                    await self._flush(conn, "flush")
+                continue
+            samples = _to_mono_float(item)
+            if samples.size == 0:
+                continue  # an empty frame carries nothing to transcribe
+            conn.usage_samples += samples.size
+            await self._send_audio(conn, samples)
+        # Input ended: push the last words out of the model, then close.
+        await self._flush(conn, "end")
+        silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+        deadline = time.monotonic() + END_MARKER_TIMEOUT_S
+        while not conn.ended.is_set() and time.monotonic() < deadline:
+            # A server whose delay is longer than our flush needs more silence to reach the marker.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conn.ended.wait(), timeout=FRAME_SECONDS)
+            if not conn.ended.is_set():
+                await self._send_audio(conn, silence)
+        if not conn.ended.is_set():
+            logger.warning("Kyutai STT server did not return the end marker in time")
+            self._finish_segment(conn)
+            self._report_usage(conn)
+        conn.closing = True
+        await conn.ws.close()
+
+    async def _flush(self, conn: _Connection, kind: str) -> None:
+        """Send a Marker then enough silence to carry it (and the last words) through the model."""
+        marker_id = conn.next_marker
+        conn.next_marker += 1
+        conn.markers[marker_id] = kind
+        conn.flushing = True
+        frames = self._opts.end_of_turn.flush_frames
+        await self._send(conn, {"type": "Marker", "id": marker_id})
+        conn.inserted.append((conn.sent_samples / SAMPLE_RATE, frames * FRAME_SECONDS))
+        await self._send_audio(conn, np.zeros(frames * FRAME_SAMPLES, dtype=np.float32))
+
+    async def _receive_loop(self, conn: _Connection) -> None:
+        while True:
+            try:
+                raw = await conn.ws.recv()
+            except ConnectionClosed as exc:
+                if conn.closing or conn.ended.is_set():
+                    return
+                raise APIConnectionError("the Kyutai STT server closed the stream") from exc
+            try:
+                message = msgpack.unpackb(raw, raw=False)
+                kind = message["type"]
+            except (ValueError, TypeError, KeyError, msgpack.ExtraData) as exc:
+                raise APIConnectionError("the Kyutai STT server sent an unreadable message") from exc
+            if kind == "Word":
+                self._on_word(conn, str(message["text"]), float(message["start_time"]))
+            elif kind == "EndWord":
+                self._on_end_word(conn, float(message["stop_time"]))
+            elif kind == "Step":
+                await self._on_step(conn, list(message.get("prs") or []))
+            elif kind == "Marker":
+                if self._on_marker(conn, int(message["id"])):
+                    return
+            elif kind == "Error":
+                raise _server_error(message)
+
+    def _word_time(self, conn: _Connection, server_time: float) -> float:
+        return conn.audio_time(server_time) + self.start_time_offset
+
+    def _on_word(self, conn: _Connection, text: str, server_start: float) -> None:
+        start = self._word_time(conn, server_start)
+        if not conn.speaking:
+            conn.speaking = True
+            self._event_ch.send_nowait(
+                stt.SpeechEvent(
+                    type=stt.SpeechEventType.START_OF_SPEECH,
+                    request_id=conn.request_id,
+                    speech_start_time=start,
+                )
+            )
+        conn.words.append(_timed(text, start, start, self.start_time_offset))
+        conn.last_word_step = conn.steps
+        self._event_ch.send_nowait(
+            stt.SpeechEvent(
+                type=stt.SpeechEventType.INTERIM_TRANSCRIPT,
+                request_id=conn.request_id,
+                alternatives=[self._speech_data(conn)],
+            )
+        )
+
+    def _on_end_word(self, conn: _Connection, server_stop: float) -> None:
+        if conn.words:
+            last = conn.words[-1]
+            stop = max(float(last.start_time), self._word_time(conn, server_stop))  # type: ignore[arg-type]
+            conn.words[-1] = _timed(str(last), float(last.start_time), stop, self.start_time_offset)  # type: ignore[arg-type]
+
+    async def _on_step(self, conn: _Connection, prs: list[float]) -> None:
+        conn.steps += 1
+        options = self._opts.end_of_turn
+        if conn.has_heads is None:
+            conn.has_heads = options.head < len(prs)
+            if not conn.has_heads and not self._warned_no_heads:
+                self._warned_no_heads = True
+                logger.info(
+                    "the STT checkpoint has no end-of-speech head %d: end of turn after %.1f s without "
+                    "words, or from the agent's VAD / turn detector",
+                    options.head,
+                    options.no_heads_silence_s,
+                )
+        if conn.has_heads and options.head < len(prs) and conn.steps > options.ignore_first_steps:
+            self._pause.update(min(1.0, max(0.0, float(prs[options.head]))))
+        if not conn.speaking or conn.flushing:
+            return
+        if conn.has_heads:
+            ended = self._pause.value > options.threshold
+        else:
+            ended = (conn.steps - conn.last_word_step) * FRAME_SECONDS >= options.no_heads_silence_s
+        if ended:
+            await self._flush(conn, "turn")
+
+    def _on_marker(self, conn: _Connection, marker_id: int) -> bool:
+        """The model has caught up with a flush: the segment is final. True at the end of input."""
+        kind = conn.markers.pop(marker_id, None)
+        if kind is None:
+            return False
+        conn.flushing = bool(conn.markers)
+        self._finish_segment(conn)
+        self._report_usage(conn)
+        if kind == "end":
+            conn.ended.set()
+            return True
+        return False
+
+    def _finish_segment(self, conn: _Connection) -> None:
+        if conn.words:
+            self._event_ch.send_nowait(
+                stt.SpeechEvent(
+                    type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+                    request_id=conn.request_id,
+                    alternatives=[self._speech_data(conn)],
+                )
+            )
+        if conn.speaking:
+            self._event_ch.send_nowait(
+                stt.SpeechEvent(
+                    type=stt.SpeechEventType.END_OF_SPEECH,
+                    request_id=conn.request_id,
+                    speech_end_time=float(conn.words[-1].end_time) if conn.words else None,  # type: ignore[arg-type]
+                )
+            )
+        conn.words = []
+        conn.speaking = False
+        self._pause.value = 0.0
+
+    def _report_usage(self, conn: _Connection) -> None:
+        if conn.usage_samples:
+            self._event_ch.send_nowait(
+                stt.SpeechEvent(
+                    type=stt.SpeechEventType.RECOGNITION_USAGE,
+                    request_id=conn.request_id,
+                    recognition_usage=stt.RecognitionUsage(audio_duration=conn.usage_samples / SAMPLE_RATE),
+                )
+            )
+            conn.usage_samples = 0
+
+    def _speech_data(self, conn: _Connection) -> stt.SpeechData:
+        words = list(conn.words)
+        return stt.SpeechData(
+            language=LanguageCode(self._opts.language),
+            text=" ".join(str(w) for w in words),
+            start_time=float(words[0].start_time),  # type: ignore[arg-type]
+            end_time=float(words[-1].end_time),  # type: ignore[arg-type]
+            confidence=1.0,
+            words=words,
+            metadata={"pause_probability": self._pause.value},
+        )
+
+
+def _timed(text: str, start: float, end: float, offset: float) -> TimedString:
+    return TimedString(text, start_time=start, end_time=end, start_time_offset=offset)
+
+
+def _to_mono_float(frame: rtc.AudioFrame) -> np.ndarray:
+    samples = np.frombuffer(frame.data, dtype=np.int16)
+    if samples.size == 0:
+        return np.zeros(0, dtype=np.float32)
+    if frame.num_channels > 1:
+        samples = samples.reshape(-1, frame.num_channels).mean(axis=1)
+    return (samples.astype(np.float32) / 32768.0).astype(np.float32)
+
+
+def _server_error(message: Any) -> APIStatusError:
+    text = str(message.get("message", message)) if isinstance(message, dict) else repr(message)
+    if text == NO_FREE_CHANNELS:
+        return APIStatusError("Kyutai STT server is full (no free channels)", status_code=503, retryable=True)
+    return APIStatusError(f"Kyutai STT server error: {text}", status_code=500, retryable=True)

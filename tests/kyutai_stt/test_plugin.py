@@ -1,0 +1,269 @@
+"""The LiveKit STT plugin against the engine server: what an agent session sees from a member's turn."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+from kyutai_stt import STT, EndOfTurnOptions
+from kyutai_stt.server import SttServer
+from livekit import rtc
+from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError, APITimeoutError
+from livekit.agents.stt import SpeechEvent, SpeechEventType
+
+from .conftest import espeak_french, free_port, server_url, speech, start_server
+from .test_server import wait_for_streams
+
+FAST_FAIL = APIConnectOptions(max_retry=0, retry_interval=0.1, timeout=3.0)
+ONE_RETRY = APIConnectOptions(max_retry=1, retry_interval=0.2, timeout=3.0)
+
+
+def to_frames(audio: np.ndarray, rate: int, frame_samples: int) -> list[rtc.AudioFrame]:
+    """Float audio -> int16 LiveKit frames of an odd size, as a room track may deliver them."""
+    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+    return [
+        rtc.AudioFrame(pcm[i : i + frame_samples].tobytes(), rate, 1, len(pcm[i : i + frame_samples]))
+        for i in range(0, len(pcm), frame_samples)
+    ]
+
+
+def resample(audio: np.ndarray, rate: int) -> np.ndarray:
+    positions = np.arange(0, len(audio), 24000 / rate)
+    return np.interp(positions, np.arange(len(audio)), audio).astype(np.float32)
+
+
+async def collect(stream: AsyncIterator[SpeechEvent], within_s: float = 20.0) -> list[SpeechEvent]:
+    events: list[SpeechEvent] = []
+
+    async def run() -> None:
+        async for event in stream:
+            events.append(event)
+
+    await asyncio.wait_for(run(), timeout=within_s)
+    return events
+
+
+def assert_turns_well_formed(events: list[SpeechEvent]) -> None:
+    """START_OF_SPEECH, INTERIM*, FINAL, END_OF_SPEECH per turn; word times never go back."""
+    speaking = False
+    last_word_start = -1.0
+    for event in events:
+        if event.type == SpeechEventType.START_OF_SPEECH:
+            assert not speaking
+            speaking = True
+        elif event.type in (SpeechEventType.INTERIM_TRANSCRIPT, SpeechEventType.FINAL_TRANSCRIPT):
+            assert speaking, "transcripts only inside a turn"
+            data = event.alternatives[0]
+            assert data.text and data.words
+            starts = [float(w.start_time) for w in data.words]  # type: ignore[arg-type]
+            assert starts == sorted(starts)
+            assert all(float(w.end_time) >= float(w.start_time) for w in data.words)  # type: ignore[arg-type]
+            assert data.start_time == starts[0] and data.end_time >= data.start_time
+            if event.type == SpeechEventType.FINAL_TRANSCRIPT:
+                assert starts[0] >= last_word_start
+                last_word_start = starts[-1]
+        elif event.type == SpeechEventType.END_OF_SPEECH:
+            assert speaking
+            speaking = False
+    assert not speaking, "every turn ends"
+
+
+async def test_a_members_french_sentence_through_the_plugin(stt_server: SttServer, tmp_path: Path) -> None:
+    samples, rate = espeak_french("Bonjour, je voudrais réserver un cours de yoga demain matin.", tmp_path)
+    audio = np.concatenate([samples.astype(np.float32) / 32768, np.zeros(rate * 2, np.float32)])
+    plugin = STT(url=server_url(stt_server))
+    stream = plugin.stream(conn_options=FAST_FAIL)
+    stream.start_time_offset = 30.0  # the stream began 30 s into the session
+    for frame in to_frames(audio, rate, 317):  # espeak's 22.05 kHz, odd frame size
+        stream.push_frame(frame)
+    stream.end_input()
+    events = await collect(stream)
+
+    kinds = [e.type for e in events]
+    assert kinds[0] == SpeechEventType.START_OF_SPEECH
+    assert SpeechEventType.INTERIM_TRANSCRIPT in kinds and SpeechEventType.FINAL_TRANSCRIPT in kinds
+    assert_turns_well_formed(events)
+    finals = [e for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
+    words = [w for e in finals for w in e.alternatives[0].words or []]
+    assert all(30.0 <= float(w.start_time) <= 30.0 + len(audio) / rate for w in words)  # type: ignore[arg-type]
+    # (the framework adds the time spent connecting to the offset)
+    assert all(w.start_time_offset == pytest.approx(30.0, abs=0.5) for w in words)
+    assert all(e.alternatives[0].language == "fr" for e in finals)
+    usage = sum(e.recognition_usage.audio_duration for e in events if e.recognition_usage is not None)
+    assert usage == pytest.approx(len(audio) / rate, abs=0.05)
+    await stream.aclose()
+
+
+@pytest.mark.parametrize("rate", [16000, 24000, 48000])
+async def test_room_audio_at_16_24_48_khz_is_accepted(stt_server: SttServer, rate: int) -> None:
+    audio = np.concatenate([resample(speech(1.5, seed=rate), rate), np.zeros(rate, np.float32)])
+    stream = STT(url=server_url(stt_server)).stream(conn_options=FAST_FAIL)
+    stream.push_frame(rtc.AudioFrame(b"", rate, 1, 0))  # an empty frame is ignored
+    for frame in to_frames(audio, rate, rate // 100 + 3):
+        stream.push_frame(frame)
+    stream.end_input()
+    events = await collect(stream)
+    assert any(e.type == SpeechEventType.FINAL_TRANSCRIPT for e in events)
+    assert_turns_well_formed(events)
+
+
+async def test_the_pause_head_ends_the_turn_while_the_kiosk_keeps_streaming(stt_server: SttServer) -> None:
+    """The member stops talking; the mic keeps sending silence; no end_input: the pause head
+    alone must produce FINAL + END_OF_SPEECH, and the pause probability is exposed."""
+    stream = STT(url=server_url(stt_server)).stream(conn_options=FAST_FAIL)
+    audio = np.concatenate([speech(1.5, seed=5), np.zeros(24000 * 3, np.float32)])
+    events: list[SpeechEvent] = []
+    for frame in to_frames(audio, 24000, 480):
+        stream.push_frame(frame)
+
+    async def until_end_of_speech() -> None:
+        async for event in stream:
+            events.append(event)
+            if event.type == SpeechEventType.END_OF_SPEECH:
+                return
+
+    await asyncio.wait_for(until_end_of_speech(), timeout=20)
+    kinds = [e.type for e in events]
+    assert kinds.index(SpeechEventType.FINAL_TRANSCRIPT) == len(kinds) - 2
+    assert stream.pause_probability == 0.0  # reset for the next turn
+    interim = [e for e in events if e.type == SpeechEventType.INTERIM_TRANSCRIPT]
+    assert all("pause_probability" in (e.alternatives[0].metadata or {}) for e in interim)
+    await stream.aclose()
+
+
+async def test_one_shot_recognize(stt_server: SttServer) -> None:
+    audio = np.concatenate([speech(1.2, seed=8), np.zeros(12000, np.float32)])
+    frame = to_frames(audio, 24000, len(audio))[0]
+    event = await STT(url=server_url(stt_server)).recognize(frame, conn_options=FAST_FAIL)
+    assert event.type == SpeechEventType.FINAL_TRANSCRIPT
+    assert event.alternatives[0].text
+
+
+async def test_a_stream_closed_mid_sentence_frees_its_slot(stt_server: SttServer) -> None:
+    await wait_for_streams(stt_server, 0)
+    stream = STT(url=server_url(stt_server)).stream(conn_options=FAST_FAIL)
+    for frame in to_frames(speech(3.0, seed=9), 24000, 960):
+        stream.push_frame(frame)
+
+    async def first_word() -> None:
+        async for event in stream:
+            if event.type == SpeechEventType.INTERIM_TRANSCRIPT:
+                return
+
+    await asyncio.wait_for(first_word(), timeout=20)
+    await wait_for_streams(stt_server, 1)
+    await stream.aclose()  # the member walked away mid-sentence
+    await wait_for_streams(stt_server, 0)
+
+
+async def test_a_full_server_is_a_clear_error(tiny_stt_dir: Path) -> None:
+    server = await start_server(tiny_stt_dir, max_streams=1)
+    try:
+        async with websockets.connect(f"{server_url(server)}/api/asr-streaming?auth_id=public_token") as holder:
+            await holder.recv()
+            stream = STT(url=server_url(server)).stream(conn_options=FAST_FAIL)
+            stream.push_frame(to_frames(speech(0.2), 24000, 4800)[0])
+            with pytest.raises(APIStatusError) as failure:
+                await collect(stream, within_s=10)
+            assert failure.value.status_code == 503 and "full" in str(failure.value)
+    finally:
+        await server.stop()
+
+
+async def test_a_wrong_api_key_or_unreachable_server_is_a_clear_error(stt_server: SttServer) -> None:
+    stream = STT(url=server_url(stt_server), api_key="wrong").stream(conn_options=FAST_FAIL)
+    with pytest.raises(APIStatusError) as refused:
+        await collect(stream, within_s=10)
+    assert refused.value.status_code == 401 and not refused.value.retryable
+
+    stream = STT(url=f"ws://127.0.0.1:{free_port()}").stream(conn_options=ONE_RETRY)
+    with pytest.raises(APIConnectionError):
+        await collect(stream, within_s=10)
+    with pytest.raises(ValueError):
+        STT(url="http://127.0.0.1:1")
+
+
+async def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)  # accepts TCP, never completes the WebSocket handshake
+
+    tcp = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = tcp.sockets[0].getsockname()[1]
+    try:
+        stream = STT(url=f"ws://127.0.0.1:{port}").stream(
+            conn_options=APIConnectOptions(max_retry=0, retry_interval=0.1, timeout=0.5)
+        )
+        with pytest.raises(APITimeoutError):
+            await collect(stream, within_s=10)
+    finally:
+        tcp.close()
+
+
+async def test_a_killed_server_is_a_clear_error_and_no_hung_session(tiny_stt_dir: Path) -> None:
+    port = free_port()
+    env = dict(
+        os.environ,
+        KYUTAI_STT_CHECKPOINT=str(tiny_stt_dir),
+        KYUTAI_STT_PORT=str(port),
+        KYUTAI_STT_MAX_STREAMS="2",
+        KYUTAI_STT_TORCH_THREADS="1",
+        KYUTAI_STT_DEVICE="cpu",
+        NO_TORCH_COMPILE="1",
+    )
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "kyutai_stt.server", env=env)
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(200):
+                try:
+                    if (await client.get(f"http://127.0.0.1:{port}/api/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+        stream = STT(url=f"ws://127.0.0.1:{port}").stream(conn_options=ONE_RETRY)
+        for frame in to_frames(speech(2.0, seed=3), 24000, 1920):
+            stream.push_frame(frame)
+
+        async def run() -> None:
+            async for event in stream:
+                if event.type == SpeechEventType.INTERIM_TRANSCRIPT and process.returncode is None:
+                    process.send_signal(signal.SIGKILL)  # the GPU box dies mid-sentence
+
+        with pytest.raises(APIConnectionError):
+            await asyncio.wait_for(run(), timeout=15)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_a_checkpoint_without_heads_still_ends_turns(tiny_stt_no_heads_dir: Path) -> None:
+    server = await start_server(tiny_stt_no_heads_dir, max_streams=1)
+    try:
+        stream = STT(url=server_url(server), end_of_turn=EndOfTurnOptions(no_heads_silence_s=0.8)).stream(
+            conn_options=FAST_FAIL
+        )
+        audio = np.concatenate([speech(1.5, seed=6), np.zeros(24000 * 3, np.float32)])
+        for frame in to_frames(audio, 24000, 1920):
+            stream.push_frame(frame)
+        events: list[SpeechEvent] = []
+
+        async def until_end_of_speech() -> None:
+            async for event in stream:
+                events.append(event)
+                if event.type == SpeechEventType.END_OF_SPEECH:
+                    return
+
+        await asyncio.wait_for(until_end_of_speech(), timeout=20)
+        assert SpeechEventType.FINAL_TRANSCRIPT in [e.type for e in events]
+        assert stream.pause_probability == 0.0
+        await stream.aclose()
+    finally:
+        await server.stop()
