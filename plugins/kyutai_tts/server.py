@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
 from kyutai_tts import protocol
 from kyutai_tts.engine import Conditioning, EngineError, EngineFull, StreamHandle, TTSEngine
 from kyutai_tts.settings import EngineSettings
 from kyutai_tts.voices import VoiceBank
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 logger = logging.getLogger("kyutai_tts.server")
 
@@ -292,7 +293,7 @@ def build_service(settings: EngineSettings) -> TTSService:
         padding_bonus=settings.padding_bonus,
         temp=settings.temperature,
     )
-    voices = VoiceBank(tts_model, settings.voice_dir)
+    voices = VoiceBank(tts_model, settings.voice_dir, allow_hub=settings.allow_hub_voices)
     default_voice = voices.embedding(settings.default_voice)
     engine = TTSEngine(
         tts_model,

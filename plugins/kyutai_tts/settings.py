@@ -23,6 +23,7 @@ class EngineSettings(BaseSettings):
     # the Hugging Face voice repo (served from the local HF cache when HF_HUB_OFFLINE=1).
     voice_dir: Path | None = None
     voice_repo: str = "kyutai/tts-voices"
+    allow_hub_voices: bool = True  # False: only voices of voice_dir (no hub lookups at all)
     default_voice: str = DEFAULT_FRENCH_VOICE
     device: str = "auto"  # "auto": cuda when present, else cpu
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU

@@ -7,16 +7,21 @@ import os
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import asyncio
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import uvicorn
 from kyutai_tiny.tts import DEFAULT_VOICE, TinyTTS, write_tiny_tts
 from kyutai_tts.engine import TTSEngine, load_voice_file
+from kyutai_tts.server import TTSService, build_service, create_app
+from kyutai_tts.settings import EngineSettings
 
 torch.set_num_threads(1)
 
@@ -109,3 +114,42 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+API_KEY = "gym-secret"
+
+
+@pytest.fixture(scope="module")
+async def server(tiny_tts: TinyTTS) -> AsyncIterator[tuple[str, TTSService]]:
+    settings = EngineSettings(
+        checkpoint=str(tiny_tts.directory),
+        voice_dir=tiny_tts.voice_dir,
+        default_voice=DEFAULT_VOICE,
+        capacity=2,
+        api_keys=[API_KEY],
+        warmup_steps=1,
+        allow_hub_voices=False,
+    )
+    service = await asyncio.to_thread(build_service, settings)
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(uv.serve())
+    await until(lambda: uv.started)
+    yield f"ws://127.0.0.1:{port}", service
+    uv.should_exit = True
+    await task
+    service.engine.stop()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Polls a condition the engine thread changes (it has no event to await)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.001)
+
+
+async def wait_idle(service: TTSService) -> None:
+    await until(lambda: service.engine.active_streams == 0)
+    assert service.engine.active_streams == 0
+
+

@@ -4,60 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlencode
 
 import httpx
 import msgpack
 import numpy as np
 import pytest
-import uvicorn
 import websockets
 from kyutai_tiny.tts import DEFAULT_VOICE, OTHER_VOICE, TinyTTS
 from kyutai_tts.engine import load_voice_file
-from kyutai_tts.server import TTSService, build_service, create_app
-from kyutai_tts.settings import EngineSettings
 
-from .conftest import FRENCH_ANSWER, free_port, reference_generate
-
-API_KEY = "gym-secret"
-
-
-@pytest.fixture(scope="module")
-async def server(tiny_tts: TinyTTS) -> AsyncIterator[tuple[str, TTSService]]:
-    settings = EngineSettings(
-        checkpoint=str(tiny_tts.directory),
-        voice_dir=tiny_tts.voice_dir,
-        default_voice=DEFAULT_VOICE,
-        capacity=2,
-        api_keys=[API_KEY],
-        warmup_steps=1,
-    )
-    service = await asyncio.to_thread(build_service, settings)
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(uv.serve())
-    await until(lambda: uv.started)
-    yield f"ws://127.0.0.1:{port}", service
-    uv.should_exit = True
-    await task
-    service.engine.stop()
+from .conftest import API_KEY, FRENCH_ANSWER, reference_generate, until, wait_idle
 
 
 def tts_url(base: str, **query: str) -> str:
     return f"{base}/api/tts_streaming?{urlencode({'format': 'PcmMessagePack', **query})}"
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Polls a condition the engine thread changes (it has no event to await)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.001)
-
-
-async def wait_idle(service: TTSService) -> None:
-    await until(lambda: service.engine.active_streams == 0)
-    assert service.engine.active_streams == 0
 
 
 async def test_a_kyutai_style_client_gets_french_audio_and_word_timestamps(server) -> None:
