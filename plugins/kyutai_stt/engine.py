@@ -208,6 +208,7 @@ class SttEngine:
         self.mimi.streaming_forever(max_streams)
         self.lm_gen.streaming_forever(max_streams)
         self.slots: list[SlotState | None] = [None] * max_streams
+        self._vocabulary_size = int(checkpoint.tokenizer.get_piece_size())
         self._pending_reset = torch.zeros(max_streams, dtype=torch.bool)
         self.prefix_frames = (
             protocol.frames_for(checkpoint.audio_silence_prefix_seconds) if silence_prefix else 0
@@ -321,7 +322,8 @@ class SttEngine:
                 if text.strip():
                     messages.append(protocol.word(text.strip(), slot.last_stop_time))
                     slot.unended_word = True
-        elif token > padding:
+        elif token > padding and token < self._vocabulary_size:
+            # (ids past the tokenizer's vocabulary can only come from a mismatched checkpoint)
             slot.word_tokens.append(token)
         if token == END_OF_WORD_ID:
             stop_time = self._time(slot.outputs)

@@ -8,7 +8,8 @@ Stable API (the TTS checkpoint builder uses it too):
 
 - `tiny_mimi_config(...)`: a Mimi config dict in the layout `loaders.get_mimi` takes (and that a
   checkpoint's `mimi_config_name` JSON file holds).
-- `build_tiny_mimi(config, seed=...)`: a `MimiModel` with initialised codebooks, in eval mode.
+- `build_tiny_mimi(config, seed=..., kmeans=True)`: a `MimiModel` with initialised codebooks, in
+  eval mode (`kmeans=False`: random centroids, for real-size configs in benchmarks).
 - `write_tiny_mimi(path, config, seed=...)`: the same, saved as safetensors; returns the path.
 - `write_tiny_tokenizer(path, vocab_size=..., sentences=...)`: a sentencepiece model file
   (ids: 0 unk, 1 bos, 2 eos, 3 pad, as in Kyutai's tokenizers); byte-identical on every run.
@@ -31,6 +32,7 @@ import sentencepiece as spm
 import torch
 from moshi.models import loaders
 from moshi.models.compression import MimiModel
+from moshi.quantization.core_vq import EuclideanCodebook
 from safetensors.torch import save_file
 
 SAMPLE_RATE = 24000
@@ -177,12 +179,31 @@ def _initialise_codebooks(mimi: MimiModel, seed: int) -> None:
     mimi.quantizer.eval()
 
 
-def build_tiny_mimi(config: dict[str, Any] | None = None, *, seed: int = 0) -> MimiModel:
-    """A random-weight Mimi built by `loaders.get_mimi`, codebooks initialised, in eval mode."""
+@torch.no_grad()
+def _random_codebooks(mimi: MimiModel, seed: int) -> None:
+    """Random unit-variance centroids: no k-means (too slow for real-size codebooks on a CPU)."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in mimi.quantizer.modules():
+        if isinstance(module, EuclideanCodebook):
+            module.embedding_sum.copy_(torch.randn(module.embedding_sum.shape, generator=generator))
+            module.cluster_usage.fill_(1.0)
+            module._initialized.fill_(1.0)
+            module.register_buffer("_embedding", None, persistent=False)
+
+
+def build_tiny_mimi(config: dict[str, Any] | None = None, *, seed: int = 0, kmeans: bool = True) -> MimiModel:
+    """A random-weight Mimi built by `loaders.get_mimi`, codebooks initialised, in eval mode.
+
+    `kmeans=False` fills the codebooks with random centroids instead of fitting them (for
+    real-size configs used in benchmarks, where only the shapes matter).
+    """
     config = config or tiny_mimi_config()
     torch.manual_seed(seed)
     mimi = loaders.get_mimi(None, config, device="cpu", num_codebooks=config["quantizer"]["n_q"])
-    _initialise_codebooks(mimi, seed)
+    if kmeans:
+        _initialise_codebooks(mimi, seed)
+    else:
+        _random_codebooks(mimi, seed)
     mimi.eval()
     return mimi
 
@@ -195,9 +216,11 @@ def save_state_dict(module: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def write_tiny_mimi(path: Path, config: dict[str, Any] | None = None, *, seed: int = 0) -> Path:
+def write_tiny_mimi(
+    path: Path, config: dict[str, Any] | None = None, *, seed: int = 0, kmeans: bool = True
+) -> Path:
     """Build a tiny Mimi and save its weights at `path` (safetensors). Returns `path`."""
-    return save_state_dict(build_tiny_mimi(config, seed=seed), path)
+    return save_state_dict(build_tiny_mimi(config, seed=seed, kmeans=kmeans), path)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:

@@ -17,6 +17,7 @@ can assume them.
 from __future__ import annotations
 
 import argparse
+import json
 import typing
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,16 @@ def tiny_stt_lm_config(
 
 
 @torch.no_grad()
+def real_size_stt_lm_config(*, text_card: int = 8000) -> dict[str, Any]:
+    """The shapes of kyutai/stt-1b-en_fr's LM (as published in its config), for random-weight
+    benchmarks: 2048-wide, 16 layers, 32 audio codebooks of 2048 codes, four pause heads."""
+    config = tiny_stt_lm_config(
+        text_card=text_card, n_q=32, card=2048, dim=2048, num_layers=16, num_heads=16, delays=[0] * 33
+    )
+    config.update({"hidden_scale": 4.125, "context": 750, "max_period": 100000})
+    return config
+
+
 def _silence_codes(mimi: MimiModel, seed: int) -> set[int]:
     """The first-codebook codes Mimi gives to silence, after speech and from a cold start."""
     audio = np.concatenate(
@@ -164,19 +175,29 @@ def write_tiny_stt(
     audio_silence_prefix_seconds: float = 0.0,
     lm_overrides: dict[str, Any] | None = None,
     mimi_overrides: dict[str, Any] | None = None,
+    real_size: bool = False,
 ) -> Path:
     """Write a tiny STT checkpoint into `directory`; returns the path of its `config.json`.
 
     `extra_heads=False` writes a checkpoint without end-of-speech heads (like `kyutai/stt-1b-en_fr`).
+    `real_size=True` writes random weights in the real model's shapes (about 1B parameters: for
+    benchmarks on a GPU machine), with the real Mimi config and random codebooks.
     """
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer_path = write_tiny_tokenizer(directory / TOKENIZER_NAME)
-    lm_config = tiny_stt_lm_config(
-        text_card=tokenizer_size(tokenizer_path), extra_heads=4 if extra_heads else 0, **(lm_overrides or {})
-    )
-    n_q_mimi = max(8, lm_config["n_q"])
-    mimi_config = tiny_mimi_config(n_q=n_q_mimi, bins=lm_config["card"], **(mimi_overrides or {}))
-    mimi = build_tiny_mimi(mimi_config, seed=seed)
+    if real_size:
+        lm_config = real_size_stt_lm_config()
+        if not extra_heads:
+            lm_config.pop("extra_heads_num_heads")
+            lm_config.pop("extra_heads_dim")
+        mimi_config: dict[str, Any] = json.loads(json.dumps(loaders._mimi_config))
+    else:
+        lm_config = tiny_stt_lm_config(
+            text_card=tokenizer_size(tokenizer_path), extra_heads=4 if extra_heads else 0, **(lm_overrides or {})
+        )
+        n_q_mimi = max(8, lm_config["n_q"])
+        mimi_config = tiny_mimi_config(n_q=n_q_mimi, bins=lm_config["card"], **(mimi_overrides or {}))
+    mimi = build_tiny_mimi(mimi_config, seed=seed, kmeans=not real_size)
     save_state_dict(mimi, directory / MIMI_NAME)
     write_json(directory / MIMI_CONFIG_NAME, mimi_config)
 
@@ -207,9 +228,13 @@ def main() -> None:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-extra-heads", action="store_true")
+    parser.add_argument("--real-size", action="store_true", help="the real model's shapes, random weights")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(write_tiny_stt(args.directory, seed=args.seed, extra_heads=not args.no_extra_heads))
+    print(
+        write_tiny_stt(
+            args.directory, seed=args.seed, extra_heads=not args.no_extra_heads, real_size=args.real_size
+        )
+    )
 
 
 if __name__ == "__main__":
