@@ -332,6 +332,9 @@ class TTSEngine:
                     commands = [(slot, list(slot.inbox)) for slot in self._slots if slot.inbox]
                     for slot, _ in commands:
                         slot.inbox.clear()
+                starting = [slot for slot, batch in commands if batch and batch[0][0] == "open"]
+                if starting:
+                    self._reset_rows(starting)  # one reset for every stream joining at this step
                 for slot, batch in commands:
                     for kind, payload in batch:
                         self._handle(slot, kind, payload)
@@ -370,11 +373,16 @@ class TTSEngine:
         except EngineError as exc:
             self._fail(slot, str(exc))
 
-    def _start(self, slot: _Slot, temperature: float, seed: int | None, conditioning: Conditioning) -> None:
-        mask = torch.zeros(self.capacity, dtype=torch.bool, device=self.device)
-        mask[slot.index] = True
+    def _reset_rows(self, slots: list[_Slot]) -> None:
+        mask = torch.zeros(self.capacity, dtype=torch.bool)
+        for slot in slots:
+            mask[slot.index] = True
+        mask = mask.to(self.device)
         self.lm_gen.reset_streaming(mask)
         self.mimi.reset_streaming(mask)
+
+    def _start(self, slot: _Slot, temperature: float, seed: int | None, conditioning: Conditioning) -> None:
+        # The row's caches were reset by _reset_rows just before.
         self._apply_conditioning(slot.index, conditioning)
         slot.conditioning = conditioning
         slot.state = self.machine.new_state([])

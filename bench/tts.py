@@ -1,0 +1,180 @@
+"""TTS engine benchmark: `python -m bench.tts [--quick] [--real-size]`.
+
+For 1, 2, 4, 8, 16, 32 concurrent streams (quick: 1 and 32), one engine with that many slots
+speaks the same French answer on every stream, words fed as an LLM would. Reports per level:
+step time (one batched LM step + Mimi decode), real-time factor (step time / 80 ms of audio
+each stream gets per step), time to first audio after the first word, and memory per extra
+stream. Tiny random weights by default; `--real-size` builds random weights with the shapes of
+kyutai/tts-1.6b-en_fr (meant for a GPU). Never fails on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+import numpy as np
+import torch
+
+from bench.common import emit, percentile, progress
+
+ANSWER = (
+    "Bonjour Julie, le cours de yoga est à dix-huit heures, il reste trois places. "
+    "Je te réserve une place avec le coach Karim ? Pense à prendre ta serviette et de l'eau."
+)
+FRAME_S = 0.08
+
+
+@dataclass
+class _Sink:
+    started_at: float = 0.0
+    first_audio_at: float | None = None
+    frames: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+
+    def audio(self, pcm: np.ndarray) -> None:
+        if self.first_audio_at is None:
+            self.first_audio_at = time.perf_counter()
+        self.frames += 1
+
+    def word(self, text: str, start_s: float, stop_s: float) -> None:
+        pass
+
+    def finished(self) -> None:
+        self.done.set()
+
+    def failed(self, message: str) -> None:
+        self.error = message
+        self.done.set()
+
+
+def _memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.memory_allocated() / 2**20
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _write_checkpoint(directory: Path, real_size: bool) -> Any:
+    from kyutai_tiny.common import tiny_mimi_config
+    from kyutai_tiny.tts import write_tiny_tts
+
+    if not real_size:
+        return write_tiny_tts(directory)
+    from moshi.models import loaders
+
+    # The shapes of kyutai/tts-1.6b-en_fr (random weights): 2048-dim, 16 layers, 32 codebooks,
+    # 1.28 s audio delay, real Mimi.
+    mimi = dict(loaders._mimi_config)
+    return write_tiny_tts(
+        directory, n_q=32, dim=2048, num_layers=16, audio_delay_s=1.28, speaker_dim=512, voice_frames=125,
+        mimi_config=mimi if mimi else tiny_mimi_config(),
+    )
+
+
+def run_level(tiny: Any, streams: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    from kyutai_tiny.tts import DEFAULT_VOICE
+    from kyutai_tts.engine import TTSEngine, load_voice_file
+
+    gc.collect()
+    model = tiny.load(device=device, dtype=dtype)
+    before = _memory_mb(device)
+    engine = TTSEngine(
+        model, capacity=streams, default_voice=load_voice_file(tiny.voice_path(DEFAULT_VOICE)), default_cfg_alpha=2.0
+    )
+    engine.warmup(2)
+    engine.start()
+    sinks = [_Sink() for _ in range(streams)]
+    words = ANSWER.split()
+    try:
+        handles = []
+        for sink in sinks:
+            handle = engine.open(sink, temperature=0.6)
+            sink.started_at = time.perf_counter()
+            handle.push_text(words[0])
+            handles.append(handle)
+        engine.step_times_s.clear()
+        engine.batch_sizes.clear()
+        for word in words[1:]:  # an LLM writes faster than speech: a word every few ms
+            for handle in handles:
+                handle.push_text(word)
+            time.sleep(0.002)
+        for handle in handles:
+            handle.end_text()
+        for sink in sinks:
+            sink.done.wait(600)
+        memory = _memory_mb(device) - before
+    finally:
+        engine.stop()
+    full_steps = [t for t, n in zip(engine.step_times_s, engine.batch_sizes, strict=True) if n == streams]
+    steps_ms = [1000 * t for t in (full_steps or list(engine.step_times_s))]
+    ttfa_ms = [1000 * (s.first_audio_at - s.started_at) for s in sinks if s.first_audio_at is not None]
+    errors = [s.error for s in sinks if s.error]
+    step_p50 = percentile(steps_ms, 50)
+    row = {
+        "streams": streams,
+        "step_ms_p50": round(step_p50, 3),
+        "step_ms_p99": round(percentile(steps_ms, 99), 3),
+        "rtf": round(step_p50 / (1000 * FRAME_S), 4),
+        "ttfa_ms_p50": round(percentile(ttfa_ms, 50), 1),
+        "ttfa_ms_p95": round(percentile(ttfa_ms, 95), 1),
+        "mem_mb": round(memory, 1),
+        "steps_measured": len(steps_ms),
+        "audio_s_per_stream": round(float(np.mean([s.frames for s in sinks])) * FRAME_S, 2),
+        "errors": len(errors),
+    }
+    del engine, model
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="only 1 and 32 streams")
+    parser.add_argument("--real-size", action="store_true", help="random weights with the real model's shapes")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    levels = [1, 32] if args.quick else [1, 2, 4, 8, 16, 32]
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-tts-") as tmp:
+        progress(f"writing {'real-size' if args.real_size else 'tiny'} random-weight checkpoint")
+        tiny = _write_checkpoint(Path(tmp), args.real_size)
+        for streams in levels:
+            progress(f"{streams} stream(s)…")
+            row = run_level(tiny, streams, args.device, dtype)
+            progress(f"  {row}")
+            results.append(row)
+    single = results[0]
+    for row in results:
+        extra = row["streams"] - single["streams"]
+        row["mem_per_stream_mb"] = round((row["mem_mb"] - single["mem_mb"]) / extra, 2) if extra else single["mem_mb"]
+    realtime = [row["streams"] for row in results if row["rtf"] < 1.0]
+    emit(
+        "tts",
+        weights="real-size-random" if args.real_size else "tiny",
+        quick=args.quick,
+        results=results,
+        step_ratio_max_vs_1=round(results[-1]["step_ms_p50"] / max(single["step_ms_p50"], 1e-9), 2),
+        max_realtime_streams=max(realtime) if realtime else 0,
+        threads=torch.get_num_threads(),
+    )
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
