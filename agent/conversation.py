@@ -54,11 +54,10 @@ class JarvisAgent(Agent):
         mcp_servers: list[mcp.MCPServer] | None = None,
         now: datetime | None = None,
     ) -> None:
-        super().__init__(
-            instructions=build_instructions(context, now),
-            tools=list(livekit_tools(tools)),
-            mcp_servers=mcp_servers or None,
-        )
+        gym_toolsets: list[lk_llm.Tool | lk_llm.Toolset] = [
+            mcp.MCPToolset(id=f"gym-mcp-{index}", mcp_server=server) for index, server in enumerate(mcp_servers or [])
+        ]
+        super().__init__(instructions=build_instructions(context, now), tools=[*livekit_tools(tools), *gym_toolsets])
 
 
 @dataclass
