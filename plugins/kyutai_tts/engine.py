@@ -259,6 +259,10 @@ class TTSEngine:
     # ----- public API (any thread) --------------------------------------------------------
 
     @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def active_streams(self) -> int:
         with self._lock:
             return sum(1 for slot in self._slots if slot.busy)

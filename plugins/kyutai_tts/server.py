@@ -219,13 +219,15 @@ def create_app(service: TTSService) -> FastAPI:
 
     @app.get("/api/health")
     async def health() -> JSONResponse:
+        alive = service.engine.alive
         return JSONResponse(
-            {
-                "status": "ok",
+            status_code=200 if alive else 503,
+            content={
+                "status": "ok" if alive else "engine stopped",
                 "model": service.model_name,
                 "capacity": service.engine.capacity,
                 "active_streams": service.engine.active_streams,
-            }
+            },
         )
 
     @app.get("/metrics")

@@ -16,13 +16,16 @@ from .conftest import FRENCH_ANSWER, RecordingSink, reference_generate
 SAMPLE_TOLERANCE = 1e-4  # batched Mimi decoding is not bit-identical to one stream alone
 
 
-def feed(handle: StreamHandle, text: str, pause_s: float = 0.005, end: bool = True) -> threading.Thread:
-    """Sends the words one by one, like an LLM streaming its answer."""
+def feed(
+    handle: StreamHandle, text: str, pause_s: float = 0.005, end: bool = True, stall_s: float = 0.0
+) -> threading.Thread:
+    """Sends the words one by one, like an LLM streaming its answer (optionally stalling mid-way)."""
 
     def run() -> None:
-        for word in text.split():
+        words = text.split()
+        for index, word in enumerate(words):
             handle.push_text(word)
-            time.sleep(pause_s)
+            time.sleep(stall_s if index == len(words) // 2 else pause_s)
         if end:
             handle.end_text()
 
@@ -75,8 +78,9 @@ def test_four_streams_started_at_different_times_each_equal_their_reference(make
     for index, text in enumerate(texts):
         conditioning = engine.conditioning_for(load_voice_file(tiny_tts.voice_path(voices[index])), 2.0)
         handle = engine.open(sinks[index], temperature=temperatures[index], seed=100 + index, conditioning=conditioning)
-        # Different pacing per stream: some slots wait for words while others step.
-        feeders.append(feed(handle, text, pause_s=0.002 * (index + 1)))
+        # Different pacing per stream: some slots wait for words while others step; the second
+        # one's LLM stalls mid-answer, so its slot sits out many batch steps.
+        feeders.append(feed(handle, text, pause_s=0.002 * (index + 1), stall_s=0.4 if index == 1 else 0.0))
         if index < len(texts) - 1:
             assert sinks[index].first_audio.wait(30)  # the next one joins a batch already speaking
     for feeder in feeders:

@@ -111,6 +111,19 @@ async def test_a_full_server_answers_error_at_once_and_a_dropped_connection_free
     await wait_idle(service)
 
 
+async def test_unmutes_query_shape_with_auth_id_is_served(server) -> None:
+    """Unmute sends extra moshi-server parameters and may pass the key as `auth_id`."""
+    base, service = server
+    query = {"voice": DEFAULT_VOICE, "cfg_alpha": "1.5", "top_k": "250", "max_seq_len": "2048", "auth_id": API_KEY}
+    async with websockets.connect(tts_url(base, **query)) as ws:
+        assert msgpack.unpackb(await ws.recv())["type"] == "Ready"
+        await ws.send(msgpack.packb({"type": "Text", "text": "Bonjour Julie"}))
+        await ws.send(msgpack.packb({"type": "Eos"}))
+        kinds = {msgpack.unpackb(raw)["type"] async for raw in ws}
+    assert kinds == {"Audio", "Text"}
+    await wait_idle(service)
+
+
 async def test_a_wrong_api_key_is_refused_at_the_handshake(server) -> None:
     base, _ = server
     with pytest.raises(websockets.InvalidStatus) as refused:
