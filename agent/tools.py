@@ -253,9 +253,13 @@ class RoomKiosk:
             response_timeout=self._timeout_s,
         )
         try:
-            return bool(json.loads(answer).get("status") == "shown")
+            reply = json.loads(answer)
+            status, reason = reply.get("status"), reply.get("reason")
         except (ValueError, AttributeError):
-            return False
+            status, reason = None, "unreadable reply"
+        if status != "shown":
+            logger.warning("kiosk did not show the video (status %s, reason %s)", status, reason)
+        return status == "shown"
 
 
 @dataclass(frozen=True)

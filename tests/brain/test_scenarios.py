@@ -4,6 +4,7 @@ the gym tools write to the real PostgreSQL, and the kiosk answers over the real 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -246,3 +247,22 @@ async def test_database_down_the_agent_says_it_cannot_book_and_carries_on(pool: 
     await conversation.log.finish()
     assert conversation.log.lost_rows > 0  # the log gave up quietly, the member never noticed
     await dead_pool.close()
+
+
+async def test_each_turn_is_in_the_database_while_the_session_is_still_open(pool: Any, llm_server: LLMStandIn) -> None:
+    """A crash mid-session loses nothing already said: rows are written as turns happen."""
+    context = await member_context(pool, LYON, CAMILLE)
+    llm_server.script([CallTool("get_gym_info", {"topic": "horaires"}), EchoToolResult()])
+    conversation = await started(build_conversation(context, pool=pool, llm=standin_llm(llm_server)))
+    async with conversation.session:
+        await conversation.session.run(user_input="Vous fermez à quelle heure le dimanche ?")
+        sql = "SELECT kind, tool_name FROM jarvis_interactions WHERE session_id = $1 ORDER BY id"
+        for _ in range(100):
+            logged = [(r["kind"], r["tool_name"]) for r in await rows(pool, sql, context.session_id)]
+            if len(logged) == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert logged == [("user", None), ("tool", "get_gym_info"), ("agent", None)]
+        open_session = await rows(pool, "SELECT ended_at FROM voice_sessions WHERE id = $1", context.session_id)
+        assert open_session[0]["ended_at"] is None
+    await conversation.log.finish()
