@@ -329,7 +329,9 @@ def main() -> None:
     logger.info("loading %s (capacity %d)", settings.checkpoint, settings.capacity)
     with running_service(settings) as service:
         logger.info("ready on %s:%d%s", settings.host, settings.port, protocol.PATH)
-        uvicorn.run(create_app(service), host=settings.host, port=settings.port, log_level="warning", ws="websockets")
+        uvicorn.run(
+            create_app(service), host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
 import time
 from urllib.parse import urlencode
 
@@ -14,7 +17,7 @@ import websockets
 from kyutai_tiny.tts import DEFAULT_VOICE, OTHER_VOICE, TinyTTS
 from kyutai_tts.engine import load_voice_file
 
-from .conftest import API_KEY, FRENCH_ANSWER, reference_generate, until, wait_idle
+from .conftest import API_KEY, FRENCH_ANSWER, free_port, reference_generate, until, wait_idle
 
 
 def tts_url(base: str, **query: str) -> str:
@@ -169,3 +172,40 @@ async def test_health_and_metrics(server) -> None:
     assert health["status"] == "ok" and health["capacity"] == 2
     assert "kyutai_tts_step_seconds_bucket" in metrics
     assert 'kyutai_tts_rejected_total{reason="full"}' in metrics
+
+
+async def test_the_server_command_serves_a_local_checkpoint(tiny_tts: TinyTTS) -> None:
+    """`python -m kyutai_tts.server`, configured from the environment only."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "KYUTAI_TTS_CHECKPOINT": str(tiny_tts.directory),
+        "KYUTAI_TTS_VOICE_DIR": str(tiny_tts.voice_dir),
+        "KYUTAI_TTS_DEFAULT_VOICE": DEFAULT_VOICE,
+        "KYUTAI_TTS_ALLOW_HUB_VOICES": "false",
+        "KYUTAI_TTS_PORT": str(port),
+        "KYUTAI_TTS_CAPACITY": "2",
+        "KYUTAI_TTS_API_KEYS": '["public_token"]',
+        "OMP_NUM_THREADS": "1",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kyutai_tts.server", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"http://127.0.0.1:{port}/api/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        url = tts_url(f"ws://127.0.0.1:{port}", voice=OTHER_VOICE)
+        async with websockets.connect(url, additional_headers={"kyutai-api-key": "public_token"}) as ws:
+            for word in "Bonjour Julie, à demain !".split():
+                await ws.send(msgpack.packb({"type": "Text", "text": word}))
+            await ws.send(msgpack.packb({"type": "Eos"}))
+            kinds = [msgpack.unpackb(raw)["type"] async for raw in ws]
+        assert kinds[0] == "Ready" and kinds.count("Audio") > 5 and "Error" not in kinds
+    finally:
+        process.terminate()
+        await process.wait()
