@@ -18,8 +18,9 @@ from livekit.agents import llm as lk_llm
 from livekit.agents import stt as lk_stt
 from livekit.agents import tts as lk_tts
 from livekit.agents import vad as lk_vad
-from livekit.agents.llm import mcp
+from livekit.agents.llm import LLMError, mcp
 from livekit.agents.voice.agent_session import SessionConnectOptions
+from livekit.agents.voice.events import ErrorEvent
 
 from agent.llm import LLMConfig, build_llm, llm_connect_options
 from agent.prompt import build_instructions, greeting
@@ -116,10 +117,27 @@ def build_conversation(
     if llm_conn_options is not None:
         options["conn_options"] = SessionConnectOptions(llm_conn_options=llm_conn_options)
     session: AgentSession[GymTools] = AgentSession(userdata=tools, max_tool_steps=MAX_TOOL_STEPS, **options)
+    _apologise_when_the_llm_is_down(session)
     agent = JarvisAgent(context, tools, mcp_servers=mcp_servers, now=now)
     log = SessionLog(pool, context)
     log.attach(session)
     return Conversation(session=session, agent=agent, tools=tools, log=log, greeting=greeting(context, now))
+
+
+LLM_DOWN_APOLOGY = (
+    "Désolé, je n'arrive pas à te répondre pour le moment. Réessaie dans un instant, ou demande à l'accueil."
+)
+
+
+def _apologise_when_the_llm_is_down(session: AgentSession[Any]) -> None:
+    """When every LLM failed, the member hears a fixed apology instead of silence."""
+
+    def on_error(event: ErrorEvent) -> None:
+        if isinstance(event.error, LLMError) and not event.error.recoverable:
+            logger.error("all LLMs failed this turn; apologising")
+            session.say(LLM_DOWN_APOLOGY)
+
+    session.on("error", on_error)
 
 
 def _kiosk_identity(room: rtc.Room) -> str | None:

@@ -5,14 +5,17 @@ by agent.llm.build_llm exactly as in production. The added latency is printed.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
 import pytest
+from livekit.agents import APIConnectionError
 from livekit.agents.voice.run_result import RunResult
 from pydantic import SecretStr
 
-from agent.conversation import build_conversation
+from agent.conversation import LLM_DOWN_APOLOGY, build_conversation
 from agent.llm import LLMConfig, LLMEndpoint, build_llm, llm_connect_options
 from tests.brain.conftest import CAMILLE, LYON, member_context, started
 from tests.llm_standin import Fail, Hang, LLMStandIn, Reply, Say
@@ -77,3 +80,23 @@ async def test_secondary_answers_when_the_primary_fails_then_when_it_stalls(pool
         f"primary stalled → secondary asked after {1000 * lost_on_stall_s:.0f} ms "
         f"(turn {1000 * stalled_s:.0f} ms); healthy primary turn {1000 * healthy_s:.0f} ms"
     )
+
+
+async def test_when_every_llm_fails_the_member_hears_an_apology_not_silence(pool: Any) -> None:
+    async with LLMStandIn(lambda _: Fail(500)) as primary, LLMStandIn(lambda _: Fail(503)) as secondary:
+        config = config_for(primary, secondary)
+        context = await member_context(pool, LYON, CAMILLE)
+        conversation = await started(
+            build_conversation(context, pool=pool, llm=build_llm(config), llm_conn_options=llm_connect_options(config))
+        )
+        async with conversation.session:
+            # The apology is part of the turn: the run ends on it instead of the LLM's error.
+            with contextlib.suppress(APIConnectionError):
+                await conversation.session.run(user_input="Salut JARVIS")
+            for _ in range(100):
+                said = [m.text_content for m in conversation.session.history.messages() if m.role == "assistant"]
+                if said:
+                    break
+                await asyncio.sleep(0.02)
+            assert said == [LLM_DOWN_APOLOGY]
+        await conversation.log.finish()
