@@ -80,6 +80,7 @@ class Stream:
     pending: deque[np.ndarray] = field(default_factory=deque)  # whole frames waiting for the model
     partial: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     frames_received: int = 0
+    pending_since: float = 0.0  # when the oldest waiting frame arrived (monotonic)
     steps: int = 0
     markers: deque[tuple[int, int]] = field(default_factory=deque)  # (step to reach, marker id)
     out: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
@@ -88,6 +89,8 @@ class Stream:
     def add_audio(self, pcm: np.ndarray) -> None:
         samples = np.concatenate([self.partial, pcm]) if self.partial.size else pcm
         whole = samples.size // self.frame_size * self.frame_size
+        if whole and not self.pending:
+            self.pending_since = time.monotonic()
         for start in range(0, whole, self.frame_size):
             self.pending.append(samples[start : start + self.frame_size].copy())
         self.frames_received += whole // self.frame_size
@@ -266,17 +269,31 @@ class SttServer:
 
     async def _model_loop(self) -> None:
         budget = 1.0 / self.engine.frame_rate
+        batch_wait = self.settings.batch_wait_ms / 1000
         while not self._closing:
             self._audio_ready.clear()
-            batch: dict[int, tuple[Stream, np.ndarray]] = {}
-            for slot, stream in list(self.streams.items()):
-                if stream.pending and not stream.closed:
-                    batch[slot] = (stream, stream.pending.popleft())
-            self.metrics.queue_depth.set(sum(len(s.pending) for s in self.streams.values()))
-            if not batch:
+            live = [stream for stream in self.streams.values() if not stream.closed]
+            ready = [stream for stream in live if stream.pending]
+            self.metrics.queue_depth.set(sum(len(stream.pending) for stream in live))
+            if not ready:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._audio_ready.wait(), timeout=0.5)
                 continue
+            # Real-time clients deliver their frames out of phase; a step costs the whole batch
+            # whoever is in it, so wait a little for the others' frames rather than step for a few.
+            # A backlog (prefix, flush, a client ahead of real time) is drained at once.
+            backlog = any(len(stream.pending) > 1 for stream in ready)
+            if len(ready) < len(live) and not backlog:
+                remaining = min(stream.pending_since for stream in ready) + batch_wait - time.monotonic()
+                if remaining > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._audio_ready.wait(), timeout=remaining)
+                    continue
+            batch: dict[int, tuple[Stream, np.ndarray]] = {}
+            for stream in ready:
+                batch[stream.slot] = (stream, stream.pending.popleft())
+                if stream.pending:
+                    stream.pending_since = time.monotonic()
             frames = {slot: frame for slot, (_, frame) in batch.items()}
             try:
                 outputs, stats = await self._run_in_model_thread(self.engine.step, frames)

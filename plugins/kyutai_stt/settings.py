@@ -23,6 +23,9 @@ class EngineSettings(BaseSettings):
     # Feed the checkpoint's `audio_silence_prefix_seconds` of silence at the start of each stream
     # (what Kyutai's reference script does); word times stay relative to the client's first sample.
     silence_prefix: bool = True
+    # How long a waiting frame may wait for the other streams' frames, so that one step serves
+    # them all (real-time clients are out of phase); a backlog is stepped at once.
+    batch_wait_ms: float = Field(default=20.0, ge=0.0, le=80.0)
     warmup_steps: int = Field(default=2, ge=0)
     torch_threads: int = Field(default=0, ge=0)  # 0: torch's default; CPU servers sharing a host set it
     host: str = "127.0.0.1"
