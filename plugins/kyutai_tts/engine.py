@@ -270,6 +270,8 @@ class TTSEngine:
     def open(self, sink: StreamSink, *, temperature: float, seed: int | None = None,
              conditioning: Conditioning | None = None) -> StreamHandle:
         """Reserves a slot for a new stream; raises EngineFull at once when every slot is taken."""
+        if self._thread is not None and not self._thread.is_alive():
+            raise EngineError("the TTS engine has stopped")
         with self._lock:
             slot = next((slot for slot in self._slots if not slot.busy), None)
             if slot is None:

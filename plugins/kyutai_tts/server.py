@@ -187,7 +187,12 @@ class TTSService:
         ended = False
         while True:
             try:
-                frame = await websocket.receive()
+                async with asyncio.timeout(None if ended else self.settings.idle_timeout_s):
+                    frame = await websocket.receive()
+            except TimeoutError:
+                handle.close()
+                sink.failed(f"no text for {self.settings.idle_timeout_s:g} s")
+                return False
             except (WebSocketDisconnect, RuntimeError):
                 return True
             if frame["type"] == "websocket.disconnect":

@@ -42,6 +42,8 @@ class EngineSettings(BaseSettings):
     final_padding: int = Field(default=4, ge=0)
     max_steps: int = Field(default=3000, ge=16)  # one stream's longest answer: 240 s at 12.5 Hz
     warmup_steps: int = Field(default=3, ge=1)
+    # A client that sends nothing for this long before its Eos holds a slot for nothing: drop it.
+    idle_timeout_s: float = Field(default=30.0, gt=0)
     host: str = "127.0.0.1"
     port: int = 8089
     # Keys accepted in the `kyutai-api-key` header; moshi-server's clients send "public_token".

@@ -163,6 +163,20 @@ async def test_a_malformed_message_ends_the_stream_with_an_error(server) -> None
     await wait_idle(service)
 
 
+async def test_a_client_that_goes_quiet_before_eos_loses_its_slot(server) -> None:
+    base, service = server
+    service.settings.idle_timeout_s = 0.3
+    try:
+        async with websockets.connect(tts_url(base), additional_headers={"kyutai-api-key": API_KEY}) as ws:
+            assert msgpack.unpackb(await ws.recv())["type"] == "Ready"
+            await ws.send(msgpack.packb({"type": "Text", "text": "Bonjour"}))
+            messages = [msgpack.unpackb(raw) async for raw in ws]
+    finally:
+        service.settings.idle_timeout_s = 30.0
+    assert messages[-1] == {"type": "Error", "message": "no text for 0.3 s"}
+    await wait_idle(service)
+
+
 async def test_health_and_metrics(server) -> None:
     base, _ = server
     http = base.replace("ws://", "http://")
