@@ -15,6 +15,7 @@ import logging
 import uuid
 from typing import Any
 
+import asyncpg
 import mcp.types as mcp_types
 import uvicorn
 from mcp.server.context import ServerRequestContext
@@ -92,7 +93,7 @@ def build_server(pool: Any) -> Server[Any]:
             ids = await resolve_session(pool, headers.get("authorization"), headers.get(SESSION_HEADER))
         except SessionRefused as refused:
             return _text_result(f"Refusé : {refused}.", is_error=True)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             logger.warning("mcp: database unavailable (%s)", type(exc).__name__)
             return _text_result("Le système ne répond pas pour le moment.", is_error=True)
         try:
