@@ -67,19 +67,36 @@ def _memory_mb(device: str) -> float:
 
 
 def _write_checkpoint(directory: Path, real_size: bool) -> Any:
-    from kyutai_tiny.common import tiny_mimi_config
     from kyutai_tiny.tts import write_tiny_tts
 
     if not real_size:
         return write_tiny_tts(directory)
+    import copy
+
     from moshi.models import loaders
 
-    # The shapes of kyutai/tts-1.6b-en_fr (random weights): 2048-dim, 16 layers, 32 codebooks,
-    # 1.28 s audio delay, real Mimi.
-    mimi = dict(loaders._mimi_config)
+    # The shapes of kyutai/tts-1.6b-en_fr with random weights: 2048-dim 16-layer LM, 32
+    # codebooks of 2048 codes, 4-layer 1024-dim depformer, 1.28 s audio delay, the real Mimi.
     return write_tiny_tts(
-        directory, n_q=32, dim=2048, num_layers=16, audio_delay_s=1.28, speaker_dim=512, voice_frames=125,
-        mimi_config=mimi if mimi else tiny_mimi_config(),
+        directory,
+        n_q=32,
+        dim=2048,
+        num_layers=16,
+        audio_delay_s=1.28,
+        speaker_dim=512,
+        voice_frames=125,
+        mimi_config=copy.deepcopy(loaders._mimi_config),
+        lm_overrides={
+            "num_heads": 16,
+            "context": 500,
+            "depformer_dim": 1024,
+            "depformer_num_heads": 16,
+            "depformer_num_layers": 4,
+            "depformer_dim_feedforward": 3072,
+            "depformer_low_rank_embeddings": 128,
+        },
+        initialise_mimi=False,
+        dtype=torch.bfloat16,
     )
 
 

@@ -173,11 +173,16 @@ def write_tiny_tts(
     speaker_dim: int = 8,
     voice_frames: int = 10,
     mimi_config: dict[str, Any] | None = None,
+    lm_overrides: dict[str, Any] | None = None,
+    initialise_mimi: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> TinyTTS:
     """Writes a tiny TTS checkpoint (config, LM, Mimi, tokenizer) and two voices under `directory`.
 
     The real model has `audio_delay` 1.28 s (16 steps); the default here is 0.32 s (4 steps) so
     tests reach audio quickly, while every code path that depends on the delay still runs.
+    `lm_overrides`, `initialise_mimi=False` and `dtype=torch.bfloat16` serve the benchmark's
+    real-size random weights (a TTS only decodes, so Mimi's codebooks need no k-means there).
     """
     directory.mkdir(parents=True, exist_ok=True)
     mimi_config = mimi_config or tiny_mimi_config(n_q=max(8, n_q))
@@ -189,7 +194,12 @@ def write_tiny_tts(
     }
     tokenizer_path = write_tiny_tokenizer(directory / names["tokenizer_name"])
     write_json(directory / names["mimi_config_name"], mimi_config)
-    write_tiny_mimi(directory / names["mimi_name"], mimi_config, seed=seed)
+    if initialise_mimi:
+        write_tiny_mimi(directory / names["mimi_name"], mimi_config, seed=seed)
+    else:
+        torch.manual_seed(seed)
+        n_codebooks = int(mimi_config["quantizer"]["n_q"])
+        save_state_dict(loaders.get_mimi(None, mimi_config, num_codebooks=n_codebooks), directory / names["mimi_name"])
 
     lm_config = tiny_tts_lm_config(
         text_card=tokenizer_size(tokenizer_path),
@@ -198,10 +208,10 @@ def write_tiny_tts(
         dim=dim,
         num_layers=num_layers,
         speaker_dim=speaker_dim,
-    )
+    ) | (lm_overrides or {})
     torch.manual_seed(seed)
     # The loader mutates the conditioner sub-dicts: hand it a copy.
-    lm = loaders.get_moshi_lm(None, lm_kwargs=json.loads(json.dumps(lm_config)), dtype=torch.float32)
+    lm = loaders.get_moshi_lm(None, lm_kwargs=json.loads(json.dumps(lm_config)), dtype=dtype)
     _shape_heads(lm, pad_id=3, new_word_id=0)
     save_state_dict(lm, directory / names["moshi_name"])
 
