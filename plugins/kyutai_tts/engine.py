@@ -258,6 +258,28 @@ class TTSEngine:
 
     # ----- public API (any thread) --------------------------------------------------------
 
+    def state_bytes(self) -> int:
+        """Bytes of all per-stream streaming state (KV caches, conv buffers, conditioning):
+        what each extra slot costs, divided by `capacity`. The weights are not included."""
+        seen: set[int] = set()
+        total = 0
+
+        def add(value: Any, depth: int = 0) -> None:
+            nonlocal total
+            if isinstance(value, torch.Tensor):
+                if value.data_ptr() not in seen:
+                    seen.add(value.data_ptr())
+                    total += value.numel() * value.element_size()
+            elif depth < 2 and hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module):
+                for item in vars(value).values():
+                    add(item, depth + 1)
+
+        for module in [self.lm_gen, *self.lm.modules(), *self.mimi.modules()]:
+            state = getattr(module, "_streaming_state", None)
+            if state is not None:
+                add(state)
+        return total
+
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

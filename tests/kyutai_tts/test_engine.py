@@ -169,3 +169,13 @@ def test_bad_voices_and_guidance_are_typed_errors(make_engine) -> None:
         engine.conditioning_for(torch.zeros(8, 10), 2.0)
     with pytest.raises(VoiceError, match="channels"):
         engine.conditioning_for(torch.zeros(1, 3, 10), 2.0)
+
+
+def test_each_extra_stream_costs_its_streaming_state_never_the_weights(make_engine) -> None:
+    one: TTSEngine = make_engine(capacity=1)
+    four: TTSEngine = make_engine(capacity=4)
+    per_stream = one.state_bytes()
+    assert per_stream > 0
+    assert four.state_bytes() == pytest.approx(4 * per_stream, rel=0.01)  # a few shared scalars aside
+    weights = sum(p.numel() * p.element_size() for p in one.lm.parameters())
+    assert per_stream < weights  # a slot is caches and buffers, not a model copy
