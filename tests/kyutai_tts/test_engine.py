@@ -177,3 +177,35 @@ def test_each_extra_stream_costs_its_streaming_state_never_the_weights(make_engi
     per_stream = one.state_bytes()
     assert per_stream > 0
     assert four.state_bytes() == pytest.approx(4 * per_stream, rel=0.01)  # a few shared scalars aside
+
+
+def test_streams_joining_and_leaving_around_a_long_answer_leave_it_unchanged(make_engine, tiny_tts: TinyTTS) -> None:
+    """Churn: short answers start, finish or are dropped in the slots beside a long one."""
+    engine: TTSEngine = make_engine(capacity=3)
+    long_text = FRENCH_ANSWER + " " + FRENCH_ANSWER
+    main = RecordingSink()
+    main_feeder = feed(engine.open(main, temperature=0.6, seed=77), long_text, pause_s=0.01)
+    others: list[RecordingSink] = []
+    for round_index in range(6):
+        sink = RecordingSink()
+        try:
+            handle = engine.open(sink, temperature=0.8, seed=round_index)
+        except EngineFull:
+            time.sleep(0.05)
+            continue
+        others.append(sink)
+        if round_index % 2:
+            feed(handle, "Merci, à bientôt !").join()
+            sink.done.wait(30)
+        else:
+            feed(handle, FRENCH_ANSWER, end=False).join()
+            sink.first_audio.wait(30)
+            handle.close()  # dropped mid-answer
+    main_feeder.join()
+    assert main.done.wait(60)
+    assert len(others) >= 4 and any(sink.done.is_set() for sink in others)
+    assert max(engine.batch_sizes) >= 2  # they really shared batches with the long answer
+    reference = reference_generate(
+        tiny_tts, long_text, voice=tiny_tts.voice_path(DEFAULT_VOICE), seed=77, temperature=0.6
+    )
+    assert_same_as_reference(main, reference)
