@@ -119,8 +119,18 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
 
 
-def load_checkpoint(source: str, device: str = "auto", dtype: str = "auto") -> SttCheckpoint:
-    """Load Mimi, the LM and the tokenizer of an STT checkpoint with moshi's loaders."""
+def load_checkpoint(
+    source: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    *,
+    audio_delay_s: float | None = None,
+    silence_prefix_s: float | None = None,
+) -> SttCheckpoint:
+    """Load Mimi, the LM and the tokenizer of an STT checkpoint with moshi's loaders.
+
+    `audio_delay_s` / `silence_prefix_s` override the config's `stt_config` values.
+    """
     info = checkpoint_info(source)
     if info.model_type != "stt":
         logger.warning("checkpoint model_type is %r, not 'stt'", info.model_type)
@@ -140,7 +150,13 @@ def load_checkpoint(source: str, device: str = "auto", dtype: str = "auto") -> S
     needed = lm.n_q - lm.dep_q
     if mimi.num_codebooks < needed:
         raise CheckpointError(f"Mimi gives {mimi.num_codebooks} codebooks, the LM reads {needed}")
-    stt_config = info.stt_config or {}
+    stt_config = dict(info.stt_config or {})
+    if audio_delay_s is not None:
+        stt_config["audio_delay_seconds"] = audio_delay_s
+    if silence_prefix_s is not None:
+        stt_config["audio_silence_prefix_seconds"] = silence_prefix_s
+    if "audio_delay_seconds" not in stt_config:
+        logger.warning("the checkpoint's config has no stt_config.audio_delay_seconds: assuming 5.0 s")
     # Kyutai's reference script falls back to these when the config is silent.
     return SttCheckpoint(
         mimi=mimi,

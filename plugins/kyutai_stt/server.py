@@ -328,7 +328,14 @@ async def run(settings: EngineSettings) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     logger.info("loading %s", settings.checkpoint)
-    checkpoint = await asyncio.to_thread(load_checkpoint, settings.checkpoint, settings.device, settings.dtype)
+    checkpoint = await asyncio.to_thread(
+        load_checkpoint,
+        settings.checkpoint,
+        settings.device,
+        settings.dtype,
+        audio_delay_s=settings.audio_delay_s,
+        silence_prefix_s=settings.silence_prefix_s,
+    )
     engine = SttEngine(
         checkpoint,
         settings.max_streams,

@@ -23,9 +23,15 @@ class EngineSettings(BaseSettings):
     # Feed the checkpoint's `audio_silence_prefix_seconds` of silence at the start of each stream
     # (what Kyutai's reference script does); word times stay relative to the client's first sample.
     silence_prefix: bool = True
-    # How long a waiting frame may wait for the other streams' frames, so that one step serves
-    # them all (real-time clients are out of phase); a backlog is stepped at once.
-    batch_wait_ms: float = Field(default=20.0, ge=0.0, le=80.0)
+    # Overrides of the checkpoint's stt_config (audio_delay_seconds, audio_silence_prefix_seconds),
+    # for checkpoints whose config lacks them: Kyutai's script would then assume 5.0 s and 1.0 s.
+    audio_delay_s: float | None = Field(default=None, ge=0.0, le=10.0)
+    silence_prefix_s: float | None = Field(default=None, ge=0.0, le=10.0)
+    # How long a waiting frame may wait for the other streams' frames. Real-time clients are out
+    # of phase and a step costs the whole batch however many slots carry audio, so by default a
+    # step waits (at most one frame period) until every live stream has its frame: one step per
+    # 80 ms for all of them. Lower trades compute for latency; a backlog is stepped at once.
+    batch_wait_ms: float = Field(default=80.0, ge=0.0, le=200.0)
     warmup_steps: int = Field(default=2, ge=0)
     torch_threads: int = Field(default=0, ge=0)  # 0: torch's default; CPU servers sharing a host set it
     host: str = "127.0.0.1"

@@ -212,3 +212,36 @@ async def test_health_and_prometheus_metrics(stt_server: SttServer) -> None:
     ):
         assert name in metrics
     assert missing.status_code == 404
+
+
+async def test_a_silent_or_unread_client_does_not_block_a_neighbour(stt_server: SttServer) -> None:
+    """One kiosk connects and sends nothing, another floods audio and never reads its answers:
+    the third, streaming in real time, gets a Step for every frame it sends, in time."""
+    url = f"{server_url(stt_server)}/api/asr-streaming?auth_id=public_token"
+    await wait_for_streams(stt_server, 0)
+    async with websockets.connect(url) as silent, websockets.connect(url) as unread, websockets.connect(url) as member:
+        for ws in (silent, unread, member):
+            await ws.recv()
+        for _ in range(20):
+            await unread.send(pack({"type": "Audio", "pcm": speech(0.5).tolist()}))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        frames = 12
+        audio = speech(frames * 0.08, seed=4)
+        steps = 0
+
+        async def read_steps() -> None:
+            nonlocal steps
+            async for raw in member:
+                if msgpack.unpackb(raw)["type"] == "Step":
+                    steps += 1
+                    if steps == frames:
+                        return
+
+        reader = asyncio.create_task(read_steps())
+        for i in range(frames):
+            await member.send(pack({"type": "Audio", "pcm": audio[i * FRAME : (i + 1) * FRAME].tolist()}))
+            await asyncio.sleep(0.08)
+        await asyncio.wait_for(reader, timeout=3.0)
+        # Real time plus at most one frame of batching wait and model time per frame.
+        assert loop.time() - started < frames * 0.08 + 1.5
