@@ -439,8 +439,8 @@ class TTSEngine:
             multi_speaker=self.tts.multi_speaker and slot.first_text,
             padding_between=self.padding_between,
         )
-        if entries:
-            slot.first_text = False
+        if any(entry.tokens for entry in entries):
+            slot.first_text = False  # a leading <break> alone does not take the speaker token
         slot.state.entries.extend(entries)
 
     def _runnable(self, slot: _Slot) -> bool:
