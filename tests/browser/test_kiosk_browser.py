@@ -209,13 +209,23 @@ async def test_badge_of_another_gym_is_refused_by_the_gym_backend(kiosk_url: str
     assert result["states"] == [], "no room is joined with a refused badge"
 
 
+@pytest.fixture(scope="module")
+def browser_agent_worker(stack: LocalStack) -> LocalStack:
+    """A JARVIS worker that keeps taking jobs while Chromium loads this small machine's CPU
+    (with the default threshold it marks itself full and LiveKit dispatches nothing)."""
+    stack.start_agent_worker(
+        {"JARVIS_NUM_IDLE_PROCESSES": "1", "JARVIS_LOAD_THRESHOLD": "1000"}, name="agent-browser"
+    )
+    return stack
+
+
 async def test_real_jarvis_worker_joins_the_page_through_the_gym_backend(
-    kiosk_url: str, agent_worker: LocalStack, wavs: dict[str, Path]
+    kiosk_url: str, browser_agent_worker: LocalStack, wavs: dict[str, Path]
 ) -> None:
     """The production path: page → demo gym backend (gym key) → token service → LiveKit
     → the JARVIS worker is dispatched into the kiosk's room."""
     result = await run_scenario({
-        "url": kiosk_url,
+        "url": kiosk_url + "?agentTimeoutMs=60000",
         "wav": str(wavs["question"]),
         "steps": [
             {"click_badge": "LYON-0001"},
@@ -224,5 +234,7 @@ async def test_real_jarvis_worker_joins_the_page_through_the_gym_backend(
             {"end": True},
         ],
     }, timeout_s=150)
+    if not result["ok"]:
+        print(browser_agent_worker.log_tail("agent-browser", 60), sep="\n")
     assert_clean(result)
     assert result["greeting"] == "Bonjour Camille"
