@@ -57,7 +57,9 @@ def wavs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             folder / "greeting.wav", "Bonjour Camille, je suis JARVIS. Que puis-je faire pour vous ?",
             lead_silence_s=0.1, tail_silence_s=0.3,
         ),
-        "answer": french_wav(folder / "answer.wav", "Voici le tutoriel du squat.", lead_silence_s=0.0, tail_silence_s=0.2),
+        "answer": french_wav(
+            folder / "answer.wav", "Voici le tutoriel du squat.", lead_silence_s=0.0, tail_silence_s=0.2
+        ),
     }
 
 
@@ -107,7 +109,8 @@ async def test_member_talks_with_the_agent_and_gets_a_tutorial_video(
         ]
         for payload in bad_payloads:
             replies.append(json.loads(await standin.show_video(kiosk, payload)))
-        replies.append(json.loads(await standin.show_video(kiosk, json.dumps({"url": SQUAT_VIDEO, "title": "Le squat"}))))
+        good = json.dumps({"url": SQUAT_VIDEO, "title": "Le squat"})
+        replies.append(json.loads(await standin.show_video(kiosk, good)))
         await standin.say("Voici le tutoriel du squat.", wavs["answer"], "answer")
 
     agent_task = asyncio.create_task(play_agent())
@@ -147,8 +150,9 @@ async def test_member_talks_with_the_agent_and_gets_a_tutorial_video(
         {"status": "rejected", "reason": "payload_too_large"},
         {"status": "shown"},
     ]
-    assert result["video_rejections"] == ["missing_url", "unsupported_url_scheme", "title_too_long", "payload_too_large",
-                                         "payload_too_large"]
+    assert result["video_rejections"] == [
+        "missing_url", "unsupported_url_scheme", "title_too_long", "payload_too_large", "payload_too_large"
+    ]
     assert [v["url"] for v in result["videos"]] == [SQUAT_VIDEO], "only the valid request reached the screen"
     refusals = [line for line in result["kiosk_logs"] if "kiosk.show_video refused" in line]
     assert len(refusals) == 5, result["kiosk_logs"]
@@ -164,7 +168,9 @@ async def test_member_talks_with_the_agent_and_gets_a_tutorial_video(
     shutil.copyfile(screenshot, SCREENSHOT_DOC)
 
 
-async def test_microphone_denied_is_explained_in_french(standin: StandInAgent, stack: LocalStack, kiosk_url: str) -> None:
+async def test_microphone_denied_is_explained_in_french(
+    standin: StandInAgent, stack: LocalStack, kiosk_url: str
+) -> None:
     result = await run_scenario({
         "url": kiosk_url,
         "microphone": "denied",
