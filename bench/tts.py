@@ -12,6 +12,7 @@ kyutai/tts-1.6b-en_fr (meant for a GPU). Never fails on timing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import os
 import sys
@@ -160,6 +161,49 @@ def run_level(tiny: Any, streams: int, device: str, dtype: torch.dtype) -> dict[
     return row
 
 
+async def _plugin_first_frame_ms(tiny: Any, device: str, runs: int = 3) -> list[float]:
+    """Through the real server and the LiveKit plugin: first word sent → first frame out."""
+    import socket
+
+    import uvicorn
+    from kyutai_tiny.tts import DEFAULT_VOICE
+    from kyutai_tts import TTS
+    from kyutai_tts.server import build_service, create_app
+    from kyutai_tts.settings import EngineSettings, PluginSettings
+    from livekit.agents import APIConnectOptions
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    settings = EngineSettings(
+        checkpoint=str(tiny.directory), voice_dir=tiny.voice_dir, default_voice=DEFAULT_VOICE,
+        allow_hub_voices=False, capacity=2, device=device, api_keys=[],
+    )
+    service = await asyncio.to_thread(build_service, settings)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    latencies = []
+    try:
+        tts = TTS(settings=PluginSettings(url=f"ws://127.0.0.1:{port}", voice=DEFAULT_VOICE))
+        for _ in range(runs):
+            stream = tts.stream(conn_options=APIConnectOptions(max_retry=0))
+            for word in ANSWER.split():
+                stream.push_text(word + " ")
+            stream.end_input()
+            async for _event in stream:
+                if stream.first_word_sent_at is not None:
+                    latencies.append(1000 * (time.monotonic() - stream.first_word_sent_at))
+                break
+            await stream.aclose()
+    finally:
+        server.should_exit = True
+        await serving
+        service.engine.stop()
+    return latencies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="only 1 and 32 streams")
@@ -179,6 +223,8 @@ def main() -> None:
             row = run_level(tiny, streams, args.device, dtype)
             progress(f"  {row}")
             results.append(row)
+        progress("plugin over the server: first word sent → first frame out")
+        plugin_ms = asyncio.run(_plugin_first_frame_ms(tiny, args.device))
     single = results[0]
     realtime = [row["streams"] for row in results if row["rtf"] < 1.0]
     emit(
@@ -188,6 +234,7 @@ def main() -> None:
         results=results,
         step_ratio_max_vs_1=round(results[-1]["step_ms_p50"] / max(single["step_ms_p50"], 1e-9), 2),
         max_realtime_streams=max(realtime) if realtime else 0,
+        plugin_first_frame_ms_p50=round(percentile(plugin_ms, 50), 1),
         threads=torch.get_num_threads(),
     )
 
