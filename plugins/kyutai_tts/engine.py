@@ -217,6 +217,8 @@ class TTSEngine:
         # Per step: which rows execute and which of them sample (text / audio).
         self._exec_rows: list[int] = []
         self._audio_rows: list[int] = []
+        self._text_noise: torch.Tensor | None = None
+        self._audio_noise: torch.Tensor | None = None
         self._original_forward_depformer = self.lm.forward_depformer
 
     # ----- conditioning -------------------------------------------------------------------
@@ -476,6 +478,7 @@ class TTSEngine:
         self._audio_rows = [slot.index for slot in runnable if slot.offset >= self.delay_steps]
         self.lm_gen.set_exec_mask(exec_mask.to(self.device))
         replace = None if self._audio_rows else self._no_depformer
+        self._draw_noise(runnable)
         with self._sampling_hooks():
             frame = self.lm_gen.step(self._input_tokens, depformer_replace_tokens=replace)
         assert frame is not None
@@ -559,7 +562,23 @@ class TTSEngine:
 
     # ----- hooks inside LMGen.step (engine thread) -------------------------------------------
 
-    def _sample(self, logits: torch.Tensor, rows: list[int], top_k: int) -> torch.Tensor:
+    def _draw_noise(self, runnable: list[_Slot]) -> None:
+        """This step's random numbers, drawn per slot in the order LMGen's sampling would draw
+        them for that slot alone (text, then each audio codebook), and moved to the device once."""
+        text_k = min(self.top_k_text, self.lm.text_linear.out_features)
+        audio_k = min(self.top_k, self.lm.card)
+        text = torch.ones(self.capacity, text_k)
+        audio = torch.ones(self.capacity, self.lm.dep_q, audio_k)
+        audio_rows = set(self._audio_rows)
+        for slot in runnable:
+            if slot.temperature > 0.0 and slot.generator is not None:
+                text[slot.index].exponential_(1, generator=slot.generator)
+                if slot.index in audio_rows:
+                    audio[slot.index].exponential_(1, generator=slot.generator)
+        self._text_noise = text.to(self.device)
+        self._audio_noise = audio.to(self.device) if audio_rows else None
+
+    def _sample(self, logits: torch.Tensor, rows: list[int], top_k: int, noise: torch.Tensor | None) -> torch.Tensor:
         """One token per row: for `rows`, sampled as LMGen would for that slot alone (same
         temperature, top-k, and random numbers from the slot's generator); greedy elsewhere."""
         flat = logits.reshape(logits.shape[0], logits.shape[-1]).float()
@@ -570,15 +589,12 @@ class TTSEngine:
             if temperature > 0.0:
                 by_temperature.setdefault(temperature, []).append(row)
         for temperature, group in by_temperature.items():
+            assert noise is not None
             index = torch.tensor(group, device=flat.device)
             probs = torch.softmax(flat[index] / temperature, dim=-1)
             k = min(top_k, probs.shape[-1])
             top_probs, top_index = torch.topk(probs, k, dim=-1)
-            noise = torch.stack(
-                [torch.empty(k, dtype=top_probs.dtype).exponential_(1, generator=self._slots[row].generator)
-                 for row in group]
-            ).to(flat.device)
-            choice = (top_probs / noise).argmax(dim=-1, keepdim=True)
+            choice = (top_probs / noise[index]).argmax(dim=-1, keepdim=True)
             tokens[index] = top_index.gather(-1, choice)[:, 0]
         return tokens
 
@@ -592,12 +608,13 @@ class TTSEngine:
     def _on_text_logits(self, text_logits: torch.Tensor) -> None:
         if self.tts.padding_bonus:
             text_logits[..., self.machine.token_ids.pad] += self.tts.padding_bonus
-        tokens = self._sample(text_logits, self._exec_rows, self.top_k_text)
+        tokens = self._sample(text_logits, self._exec_rows, self.top_k_text, self._text_noise)
         self._force(text_logits, tokens)
 
     def _forward_depformer(self, cb_index: int, sequence: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
         logits = self._original_forward_depformer(cb_index, sequence, transformer_out)
-        tokens = self._sample(logits, self._audio_rows, self.top_k)
+        noise = None if self._audio_noise is None else self._audio_noise[:, cb_index]
+        tokens = self._sample(logits, self._audio_rows, self.top_k, noise)
         logits = logits.clone()
         self._force(logits, tokens)
         return logits
