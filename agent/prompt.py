@@ -69,9 +69,7 @@ def _member_section(ctx: MemberContext, today: date) -> list[str]:
         else:
             lines.append(f"Membre depuis le {say_date(member.member_since)} {member.member_since.year}")
     if member.last_visit is not None:
-        lines.append(
-            f"Dernière visite : {say_datetime(member.last_visit.astimezone(ZoneInfo(ctx.gym.timezone)))}"
-        )
+        lines.append(f"Dernière visite : {say_datetime(member.last_visit.astimezone(ZoneInfo(ctx.gym.timezone)))}")
     if member.visits_last_30_days:
         lines.append(f"Visites ces trente derniers jours : {member.visits_last_30_days}")
     return lines
@@ -134,9 +132,7 @@ def build_instructions(ctx: MemberContext, now: datetime | None = None) -> str:
         f"il est {say_clock(local_now.strftime('%H:%M'))}.",
     ]
     if ctx.weather is not None:
-        parts.append(
-            f"Météo à {ctx.gym.city} : {ctx.weather.description}, {round(ctx.weather.temperature_c)} degrés."
-        )
+        parts.append(f"Météo à {ctx.gym.city} : {ctx.weather.description}, {round(ctx.weather.temperature_c)} degrés.")
     if ctx.coach is not None:
         speciality = f" ({ctx.coach.speciality})" if ctx.coach.speciality else ""
         parts.append(f"Coach attitré : {ctx.coach.first_name}{speciality}.")
@@ -147,11 +143,7 @@ def build_instructions(ctx: MemberContext, now: datetime | None = None) -> str:
     if history:
         parts += ["", "DERNIÈRES CONVERSATIONS"]
         for past in history[:5]:
-            mood = (
-                f" (ressenti {SENTIMENT_LABELS[past.sentiment]})"
-                if past.sentiment in SENTIMENT_LABELS
-                else ""
-            )
+            mood = f" (ressenti {SENTIMENT_LABELS[past.sentiment]})" if past.sentiment in SENTIMENT_LABELS else ""
             day = say_date(past.started_at.astimezone(ZoneInfo(ctx.gym.timezone)).date())
             parts.append(f"Le {day} : {past.summary}{mood}")
 
@@ -175,7 +167,5 @@ def greeting(ctx: MemberContext, now: datetime | None = None) -> str:
     hello = "Bonsoir" if hour >= 18 else "Bonjour"
     first_name = ctx.member.first_name
     if ctx.member.member_since is not None and ctx.member.member_since >= _local_now(ctx, now).date():
-        return (
-            f"{hello} {first_name}, bienvenue chez {ctx.gym.name} ! Je suis JARVIS. Comment je peux t'aider ?"
-        )
+        return f"{hello} {first_name}, bienvenue chez {ctx.gym.name} ! Je suis JARVIS. Comment je peux t'aider ?"
     return f"{hello} {first_name} ! Content de te revoir. Qu'est-ce que je peux faire pour toi aujourd'hui ?"

@@ -153,9 +153,7 @@ class SessionLog:
         result = None if output is None else {"output": output.output, "is_error": output.is_error}
         latency = None if output is None else max(0.0, (output.created_at - call.created_at) * 1000)
         self.record.tools.append((call.name, succeeded))
-        self._add(
-            _Interaction("tool", tool_name=call.name, tool_args=args, tool_result=result, latency_ms=latency)
-        )
+        self._add(_Interaction("tool", tool_name=call.name, tool_args=args, tool_result=result, latency_ms=latency))
 
     def _on_item(self, event: ConversationItemAddedEvent) -> None:
         item = event.item
@@ -226,11 +224,7 @@ class SessionLog:
         ended_at = time.time()
         summary, sentiment = summarize(self.record)
         if outcome is None:
-            outcome = (
-                "error"
-                if self.record.error
-                else ("completed" if self.record.user_turns else "no_interaction")
-            )
+            outcome = "error" if self.record.error else ("completed" if self.record.user_turns else "no_interaction")
         self._enqueue(
             "UPDATE voice_sessions SET ended_at = to_timestamp($2), duration_s = $3, outcome = $4,"
             " summary = $5, sentiment = $6 WHERE id = $1 AND gym_id = $7",

@@ -199,9 +199,7 @@ class LLMStandIn:
     async def _stream(
         self, http_request: web.Request, request: dict[str, Any], reply: Say | CallTool
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(http_request)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
 
@@ -238,9 +236,7 @@ class LLMStandIn:
             )  # fmt: skip
             # Arguments arrive in pieces, as real providers send them.
             for start in range(0, len(arguments), 16):
-                await send(
-                    {"tool_calls": [{"index": 0, "function": {"arguments": arguments[start : start + 16]}}]}
-                )
+                await send({"tool_calls": [{"index": 0, "function": {"arguments": arguments[start : start + 16]}}]})
             await send({}, finish="tool_calls")
 
         if (request.get("stream_options") or {}).get("include_usage"):

@@ -42,6 +42,9 @@ async def brain_services(stack: LocalStack) -> AsyncIterator[tuple[str, LLMStand
         env = {
             "JARVIS_AGENT_NAME": AGENT_NAME,
             "JARVIS_NUM_IDLE_PROCESSES": "1",
+            # The test machine's CPU is shared: above the default load threshold the worker
+            # declares itself full and LiveKit never hands it the job.
+            "JARVIS_LOAD_THRESHOLD": "2",
             "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
             "JARVIS_LLM__PRIMARY__MODEL": "standin",
             "JARVIS_LLM__PRIMARY__BASE_URL": llm_server.base_url,
@@ -88,7 +91,11 @@ async def test_kiosk_chats_with_jarvis_and_gets_the_squat_video(
     await room.connect(session["livekit_url"], session["token"])
     room.local_participant.register_rpc_method("kiosk.show_video", show_video)
     try:
-        await eventually(lambda: agent_participant(room), 60, "JARVIS to join")
+        try:
+            await eventually(lambda: agent_participant(room), 60, "JARVIS to join")
+        except AssertionError:
+            print(stack.log_tail("agent-brain", 80))
+            raise
         greeting = await eventually(
             lambda: next((a for a in answers if "Camille" in a), None), 20, "the greeting by first name"
         )
