@@ -89,7 +89,6 @@ class _Slot:
     sink: StreamSink | None = None
     inbox: deque[tuple[str, Any]] = field(default_factory=deque)
     # engine-thread state
-    started: bool = False
     conditioning: Conditioning | None = None
     state: State | None = None
     offset: int = 0  # steps done by this stream
@@ -158,7 +157,6 @@ class TTSEngine:
         self.device = self.lm.device
         self.delay_steps = tts_model.delay_steps
         self.frame_rate = float(self.mimi.frame_rate)
-        self.frame_samples = int(self.mimi.sample_rate / self.mimi.frame_rate)
         if not tts_model.multistream:
             # As `TTSModel.generate` does: generate only the codebooks Mimi decodes.
             self.lm.dep_q = tts_model.n_q
@@ -426,7 +424,6 @@ class TTSEngine:
         slot.words_sent = 0
         slot.record_codes = callable(getattr(slot.sink, "codes", None))
         slot.stats = StreamStats()
-        slot.started = True
 
     def _push_text(self, slot: _Slot, text: str) -> None:
         if slot.complete:
@@ -557,7 +554,6 @@ class TTSEngine:
             slot.sink = None
             slot.inbox.clear()
         slot.state = None
-        slot.started = False
         slot.conditioning = None
 
     # ----- hooks inside LMGen.step (engine thread) -------------------------------------------
