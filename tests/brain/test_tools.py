@@ -3,13 +3,14 @@ search, kiosk failures, member statistics, gym info, and tenant isolation."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import pytest
 
 from agent.tools import TOOL_SPECS, GymTools, SessionIds, ToolFailure, tool_json_schema
-from tests.brain.conftest import BORDEAUX, CAMILLE, LEA, LYON, NADIA, KioskOnLiveKit, next_weekday_at
+from tests.brain.conftest import BORDEAUX, CAMILLE, LEA, LYON, NADIA, THOMAS, KioskOnLiveKit, next_weekday_at
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +153,17 @@ async def test_a_session_whose_member_is_not_in_its_gym_is_refused(pool: Any) ->
         with pytest.raises(ToolFailure, match="Je ne peux rien faire"):
             await forged.call(name, args)
     assert await gym_row_counts(pool, BORDEAUX) == before
+
+
+async def test_two_kiosks_booking_the_same_coach_hour_get_one_booking(pool: Any) -> None:
+    """Camille and Thomas ask for Karim at the same hour from two kiosks: one gets it."""
+    slot = next_weekday_at(4, 9).isoformat(timespec="minutes")  # Friday 9 h: Karim works 9 h to 18 h
+    attempts = [
+        tools_for(pool, LYON, member).call("book_session", {"datetime": slot, "coach": "Karim"})
+        for member in (CAMILLE, THOMAS)
+    ]
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    booked = [r for r in results if isinstance(r, str)]
+    refused = [r for r in results if isinstance(r, ToolFailure)]
+    assert len(booked) == 1 and booked[0].startswith("C'est réservé : séance avec Karim")
+    assert len(refused) == 1 and "Karim a déjà une séance" in refused[0].message
