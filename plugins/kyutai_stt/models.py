@@ -29,7 +29,7 @@ class EndOfTurnOptions:
     ignore_first_steps: int = 12  # the heads are unreliable on a stream's first steps
     # The model's text delay (stt-1b-en_fr: 0.5 s): a flush sends this much silence, plus a frame.
     delay_s: float = 0.5
-    # Checkpoints without heads: the turn ends after this long without a new word.
+    # Checkpoints without heads: the turn ends after this much audio without a new word.
     no_heads_silence_s: float = 1.2
 
     def __post_init__(self) -> None:

@@ -156,6 +156,7 @@ class _Connection:
     steps: int = 0
     speaking: bool = False
     words: list[TimedString] = field(default_factory=list)
+    last_word_sample: int = 0  # sent_samples when the last word arrived
     last_word_step: int = 0
     markers: dict[int, str] = field(default_factory=dict)  # marker id -> "turn" | "flush" | "end"
     next_marker: int = 1
@@ -262,6 +263,12 @@ class SpeechStream(stt.SpeechStream):
                 continue  # an empty frame carries nothing to transcribe
             conn.usage_samples += samples.size
             await self._send_audio(conn, samples)
+            if conn.has_heads is not True and conn.speaking and not conn.flushing:
+                # No pause heads (moshi-server then sends no Step at all): the turn ends after a
+                # stretch of audio that brought no new word.
+                quiet_s = (conn.sent_samples - conn.last_word_sample) / SAMPLE_RATE
+                if quiet_s >= self._opts.end_of_turn.no_heads_silence_s:
+                    await self._flush(conn, "turn")
         # Input ended: push the last words out of the model, then close.
         await self._flush(conn, "end")
         silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
@@ -330,6 +337,7 @@ class SpeechStream(stt.SpeechStream):
                 )
             )
         conn.words.append(_timed(text, start, start, self.start_time_offset))
+        conn.last_word_sample = conn.sent_samples
         conn.last_word_step = conn.steps
         self._event_ch.send_nowait(
             stt.SpeechEvent(
@@ -364,7 +372,7 @@ class SpeechStream(stt.SpeechStream):
             return
         if conn.has_heads:
             ended = self._pause.value > options.threshold
-        else:
+        else:  # the model's own progress since the last word (audio may have been sent long ago)
             ended = (conn.steps - conn.last_word_step) * FRAME_SECONDS >= options.no_heads_silence_s
         if ended:
             await self._flush(conn, "turn")

@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import msgpack
 import numpy as np
 import pytest
 import websockets
+import websockets.asyncio.server
 from kyutai_stt import STT, EndOfTurnOptions
 from kyutai_stt.server import SttServer
 from livekit import rtc
@@ -267,3 +269,60 @@ async def test_a_checkpoint_without_heads_still_ends_turns(tiny_stt_no_heads_dir
         await stream.aclose()
     finally:
         await server.stop()
+
+
+async def test_against_a_server_that_sends_no_steps_like_moshi_server_without_heads() -> None:
+    """moshi-server sends `Step` only for checkpoints with heads. A stand-in that speaks its
+    protocol that way: words, markers, no steps. The turn still ends, from the audio sent."""
+    frames_seen = 0
+    markers: list[tuple[int, int]] = []
+
+    async def moshi_server_like(ws: websockets.asyncio.server.ServerConnection) -> None:
+        nonlocal frames_seen
+        await ws.send(msgpack.packb({"type": "Ready"}))
+        pending = 0
+        async for raw in ws:
+            message = msgpack.unpackb(raw)
+            if message["type"] == "Marker":
+                markers.append((frames_seen + pending // 1920 + 7, message["id"]))
+                continue
+            pending += len(message["pcm"])
+            while pending >= 1920:
+                pending -= 1920
+                frames_seen += 1
+                if frames_seen in (4, 7):
+                    await ws.send(msgpack.packb({"type": "Word", "text": "bonjour", "start_time": frames_seen * 0.08}))
+                if frames_seen == 8:
+                    await ws.send(msgpack.packb({"type": "EndWord", "stop_time": 0.64}))
+                while markers and markers[0][0] <= frames_seen:
+                    await ws.send(msgpack.packb({"type": "Marker", "id": markers.pop(0)[1]}))
+
+    async with websockets.asyncio.server.serve(moshi_server_like, "127.0.0.1", 0) as fake:
+        port = fake.sockets[0].getsockname()[1]
+        stream = STT(url=f"ws://127.0.0.1:{port}", end_of_turn=EndOfTurnOptions(no_heads_silence_s=0.5)).stream(
+            conn_options=FAST_FAIL
+        )
+        events: list[SpeechEvent] = []
+
+        async def push() -> None:
+            for frame in to_frames(np.zeros(24000 * 3, np.float32), 24000, 1920):
+                stream.push_frame(frame)
+                await asyncio.sleep(0.01)
+
+        pusher = asyncio.create_task(push())
+
+        async def until_end_of_speech() -> None:
+            async for event in stream:
+                events.append(event)
+                if event.type == SpeechEventType.END_OF_SPEECH:
+                    return
+
+        await asyncio.wait_for(until_end_of_speech(), timeout=10)
+        pusher.cancel()
+        await stream.aclose()
+    kinds = [e.type for e in events]
+    assert kinds[0] == SpeechEventType.START_OF_SPEECH and kinds[-2:] == [
+        SpeechEventType.FINAL_TRANSCRIPT,
+        SpeechEventType.END_OF_SPEECH,
+    ]
+    assert events[-2].alternatives[0].text == "bonjour bonjour"
