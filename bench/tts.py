@@ -176,8 +176,13 @@ async def _plugin_first_frame_ms(tiny: Any, device: str, runs: int = 3) -> list[
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     settings = EngineSettings(
-        checkpoint=str(tiny.directory), voice_dir=tiny.voice_dir, default_voice=DEFAULT_VOICE,
-        allow_hub_voices=False, capacity=2, device=device, api_keys=[],
+        checkpoint=str(tiny.directory),
+        voice_dir=tiny.voice_dir,
+        default_voice=DEFAULT_VOICE,
+        allow_hub_voices=False,
+        capacity=2,
+        device=device,
+        api_keys=[],
     )
     service = await asyncio.to_thread(build_service, settings)
     server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))

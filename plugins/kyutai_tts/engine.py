@@ -289,8 +289,9 @@ class TTSEngine:
         with self._lock:
             return sum(1 for slot in self._slots if slot.busy)
 
-    def open(self, sink: StreamSink, *, temperature: float, seed: int | None = None,
-             conditioning: Conditioning | None = None) -> StreamHandle:
+    def open(
+        self, sink: StreamSink, *, temperature: float, seed: int | None = None, conditioning: Conditioning | None = None
+    ) -> StreamHandle:
         """Reserves a slot for a new stream; raises EngineFull at once when every slot is taken."""
         if self._thread is not None and not self._thread.is_alive():
             raise EngineError("the TTS engine has stopped")
@@ -418,9 +419,7 @@ class TTSEngine:
         slot.complete = False
         slot.first_text = True
         slot.temperature = temperature
-        slot.generator = torch.Generator(device="cpu").manual_seed(
-            seed if seed is not None else secrets.randbits(63)
-        )
+        slot.generator = torch.Generator(device="cpu").manual_seed(seed if seed is not None else secrets.randbits(63))
         slot.words_sent = 0
         slot.record_codes = callable(getattr(slot.sink, "codes", None))
         slot.stats = StreamStats()

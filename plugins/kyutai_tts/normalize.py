@@ -97,9 +97,7 @@ def _decimal(whole: str, fraction: str | None) -> str:
     return words
 
 
-_MONTHS = (
-    "janvier février mars avril mai juin juillet août septembre octobre novembre décembre".split()
-)
+_MONTHS = "janvier février mars avril mai juin juillet août septembre octobre novembre décembre".split()
 
 # Units read after a number: (singular, plural).
 _UNIT_WORDS: dict[str, tuple[str, str]] = {

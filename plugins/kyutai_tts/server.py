@@ -36,9 +36,7 @@ class Metrics:
         self.streams_active = Gauge("kyutai_tts_streams_active", "Streams holding a slot", registry=self.registry)
         self.capacity = Gauge("kyutai_tts_capacity", "Slots in the batch", registry=self.registry)
         self.streams = Counter("kyutai_tts_streams_total", "Streams opened", registry=self.registry)
-        self.rejected = Counter(
-            "kyutai_tts_rejected_total", "Connections refused", ["reason"], registry=self.registry
-        )
+        self.rejected = Counter("kyutai_tts_rejected_total", "Connections refused", ["reason"], registry=self.registry)
         for reason in ("auth", "bad_request", "full"):
             self.rejected.labels(reason)  # exported at 0 from the start
         self.step_seconds = Histogram(
@@ -48,7 +46,9 @@ class Metrics:
             registry=self.registry,
         )
         self.batch_streams = Histogram(
-            "kyutai_tts_batch_streams", "Streams stepped together", buckets=(1, 2, 4, 8, 16, 32, 64),
+            "kyutai_tts_batch_streams",
+            "Streams stepped together",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
         self.first_audio_seconds = Histogram(

@@ -151,5 +151,3 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
 async def wait_idle(service: TTSService) -> None:
     await until(lambda: service.engine.active_streams == 0)
     assert service.engine.active_streams == 0
-
-

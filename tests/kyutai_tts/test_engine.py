@@ -91,7 +91,10 @@ def test_four_streams_started_at_different_times_each_equal_their_reference(make
 
     for index, text in enumerate(texts):
         reference = reference_generate(
-            tiny_tts, text, voice=tiny_tts.voice_path(voices[index]), seed=100 + index,
+            tiny_tts,
+            text,
+            voice=tiny_tts.voice_path(voices[index]),
+            seed=100 + index,
             temperature=temperatures[index],
         )
         assert_same_as_reference(sinks[index], reference)

@@ -41,9 +41,17 @@ def test_markdown_emoji_and_urls_are_never_read_aloud() -> None:
 @pytest.mark.parametrize(
     ("n", "words"),
     [
-        (21, "vingt et un"), (71, "soixante et onze"), (80, "quatre-vingts"), (81, "quatre-vingt-un"),
-        (91, "quatre-vingt-onze"), (200, "deux cents"), (201, "deux cent un"), (1000, "mille"),
-        (2026, "deux mille vingt-six"), (80_000, "quatre-vingt mille"), (2_000_000, "deux millions"),
+        (21, "vingt et un"),
+        (71, "soixante et onze"),
+        (80, "quatre-vingts"),
+        (81, "quatre-vingt-un"),
+        (91, "quatre-vingt-onze"),
+        (200, "deux cents"),
+        (201, "deux cent un"),
+        (1000, "mille"),
+        (2026, "deux mille vingt-six"),
+        (80_000, "quatre-vingt mille"),
+        (2_000_000, "deux millions"),
     ],
 )
 def test_numbers_follow_french_spelling(n: int, words: str) -> None:

@@ -60,10 +60,13 @@ async def test_the_llms_words_are_spoken_as_they_stream_with_timed_transcripts(s
     assert sum(frame.samples_per_channel for frame in frames) / 24_000 > 2.0
     timed = [word for frame in frames for word in frame.userdata.get(USERDATA_TIMED_TRANSCRIPT, [])]
     spoken = "".join(timed).split()
-    assert spoken == (
-        "Le cours de RPM est à dix-huit heures quarante-cinq, douze euros cinquante la séance, "
-        "trois fois douze reps à soixante kilos. Super"
-    ).split()
+    assert (
+        spoken
+        == (
+            "Le cours de RPM est à dix-huit heures quarante-cinq, douze euros cinquante la séance, "
+            "trois fois douze reps à soixante kilos. Super"
+        ).split()
+    )
     assert all(word.start_time < word.end_time for word in timed)
     await wait_idle(service)
 

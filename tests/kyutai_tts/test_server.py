@@ -55,9 +55,15 @@ async def test_the_voice_message_and_seed_give_moshis_reference_audio(server, ti
     embedding = load_voice_file(tiny_tts.voice_path(OTHER_VOICE))
     url = tts_url(base, seed="321", temperature="0.6", cfg_alpha="2.0")
     async with websockets.connect(url, additional_headers={"kyutai-api-key": API_KEY}) as ws:
-        await ws.send(msgpack.packb({
-            "type": "Voice", "embeddings": embedding.flatten().tolist(), "shape": list(embedding.shape),
-        }))
+        await ws.send(
+            msgpack.packb(
+                {
+                    "type": "Voice",
+                    "embeddings": embedding.flatten().tolist(),
+                    "shape": list(embedding.shape),
+                }
+            )
+        )
         for word in FRENCH_ANSWER.split():
             await ws.send(msgpack.packb({"type": "Text", "text": word}))
         await ws.send(msgpack.packb({"type": "Eos"}))
@@ -203,8 +209,12 @@ async def test_the_server_command_serves_a_local_checkpoint(tiny_tts: TinyTTS) -
         "OMP_NUM_THREADS": "1",
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kyutai_tts.server", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "kyutai_tts.server",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with httpx.AsyncClient() as client:
