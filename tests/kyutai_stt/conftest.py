@@ -13,6 +13,7 @@ import subprocess
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def start_server(checkpoint_dir: Path, max_streams: int = MAX_STREAMS, **overrides: object) -> SttServer:
+async def start_server(checkpoint_dir: Path, max_streams: int = MAX_STREAMS, **overrides: Any) -> SttServer:
     settings = EngineSettings(
         checkpoint=str(checkpoint_dir), port=0, max_streams=max_streams, device="cpu", **overrides
     )

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from kyutai_stt.engine import SttEngine, load_checkpoint
 from moshi.models import LMGen, loaders
+from moshi.models.compression import MimiModel
+from moshi.models.lm import LMModel
 
 from .conftest import speech
 
 FRAME = 1920
 
 
-def reference_models(directory: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+def reference_models(directory: Path) -> tuple[MimiModel, LMModel]:
     config = json.loads((directory / "config.json").read_text())
     info = loaders.CheckpointInfo.from_hf_repo(
         "local/tiny",
@@ -96,12 +99,13 @@ def test_four_staggered_streams_in_one_batch_match_their_solo_runs(tiny_stt_dir:
     # (first step, audio): the last one starts after the first has left, in its slot
     plan = [(0, utterance(1.2, 11)), (3, utterance(2.0, 12)), (7, utterance(1.6, 13)), (12, utterance(1.0, 14))]
     late_audio = utterance(1.0, 15)
-    streams: list[dict] = [
+    streams: list[dict[str, Any]] = [
         {"start": start, "frames": frames_of(audio), "audio": audio, "slot": None, "tokens": [], "codes": []}
         for start, audio in plan
     ]
-    late = {"start": None, "frames": frames_of(late_audio), "audio": late_audio, "slot": None, "tokens": [],
-            "codes": []}
+    late: dict[str, Any] = {
+        "start": None, "frames": frames_of(late_audio), "audio": late_audio, "slot": None, "tokens": [], "codes": []
+    }
     step = 0
     while any(s["frames"] for s in [*streams, late]):
         for stream in streams:

@@ -57,7 +57,8 @@ def words_from_tokens(tokens: list[int], tokenizer_path: Path) -> list[str]:
     import sentencepiece
 
     sp = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer_path))
-    words, current = [], []
+    words: list[str] = []
+    current: list[int] = []
     for token in tokens:
         if token in (0, 3):
             if current and sp.decode(current).strip():
