@@ -202,6 +202,11 @@ class SpeechStream(stt.SpeechStream):
         finally:
             conn.closing = True
             await utils.aio.cancel_and_wait(sender, receiver)
+            if conn.words or conn.speaking:
+                # The connection is gone mid-turn: close the turn with what was heard, so the
+                # session never waits on an END_OF_SPEECH that will not come (a retry starts anew).
+                self._finish_segment(conn)
+                self._report_usage(conn)
             with contextlib.suppress(Exception):
                 await conn.ws.close()
 

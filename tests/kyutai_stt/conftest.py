@@ -51,7 +51,7 @@ def free_port() -> int:
 
 async def start_server(checkpoint_dir: Path, max_streams: int = MAX_STREAMS, **overrides: Any) -> SttServer:
     settings = EngineSettings(
-        checkpoint=str(checkpoint_dir), port=0, max_streams=max_streams, device="cpu", **overrides
+        checkpoint=str(checkpoint_dir), max_streams=max_streams, device="cpu", **({"port": 0} | overrides)
     )
     checkpoint = load_checkpoint(settings.checkpoint, settings.device, settings.dtype)
     engine = SttEngine(checkpoint, settings.max_streams, silence_prefix=settings.silence_prefix)

@@ -326,3 +326,41 @@ async def test_against_a_server_that_sends_no_steps_like_moshi_server_without_he
         SpeechEventType.END_OF_SPEECH,
     ]
     assert events[-2].alternatives[0].text == "bonjour bonjour"
+
+
+async def test_the_stream_reconnects_when_the_engine_restarts(tiny_stt_dir: Path) -> None:
+    """The engine server is restarted (a deploy) while a member talks: the stream reconnects and
+    transcribes what follows; nothing is raised to the agent."""
+    port = free_port()
+    server = await start_server(tiny_stt_dir, max_streams=1, port=port)
+    stream = STT(url=f"ws://127.0.0.1:{port}").stream(
+        conn_options=APIConnectOptions(max_retry=3, retry_interval=0.3, timeout=3.0)
+    )
+    errors: list[object] = []
+    stream._stt.on("error", errors.append)
+    events: list[SpeechEvent] = []
+    for frame in to_frames(speech(1.0, seed=30), 24000, 1920):
+        stream.push_frame(frame)
+
+    async def consume() -> None:
+        async for event in stream:
+            events.append(event)
+
+    consumer = asyncio.create_task(consume())
+    for _ in range(100):
+        if any(e.type == SpeechEventType.INTERIM_TRANSCRIPT for e in events):
+            break
+        await asyncio.sleep(0.05)
+    await server.stop()
+    server = await start_server(tiny_stt_dir, max_streams=1, port=port)
+    try:
+        for frame in to_frames(np.concatenate([speech(1.5, seed=31), np.zeros(24000, np.float32)]), 24000, 1920):
+            stream.push_frame(frame)
+        stream.end_input()
+        await asyncio.wait_for(consumer, timeout=20)
+    finally:
+        await server.stop()
+    assert errors and all(getattr(e, "recoverable", False) for e in errors), "the lost connection was retried"
+    assert len({e.request_id for e in events if e.request_id}) == 2, "two connections"
+    assert any(e.type == SpeechEventType.FINAL_TRANSCRIPT for e in events)
+    assert_turns_well_formed(events)  # the turn cut by the restart was closed too
