@@ -117,13 +117,16 @@ class LLMStandIn:
         return len(self._queue)
 
     async def start(self) -> LLMStandIn:
+        return await self.start_on(0)
+
+    async def start_on(self, port: int) -> LLMStandIn:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
         # Stalled answers are abandoned at stop rather than awaited.
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         return self
@@ -252,3 +255,41 @@ class LLMStandIn:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def demo_responder(request: dict[str, Any]) -> Reply:
+    """The offline demo's "model": a few French rules instead of Groq, so the loop can be shown.
+
+    It asks for the video tool when a member mentions an exercise it knows, relays tool
+    results, and otherwise answers with a short spoken sentence.
+    """
+    if request.get("messages") and request["messages"][-1].get("role") == "tool":
+        return EchoToolResult()
+    said = last_user_text(request).lower()
+    for exercise in ("squat", "développé couché", "soulevé de terre", "traction", "fente"):
+        if exercise in said and request.get("tools"):
+            return CallTool("display_video_tutorial", {"exercise": exercise})
+    if "horaire" in said or "ouvert" in said:
+        return Say("La salle est ouverte de six heures à vingt-trois heures en semaine.")
+    return Say(
+        "Bien reçu ! Je suis le modèle de démonstration hors ligne : branche Groq ou vLLM pour de vraies réponses."
+    )
+
+
+async def _serve(port: int) -> None:
+    server = LLMStandIn(demo_responder)
+    app_started = await server.start_on(port)
+    print(f"LLM stand-in listening on {app_started.base_url}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="OpenAI-compatible stand-in LLM for the offline demo")
+    parser.add_argument("--port", type=int, default=0)
+    asyncio.run(_serve(parser.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()

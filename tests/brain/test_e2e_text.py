@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from livekit import rtc
 
+from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say, last_user_text
 from jarvis.stack import LocalStack
 from tests.brain.conftest import CAMILLE, LYON
 from tests.kiosk_sim import agent_participant, eventually, open_session
-from tests.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say, last_user_text
 
 pytestmark = pytest.mark.integration
 

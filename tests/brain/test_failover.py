@@ -17,8 +17,8 @@ from pydantic import SecretStr
 
 from agent.conversation import LLM_DOWN_APOLOGY, build_conversation
 from agent.llm import LLMConfig, LLMEndpoint, build_llm, llm_connect_options
+from jarvis.llm_standin import Fail, Hang, LLMStandIn, Reply, Say
 from tests.brain.conftest import CAMILLE, LYON, member_context, started
-from tests.llm_standin import Fail, Hang, LLMStandIn, Reply, Say
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from starlette.applications import Starlette
 from agent.conversation import build_conversation, external_mcp_servers
 from agent.mcp_server import build_app
 from agent.tools import TOOL_SPECS, tool_json_schema
+from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn
 from jarvis.stack import free_port
 from tests.brain.conftest import BORDEAUX, CAMILLE, LEA, LYON, member_context, standin_llm, started
-from tests.llm_standin import CallTool, EchoToolResult, LLMStandIn
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ import pytest
 from livekit.agents.voice.run_result import RunResult
 
 from agent.conversation import build_conversation
+from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn, Say
 from jarvis.stack import free_port
 from tests.brain.conftest import (
     CAMILLE,
@@ -26,7 +27,6 @@ from tests.brain.conftest import (
     standin_llm,
     started,
 )
-from tests.llm_standin import CallTool, EchoToolResult, LLMStandIn, Say
 
 pytestmark = pytest.mark.integration
 
