@@ -13,7 +13,8 @@
 //   {wait_video: "https://…"}             {wait_video_closed: true}   {tap_video: true}
 //   {wait_message: "microphone_denied"}   {wait_rejections: 3}
 //   {wait_transcript: "Bonjour"}          {screenshot: "name.png"}    {sleep: 500}
-//   {end: true}                           {wait_mic_silence_then_agent_audio: {...}} (latency)
+//   {end: true}                           {measure_turn: {threshold, silenceMs}} (one turn's latency)
+//   {collect_levels: true}                (every mic / agent level sample: [t_ms, rms], for the bench)
 // Prints ONE JSON line on stdout: {ok, failed_step?, error?, diagnostics..., page_errors, console_errors}.
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -170,6 +171,9 @@ async function runStep(page, step) {
   } else if (step.end) {
     await page.click("#end-button", { timeout: timeoutMs });
     await poll("the session to end", timeoutMs, async () => (await diagnostics(page)).state === "ended");
+  } else if (step.collect_levels) {
+    const round = (samples) => samples.map((s) => [Math.round(s.t * 10) / 10, Math.round(s.rms * 10000) / 10000]);
+    result.levels = { mic: round(await levels(page, "mic")), agent: round(await levels(page, "agent")) };
   } else if (step.measure_turn) {
     (result.turns ??= []).push(await measureTurn(page, step.measure_turn));
   } else {

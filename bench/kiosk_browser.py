@@ -1,0 +1,292 @@
+"""Voice-to-voice as the kiosk's browser feels it, next to the Python kiosk's figure.
+
+``python -m bench.kiosk_browser [--quick] [--turns N]`` (from the repo root, after ``make setup``).
+
+A real Chromium kiosk (the kiosk page, fake microphone looping a French question) and a Python
+kiosk (livekit rtc, the same WAV) each talk to the same scripted echo agent on the local
+LiveKit server: the agent answers with a fixed French sentence once it has heard
+``STANDIN_EOT_SILENCE_MS`` of silence after speech. Both kiosks measure the same thing on
+their own clock: from the end of their own speech (last captured sample above the speech
+threshold) to the first received agent sample above it. The agent's fixed wait is the same
+for both, so the difference is what the browser adds: its capture path (audio processing:
+echo cancellation, noise suppression, auto gain), Opus, the receive jitter buffer and
+playout, and the Web Audio meter's 20 ms sampling.
+
+The speech models are not involved (the agent is scripted), so this isolates transport and
+browser overhead; the voice loop's own stages are in ``bench.voice_loop``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from livekit import api, rtc
+
+from bench.common import emit, percentile, progress
+from jarvis.migrate import migrate
+from jarvis.stack import LocalStack, local_stack
+from tests.browser.helpers import (
+    SAMPLE_RATE,
+    demo_server,
+    ensure_kiosk_built,
+    french_wav,
+    kiosk_token,
+    read_wav,
+    run_scenario,
+    session_for_page,
+)
+
+SPEECH_RMS = 0.01  # float RMS on [-1, 1]; espeak speech is around 0.05-0.2, silence is 0
+SEGMENT_GAP_MS = 400  # pauses shorter than this stay inside one utterance
+STANDIN_EOT_SILENCE_MS = 500
+TURN_PERIOD_S = 7.0  # question WAV length with its padding (one turn per loop)
+FRAME = SAMPLE_RATE // 100  # 10 ms
+
+
+def rms(samples: np.ndarray) -> float:
+    if samples.size == 0:
+        return 0.0
+    x = samples.astype(np.float32) / 32768.0
+    return float(np.sqrt(np.mean(x * x)))
+
+
+def turns_from_levels(
+    mic: list[tuple[float, float]], agent: list[tuple[float, float]]
+) -> tuple[list[float], int]:
+    """Voice-to-voice of each turn (ms) and the number of turns the agent never answered."""
+    ends: list[float] = []
+    starts: list[float] = []
+    last_loud: float | None = None
+    for t, level in mic:
+        if level <= SPEECH_RMS:
+            continue
+        if last_loud is None or t - last_loud > SEGMENT_GAP_MS:
+            if last_loud is not None:
+                ends.append(last_loud)
+            starts.append(t)
+        last_loud = t
+    # The last utterance counts only if it was followed by enough silence to be a turn.
+    if last_loud is not None and mic and mic[-1][0] - last_loud > STANDIN_EOT_SILENCE_MS + 1500:
+        ends.append(last_loud)
+    v2v: list[float] = []
+    lost = 0
+    for index, end in enumerate(ends):
+        next_start = starts[index + 1] if index + 1 < len(starts) else float("inf")
+        answer = next((t for t, level in agent if end < t < next_start and level > SPEECH_RMS), None)
+        if answer is None:
+            lost += 1
+        else:
+            v2v.append(answer - end)
+    return v2v, lost
+
+
+@dataclass
+class EchoAgent:
+    """Answers every utterance it hears with a fixed sentence, after a fixed silence."""
+
+    stack: LocalStack
+    room_name: str
+    answer: np.ndarray
+    room: rtc.Room = field(default_factory=rtc.Room)
+    source: rtc.AudioSource | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    speaking: bool = False
+
+    async def join(self) -> None:
+        token = (
+            api.AccessToken(self.stack.livekit_api_key, self.stack.livekit_api_secret)
+            .with_identity("agent-echo")
+            .with_kind("agent")
+            .with_attributes({"lk.agent.state": "listening"})
+            .with_grants(api.VideoGrants(room_join=True, room=self.room_name, can_update_own_metadata=True))
+            .to_jwt()
+        )
+
+        def on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication, _p: rtc.RemoteParticipant) -> None:
+            if track.kind == rtc.TrackKind.KIND_AUDIO:
+                self.tasks.append(asyncio.create_task(self.listen(track)))
+
+        self.room.on("track_subscribed", on_track)
+        await self.room.connect(self.stack.livekit_url, token)
+        self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+        track = rtc.LocalAudioTrack.create_audio_track("agent-voice", self.source)
+        await self.room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        )
+
+    async def listen(self, track: rtc.Track) -> None:
+        heard_speech = False
+        silent_ms = 0.0
+        async for event in rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1):
+            frame = event.frame
+            level = rms(np.frombuffer(frame.data, dtype=np.int16))
+            if level > SPEECH_RMS:
+                heard_speech, silent_ms = True, 0.0
+                continue
+            silent_ms += 1000 * frame.samples_per_channel / frame.sample_rate
+            if heard_speech and silent_ms >= STANDIN_EOT_SILENCE_MS and not self.speaking:
+                heard_speech = False
+                self.tasks.append(asyncio.create_task(self.speak()))
+
+    async def speak(self) -> None:
+        assert self.source is not None
+        self.speaking = True
+        try:
+            await self.room.local_participant.set_attributes({"lk.agent.state": "speaking"})
+            for start in range(0, len(self.answer) - FRAME, FRAME):
+                chunk = self.answer[start:start + FRAME]
+                await self.source.capture_frame(rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, FRAME))
+            await self.source.wait_for_playout()
+            await self.room.local_participant.set_attributes({"lk.agent.state": "listening"})
+        finally:
+            self.speaking = False
+
+    async def leave(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.room.disconnect()
+
+
+async def python_kiosk(
+    stack: LocalStack, question: np.ndarray, answer: np.ndarray, turns: int
+) -> tuple[list[float], int]:
+    """The Python kiosk: plays the question WAV in a loop, real-time paced, and listens."""
+    room_name = f"bench-py-{uuid.uuid4().hex[:8]}"
+    agent = EchoAgent(stack, room_name, answer)
+    await agent.join()
+    room = rtc.Room()
+    mic: list[tuple[float, float]] = []
+    heard: list[tuple[float, float]] = []
+
+    async def receive(track: rtc.Track) -> None:
+        async for event in rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1):
+            heard.append((1000 * time.monotonic(), rms(np.frombuffer(event.frame.data, dtype=np.int16))))
+
+    receivers: list[asyncio.Task[None]] = []
+    room.on(
+        "track_subscribed",
+        lambda track, _pub, _p: receivers.append(asyncio.create_task(receive(track)))
+        if track.kind == rtc.TrackKind.KIND_AUDIO else None,
+    )
+    await room.connect(stack.livekit_url, kiosk_token(stack, room_name, identity="kiosk-python"))
+    source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+    await room.local_participant.publish_track(
+        rtc.LocalAudioTrack.create_audio_track("kiosk-mic", source),
+        rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE),
+    )
+    await asyncio.sleep(1.0)  # let the agent subscribe before the first word
+    started = time.monotonic()
+    frames = len(question) // FRAME
+    for k in range(frames * turns):
+        target = started + k * FRAME / SAMPLE_RATE
+        delay = target - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        chunk = question[(k % frames) * FRAME:(k % frames + 1) * FRAME]
+        await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, FRAME))
+        mic.append((1000 * time.monotonic(), rms(chunk)))
+    await asyncio.sleep(3.0)
+    for task in receivers:
+        task.cancel()
+    await room.disconnect()
+    await agent.leave()
+    return turns_from_levels(mic, heard)
+
+
+async def browser_kiosk(stack: LocalStack, wav: Path, answer: np.ndarray, turns: int) -> tuple[list[float], int]:
+    """The kiosk page in Chromium, the fake microphone looping the question WAV."""
+    room_name = f"bench-web-{uuid.uuid4().hex[:8]}"
+    agent = EchoAgent(stack, room_name, answer)
+    await agent.join()
+    try:
+        # The page is served by the demo server; its session route is answered by the scenario.
+        with demo_server("http://127.0.0.1:9") as url:
+            result = await run_scenario(
+                {
+                    "url": url,
+                    "wav": str(wav),
+                    "wavLoop": True,
+                    "sessionOverride": session_for_page(stack, room_name),
+                    "steps": [
+                        {"click_badge": "LYON-0001"},
+                        {"wait_state": ["listening", "speaking"]},
+                        {"sleep": int(1000 * TURN_PERIOD_S * turns + 2000)},
+                        {"collect_levels": True},
+                        {"end": True},
+                    ],
+                },
+                timeout_s=TURN_PERIOD_S * turns + 120,
+            )
+    finally:
+        await agent.leave()
+    if not result["ok"]:
+        raise RuntimeError(f"browser scenario failed: {result.get('error')}")
+    levels = result["levels"]
+    return turns_from_levels([(t, v) for t, v in levels["mic"]], [(t, v) for t, v in levels["agent"]])
+
+
+async def main(quick: bool, turns: int) -> dict[str, Any]:
+    ensure_kiosk_built()
+    with tempfile.TemporaryDirectory() as tmp:
+        question_wav = french_wav(
+            Path(tmp) / "question.wav", "Bonjour JARVIS, montre-moi un tutoriel pour le squat.",
+            lead_silence_s=0.5, tail_silence_s=TURN_PERIOD_S,
+        )
+        question = read_wav(question_wav)
+        # Trim the padding so one loop of the WAV lasts TURN_PERIOD_S.
+        question = question[: int(TURN_PERIOD_S * SAMPLE_RATE)]
+        trimmed = Path(tmp) / "question-loop.wav"
+        _write_wav(trimmed, question)
+        answer = read_wav(french_wav(Path(tmp) / "answer.wav", "Voici le tutoriel du squat.", 0.0, 0.1))
+        with local_stack() as stack:
+            await migrate(stack.pg_dsn, seed_demo=True)
+            progress(f"python kiosk: {turns} turns")
+            py_v2v, py_lost = await python_kiosk(stack, question, answer, turns)
+            progress(f"browser kiosk: {turns} turns")
+            web_v2v, web_lost = await browser_kiosk(stack, trimmed, answer, turns)
+    progress(f"browser v2v {[round(v) for v in web_v2v]} / python v2v {[round(v) for v in py_v2v]}")
+    return emit(
+        "kiosk_browser",
+        weights="none",
+        quick=quick,
+        results=[{
+            "sessions": 1,
+            "v2v_ms_p50": round(percentile(web_v2v, 50), 1),
+            "v2v_ms_p95": round(percentile(web_v2v, 95), 1),
+            "turns": len(web_v2v) + web_lost,
+            "lost_turns": web_lost,
+        }],
+        python_kiosk_v2v_ms_p50=round(percentile(py_v2v, 50), 1),
+        python_kiosk_v2v_ms_p95=round(percentile(py_v2v, 95), 1),
+        python_kiosk_turns=len(py_v2v) + py_lost,
+        python_kiosk_lost_turns=py_lost,
+        browser_overhead_ms_p50=round(percentile(web_v2v, 50) - percentile(py_v2v, 50), 1),
+        agent="scripted echo agent (no speech models)",
+        agent_wait_ms=STANDIN_EOT_SILENCE_MS,
+    )
+
+
+def _write_wav(path: Path, samples: np.ndarray) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(samples.tobytes())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 turns instead of 10")
+    parser.add_argument("--turns", type=int, default=None)
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, args.turns or (4 if args.quick else 10)))
