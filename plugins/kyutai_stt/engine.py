@@ -229,8 +229,9 @@ class SttEngine:
         self.prefix_frames = (
             protocol.frames_for(checkpoint.audio_silence_prefix_seconds) if silence_prefix else 0
         )
-        # Word times: reference script's offset (prefix truncated to whole seconds + text delay).
-        self.time_offset = int(self.prefix_frames / checkpoint.frame_rate) + checkpoint.audio_delay_seconds
+        # Word times in the client's audio: minus the prefix we fed and the text delay. (Kyutai's
+        # script truncates the prefix to whole seconds; the exact value keeps times on the audio.)
+        self.time_offset = self.prefix_frames / checkpoint.frame_rate + checkpoint.audio_delay_seconds
         # Steps before a token reflects the audio of a given step: the text delay plus LMGen's.
         self.delay_steps = math.ceil(checkpoint.audio_delay_seconds * checkpoint.frame_rate) + int(
             self.lm_gen.max_delay

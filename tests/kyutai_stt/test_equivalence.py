@@ -182,3 +182,4 @@ def test_batched_mimi_latents_match_single_stream_within_tolerance(tiny_stt_dir:
                     batched[i].append(latent[i : i + 1])
     for single, frames in zip(singles, batched, strict=True):
         torch.testing.assert_close(torch.cat(frames, dim=-1), single, atol=1e-4, rtol=1e-4)
+

@@ -246,3 +246,26 @@ async def test_a_silent_or_unread_client_does_not_block_a_neighbour(stt_server: 
         await asyncio.wait_for(reader, timeout=3.0)
         # Real time plus at most one frame of batching wait and model time per frame.
         assert loop.time() - started < frames * 0.08 + 1.5
+
+
+async def test_the_checkpoints_silence_prefix_is_fed_by_the_server(tmp_path: Path) -> None:
+    """A checkpoint asking for a silence prefix: the server feeds it to each new stream, so a
+    client sends only its audio and gets the words of the reference loop run on prefix + audio,
+    with word times on the client's own audio."""
+    from kyutai_tiny.stt import write_tiny_stt
+
+    directory = write_tiny_stt(tmp_path / "prefixed", audio_silence_prefix_seconds=0.24).parent
+    audio = np.concatenate([speech(1.6, seed=40), np.zeros(FRAME * 4, np.float32)])
+    audio = audio[: len(audio) // FRAME * FRAME]
+    server = await start_server(directory, max_streams=1)
+    try:
+        assert server.engine.prefix_frames == 3  # 0.24 s
+        messages = await kyutai_client(server_url(server), audio, marker_id=1)
+    finally:
+        await server.stop()
+    steps = [m for m in messages if m["type"] == "Step"]
+    flush = np.zeros(FRAME * (len(steps) - 3 - len(audio) // FRAME), np.float32)
+    tokens, _ = reference_transcribe(directory, np.concatenate([np.zeros(3 * FRAME, np.float32), audio, flush]))
+    words = [m["text"] for m in messages if m["type"] == "Word"]
+    assert words and words == words_from_tokens(tokens, directory / TOKENIZER_NAME)[: len(words)]
+    assert all(m["start_time"] <= len(audio) / 24000 for m in messages if m["type"] == "Word")
