@@ -132,6 +132,7 @@ class SttServer:
             max_size=2**24,
             ping_interval=10,
             ping_timeout=20,
+            close_timeout=2,
         )
         logger.info("listening on ws://%s:%d%s", self.settings.host, self.port, protocol.PATH)
 
@@ -202,13 +203,8 @@ class SttServer:
         try:
             await self._receive_loop(websocket, stream)
         finally:
+            # Free the slot first: the goodbye below may wait on a client that no longer reads.
             stream.closed = True
-            stream.out.put_nowait(None)
-            with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
-                await asyncio.wait_for(sender, timeout=2.0)
-            sender.cancel()
-            with contextlib.suppress(ConnectionClosed):
-                await websocket.close()
             self.streams.pop(slot, None)
             self.metrics.streams_in_use.set(len(self.streams))
             if not self._closing:
@@ -216,6 +212,12 @@ class SttServer:
             else:
                 self.engine.close_slot(slot)
             logger.info("stream on slot %d ended after %d steps", slot, stream.steps)
+            stream.out.put_nowait(None)
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+                await asyncio.wait_for(sender, timeout=2.0)
+            sender.cancel()
+            with contextlib.suppress(ConnectionClosed):
+                await websocket.close()
 
     def _fail(self, stream: Stream, kind: str, message: str) -> None:
         self.metrics.errors.labels(kind).inc()

@@ -220,7 +220,11 @@ async def test_a_silent_or_unread_client_does_not_block_a_neighbour(stt_server: 
     the third, streaming in real time, gets a Step for every frame it sends, in time."""
     url = f"{server_url(stt_server)}/api/asr-streaming?auth_id=public_token"
     await wait_for_streams(stt_server, 0)
-    async with websockets.connect(url) as silent, websockets.connect(url) as unread, websockets.connect(url) as member:
+    async with (
+        websockets.connect(url) as silent,
+        websockets.connect(url, close_timeout=0.5) as unread,
+        websockets.connect(url) as member,
+    ):
         for ws in (silent, unread, member):
             await ws.recv()
         for _ in range(20):
