@@ -14,6 +14,7 @@
 //   {wait_message: "microphone_denied"}   {wait_rejections: 3}
 //   {wait_transcript: "Bonjour"}          {screenshot: "name.png"}    {sleep: 500}
 //   {end: true}                           {measure_turn: {threshold, silenceMs}} (one turn's latency)
+//   {offline: true|false}                 (cuts / restores the page's network)
 //   {collect_levels: true}                (every mic / agent level sample: [t_ms, rms], for the bench)
 // Prints ONE JSON line on stdout: {ok, failed_step?, error?, diagnostics..., page_errors, console_errors}.
 import { mkdtemp, rm } from "node:fs/promises";
@@ -171,6 +172,8 @@ async function runStep(page, step) {
   } else if (step.end) {
     await page.click("#end-button", { timeout: timeoutMs });
     await poll("the session to end", timeoutMs, async () => (await diagnostics(page)).state === "ended");
+  } else if (step.offline !== undefined) {
+    await context.setOffline(Boolean(step.offline));
   } else if (step.collect_levels) {
     const round = (samples) => samples.map((s) => [Math.round(s.t * 10) / 10, Math.round(s.rms * 10000) / 10000]);
     result.levels = { mic: round(await levels(page, "mic")), agent: round(await levels(page, "agent")) };

@@ -46,6 +46,9 @@ const videoPlayer = element<HTMLVideoElement>("video-player");
 
 const params = new URLSearchParams(window.location.search);
 const agentTimeoutMs = Number(params.get("agentTimeoutMs") ?? "20000");
+// How long the kiosk keeps trying after a network drop before telling the member:
+// "?reconnectDelaysMs=300,600,1200" (livekit-client's resume attempts, then as many rejoins).
+const reconnectDelaysMs = params.get("reconnectDelaysMs")?.split(",").map(Number).filter((n) => n >= 0);
 
 let kiosk: JarvisKiosk | null = null;
 let audioContext: AudioContext | null = null;
@@ -168,7 +171,10 @@ async function startSession(badgeId: string): Promise<void> {
     return;
   }
 
-  const current = new JarvisKiosk({ agentTimeoutMs });
+  const current = new JarvisKiosk({
+    agentTimeoutMs,
+    ...(reconnectDelaysMs?.length ? { reconnectDelaysMs, blipRetryDelaysMs: reconnectDelaysMs } : {}),
+  });
   kiosk = current;
   greeting.textContent = credentials.member_first_name ? `Bonjour ${credentials.member_first_name}` : "Bonjour";
   renderTranscript([]);

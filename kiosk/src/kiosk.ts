@@ -10,6 +10,7 @@
 import {
   ConnectionError,
   ConnectionErrorReason,
+  ConnectionState,
   MediaDeviceFailure,
   ParticipantKind,
   Room,
@@ -18,6 +19,7 @@ import {
   type AudioCaptureOptions,
   type Participant,
   type RemoteParticipant,
+  type ReconnectPolicy,
   type RemoteTrack,
   type RpcInvocationData,
   type TextStreamReader,
@@ -49,6 +51,11 @@ export interface JarvisKioskOptions {
   agentTimeoutMs?: number;
   /** Delays between rejoin attempts once livekit-client gave up on a blip (ms). */
   reconnectDelaysMs?: readonly number[];
+  /**
+   * livekit-client's own retry schedule for a blip (signal resume, ICE restart), in ms.
+   * Default: livekit-client's (about 40 s in all). A kiosk may prefer to tell the member sooner.
+   */
+  blipRetryDelaysMs?: readonly number[];
   /** Where the agent's hidden <audio> elements go (default: document.body). */
   audioContainer?: HTMLElement;
   /** Publish the microphone (default true). False gives a text-only kiosk. */
@@ -147,6 +154,7 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
       // m-line index") when the mic is published while the agent's track arrives, with
       // livekit-server 1.13 and Chromium 156: the classic two-connection mode does not.
       singlePeerConnection: false,
+      ...(this.options.blipRetryDelaysMs ? { reconnectPolicy: scheduledPolicy(this.options.blipRetryDelaysMs) } : {}),
       // Bounds what one incoming data stream (an RPC, a transcript) may hold in memory.
       dataStream: { maxPayloadByteLength: MAX_INCOMING_STREAM_BYTES },
     });
@@ -201,8 +209,7 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
 
   private wireRoom(room: Room): void {
     room
-      .on(RoomEvent.Reconnecting, () => this.machine.update({ connection: "reconnecting" }))
-      .on(RoomEvent.Reconnected, () => this.machine.update({ connection: "connected" }))
+      .on(RoomEvent.ConnectionStateChanged, (state) => this.onConnectionState(state))
       .on(RoomEvent.Disconnected, (reason) => this.onDisconnected(reason))
       .on(RoomEvent.ParticipantConnected, (participant) => this.considerParticipant(participant))
       .on(RoomEvent.ParticipantDisconnected, (participant) => this.onParticipantLeft(participant))
@@ -227,6 +234,15 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
         },
       }),
     );
+  }
+
+  private onConnectionState(state: ConnectionState): void {
+    // Both a signal resume and a full ICE reconnection show as "reconnecting" to the member.
+    if (state === ConnectionState.Reconnecting || state === ConnectionState.SignalReconnecting) {
+      this.machine.update({ connection: "reconnecting" });
+    } else if (state === ConnectionState.Connected && this.machine.snapshot.connection === "reconnecting") {
+      this.machine.update({ connection: "connected" });
+    }
   }
 
   private async publishMicrophone(): Promise<void> {
@@ -373,6 +389,11 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     this.machine.update({ ended: true, connection: "disconnected" });
     this.emit("ended", { reason });
   }
+}
+
+/** A livekit-client reconnect policy that follows a fixed schedule, then gives up. */
+export function scheduledPolicy(delaysMs: readonly number[]): ReconnectPolicy {
+  return { nextRetryDelayInMs: ({ retryCount }) => delaysMs[retryCount] ?? null };
 }
 
 /** True when LiveKit refused the token itself (expired or invalid): retrying cannot help. */

@@ -207,3 +207,56 @@ class StandInAgent:
 
 def chromium_available() -> bool:
     return CHROMIUM.exists() and shutil.which("node") is not None
+
+
+class SignalProxy:
+    """A TCP relay in front of LiveKit's signalling port, to cut the kiosk's connection the way
+    a flaky network does (media keeps its own UDP/TCP path; LiveKit notices the signal loss)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self.writers.update({writer, up_writer})
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.writers.difference_update({writer, up_writer})
+
+    def drop_connections(self) -> None:
+        """A blip: every open connection dies; new ones go through."""
+        for writer in list(self.writers):
+            writer.transport.abort()
+        self.writers.clear()
+
+    async def cut(self) -> None:
+        """The network is gone: open connections die and new ones are refused."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.drop_connections()

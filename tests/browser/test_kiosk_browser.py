@@ -25,6 +25,7 @@ from tests.browser.helpers import (
     ARTIFACTS,
     CHROMIUM,
     REPO,
+    SignalProxy,
     StandInAgent,
     demo_server,
     ensure_kiosk_built,
@@ -179,6 +180,76 @@ async def test_microphone_denied_is_explained_in_french(
     })
     assert_clean(result)
     assert "micro" in result["message_text"] and "Autorisez" in result["message_text"]
+
+
+async def test_network_blip_shows_reconnecting_then_the_conversation_goes_on(
+    standin: StandInAgent, stack: LocalStack, kiosk_url: str
+) -> None:
+    proxy = SignalProxy(stack.livekit_port)
+    await proxy.start()
+    session = session_for_page(stack, standin.room_name)
+    session["body"]["livekit_url"] = proxy.url
+    replies: list[str] = []
+
+    async def play_agent() -> None:
+        kiosk = await standin.kiosk_identity()
+        await standin.set_state("listening")
+        await asyncio.sleep(2)
+        proxy.drop_connections()
+        await asyncio.sleep(8)  # the kiosk resumes on its own meanwhile
+        replies.append(await standin.show_video(kiosk, json.dumps({"url": SQUAT_VIDEO, "title": "Squat"})))
+
+    agent_task = asyncio.create_task(play_agent())
+    result = await run_scenario({
+        "url": kiosk_url,
+        "sessionOverride": session,
+        "steps": [
+            {"click_badge": "LYON-0001"},
+            {"wait_state": ["listening"]},
+            {"wait_state": ["reconnecting"]},
+            {"wait_state": ["listening"]},
+            {"wait_video": SQUAT_VIDEO},
+            {"tap_video": True},
+            {"end": True},
+        ],
+    })
+    if not result["ok"]:
+        agent_task.cancel()
+    assert_clean(result)
+    await asyncio.wait_for(agent_task, 30)
+    assert replies == ['{"status":"shown"}'], "the RPC reaches the kiosk after the blip"
+    assert result["message_code"] is None, "a blip the kiosk survives is not an error for the member"
+    await proxy.cut()
+
+
+async def test_network_lost_is_explained_in_french(standin: StandInAgent, stack: LocalStack, kiosk_url: str) -> None:
+    proxy = SignalProxy(stack.livekit_port)
+    await proxy.start()
+    session = session_for_page(stack, standin.room_name)
+    session["body"]["livekit_url"] = proxy.url
+
+    async def cut_when_joined() -> None:
+        await standin.kiosk_identity()
+        await standin.set_state("listening")
+        await asyncio.sleep(2)
+        await proxy.cut()
+
+    cutter = asyncio.create_task(cut_when_joined())
+    result = await run_scenario({
+        # A short retry schedule so the test does not wait for livekit-client's 40 s default.
+        "url": kiosk_url + "?reconnectDelaysMs=200,400,800",
+        "sessionOverride": session,
+        "steps": [
+            {"click_badge": "LYON-0001"},
+            {"wait_state": ["listening"]},
+            {"wait_state": ["reconnecting"]},
+            {"wait_message": "network_lost", "timeoutMs": 45_000},
+        ],
+    })
+    await cutter
+    assert_clean(result)
+    assert result["message_text"].startswith("La connexion a été coupée")
+    assert result["state"] == "ended"
 
 
 async def test_expired_token_asks_the_member_to_badge_again(stack: LocalStack, kiosk_url: str) -> None:
