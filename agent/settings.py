@@ -20,8 +20,11 @@ class AgentSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Idle job processes kept warm; each costs a Python process (~150 MB).
     num_idle_processes: int = 2
-    # Above this CPU load the worker stops taking jobs and LiveKit routes to another worker.
-    load_threshold: float = 0.85
+    # A worker's load is its sessions / max_sessions (the models run in the engines, so a session
+    # costs the worker little CPU); at load_threshold it takes no new session and LiveKit routes
+    # the next kiosk to another worker.
+    max_sessions: int = 25
+    load_threshold: float = 1.0
     # Prometheus metrics of the worker (0 = off).
     prometheus_port: int = 0
     db_timeout_s: float = 3.0

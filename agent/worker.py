@@ -52,9 +52,17 @@ async def entrypoint(ctx: JobContext) -> None:
 
 def build_server(settings: AgentSettings | None = None) -> AgentServer:
     settings = settings or AgentSettings()
+    max_sessions = max(1, settings.max_sessions)
+
+    def session_load(server: AgentServer) -> float:
+        # Sessions, not host CPU: on a shared host the CPU reading says more about the
+        # neighbours than about this worker's room for another kiosk.
+        return len(server.active_jobs) / max_sessions
+
     server = AgentServer(
         num_idle_processes=settings.num_idle_processes,
         load_threshold=settings.load_threshold,
+        load_fnc=session_load,
         prometheus_port=settings.prometheus_port or None,
         port=0,
     )

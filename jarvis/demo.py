@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
+from jarvis.kiosk_sim import SimulatedKiosk
 from jarvis.migrate import migrate
-from jarvis.stack import REPO, LocalStack, StackError, local_stack
+from jarvis.stack import REPO, LocalStack, StackError, free_port, local_stack, wait_for_port
 
 DEMO_GYM_KEY = "demo-key-lyon-part-dieu"
 
@@ -24,9 +26,36 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-async def kiosk_visit(stack: LocalStack, token_service_url: str, badge_id: str) -> None:
+def llm_environment(stack: LocalStack) -> tuple[dict[str, str], str]:
+    """The worker's LLM: the real one when configured, else the offline stand-in (with a banner)."""
+    if os.environ.get("JARVIS_LLM__PRIMARY__PROVIDER") or os.environ.get("GROQ_API_KEY"):
+        provider = os.environ.get("JARVIS_LLM__PRIMARY__PROVIDER", "groq")
+        return {}, f"LLM: {provider} (from your environment)"
+    port = free_port()
+    proc = stack._spawn("llm-standin", ["-m", "jarvis.llm_standin", "--port", str(port)])
+    wait_for_port(port, "LLM stand-in", proc)
+    env = {
+        "JARVIS_LLM__PRIMARY__PROVIDER": "openai",
+        "JARVIS_LLM__PRIMARY__MODEL": "standin",
+        "JARVIS_LLM__PRIMARY__BASE_URL": f"http://127.0.0.1:{port}/v1",
+        "JARVIS_LLM__PRIMARY__API_KEY": "offline-demo",
+    }
+    return env, (
+        "OFFLINE DEMO LLM: no GROQ_API_KEY or JARVIS_LLM__PRIMARY__* set, so a local stand-in answers with a few"
+        " scripted French rules (it shows videos for 'squat', 'développé couché', …)."
+    )
+
+
+def banner(lines: list[str]) -> None:
+    width = max(len(line) for line in lines) + 4
+    print("\n" + "=" * width, flush=True)
+    for line in lines:
+        print(f"  {line}", flush=True)
+    print("=" * width + "\n", flush=True)
+
+
+async def kiosk_visit(token_service_url: str, badge_id: str) -> None:
     import httpx
-    from livekit import rtc
 
     t0 = time.perf_counter()
     async with httpx.AsyncClient() as http:
@@ -36,24 +65,39 @@ async def kiosk_visit(stack: LocalStack, token_service_url: str, badge_id: str) 
         raise SystemExit(f"token service answered {r.status_code}: {r.text}")
     session = r.json()
     t_token = time.perf_counter()
-    say(f"session {session['session_id']} for {session['member_first_name']} ({1000 * (t_token - t0):.0f} ms)")
+    say(f"session {session['session_id']} for {session['member_first_name']} ({ms(t0, t_token)})")
 
-    room = rtc.Room()
-    await room.connect(session["livekit_url"], session["token"])
+    kiosk = SimulatedKiosk()
+    await kiosk.join(session["livekit_url"], session["token"])
     t_joined = time.perf_counter()
-    say(f"kiosk joined room {session['room']} ({1000 * (t_joined - t_token):.0f} ms)")
-    deadline = time.monotonic() + 60
-    agent = None
-    while agent is None:
-        agent = next((p for p in room.remote_participants.values() if p.attributes.get("jarvis.ready")), None)
-        if time.monotonic() > deadline:
+    say(f"kiosk joined room {session['room']} ({ms(t_token, t_joined)})")
+    try:
+        agent = await kiosk.wait_for(kiosk.agent, 60)
+        if agent is None:
             raise SystemExit("JARVIS did not join within 60 s: see .data/agent.log")
-        await asyncio.sleep(0.05)
-    t_agent = time.perf_counter()
-    say(f"JARVIS joined as {agent.identity} with member {agent.attributes['jarvis.member_id']}"
-        f" ({1000 * (t_agent - t_joined):.0f} ms after the kiosk)")
-    await room.disconnect()
-    say(f"kiosk left; total {1000 * (time.perf_counter() - t0):.0f} ms")
+        t_agent = time.perf_counter()
+        member = agent.attributes['jarvis.member_id']
+        say(f"JARVIS joined with member {member} ({ms(t_joined, t_agent)} after the kiosk)")
+        greeting = await kiosk.wait_for(lambda: kiosk.transcripts, 20)
+        if greeting:
+            say(f"JARVIS: « {greeting[0][1]} » ({ms(t_agent, greeting[0][0])})")
+        for question in ("Comment on fait un squat ?", "Vous êtes ouverts jusqu'à quelle heure ?"):
+            seen = len(kiosk.transcripts)
+            asked = await kiosk.send_chat(question)
+            say(f"member: « {question} »")
+            answer = await kiosk.wait_for(lambda n=seen: kiosk.transcripts[n:], 30)  # type: ignore[misc]
+            if not answer:
+                raise SystemExit("no answer within 30 s: see .data/agent.log")
+            say(f"JARVIS: « {answer[0][1]} » ({ms(asked, answer[0][0])})")
+            if kiosk.videos:
+                say(f"kiosk shows video: {kiosk.videos.pop()}")
+    finally:
+        await kiosk.leave()
+    say(f"kiosk left; visit took {ms(t0, time.perf_counter())}")
+
+
+def ms(start: float, end: float) -> str:
+    return f"{1000 * (end - start):.0f} ms"
 
 
 async def wait_for_ctrl_c() -> None:
@@ -76,9 +120,11 @@ def main() -> None:
             say(f"PostgreSQL {stack.pg_dsn}  Redis {stack.redis_url}  LiveKit {stack.livekit_url}")
             url = stack.start_token_service()
             say(f"token service {url}  (OpenAPI: {url}/docs)")
-            stack.start_agent_worker()
+            llm_env, llm_banner = llm_environment(stack)
+            banner([llm_banner, "Speech: text mode (the kiosk types; Kyutai voice plugs in when its engines run)."])
+            stack.start_agent_worker(llm_env)
             say("agent worker registered as 'jarvis'")
-            asyncio.run(kiosk_visit(stack, url, args.badge))
+            asyncio.run(kiosk_visit(url, args.badge))
             if args.up:
                 say(f"stack running; logs in {args.data}; Ctrl-C to stop")
                 say(f"try: curl -s -X POST {url}/v1/sessions -H 'Authorization: Bearer {DEMO_GYM_KEY}'"

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
 import time
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from livekit import rtc
@@ -99,10 +102,15 @@ class SimulatedKiosk:
         self._speech: asyncio.Queue[np.ndarray] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._voice_end: asyncio.Future[float] | None = None
+        # What the agent wrote (its transcriptions) and the videos it asked the kiosk to show.
+        self.transcripts: list[tuple[float, str]] = []
+        self.videos: list[dict[str, str]] = []
 
     async def join(self, livekit_url: str, token: str) -> None:
         self.room.on("track_subscribed", self._on_track)
+        self.room.register_text_stream_handler("lk.transcription", self._on_transcription)
         await self.room.connect(livekit_url, token)
+        self.room.local_participant.register_rpc_method("kiosk.show_video", self._show_video)
         track = rtc.LocalAudioTrack.create_audio_track("microphone", self.mic)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         await self.room.local_participant.publish_track(track, options)
@@ -111,6 +119,40 @@ class SimulatedKiosk:
     def _on_track(self, track: rtc.Track, _pub: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
         if track.kind == rtc.TrackKind.KIND_AUDIO and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
             self._tasks.append(asyncio.create_task(self._listen(track)))
+
+    def _on_transcription(self, reader: rtc.TextStreamReader, _identity: str) -> None:
+        async def read() -> None:
+            text = await reader.read_all()
+            if text.strip():
+                self.transcripts.append((time.perf_counter(), text))
+
+        self._tasks.append(asyncio.create_task(read()))
+
+    async def _show_video(self, data: rtc.RpcInvocationData) -> str:
+        payload = json.loads(data.payload)
+        self.videos.append(payload)
+        return json.dumps({"status": "shown"})
+
+    async def send_chat(self, text: str) -> float:
+        """Type a message, as the kiosk's text input does; returns when it was sent."""
+        await self.room.local_participant.send_text(text, topic="lk.chat")
+        return time.perf_counter()
+
+    async def wait_for(self, probe: Callable[[], Any], timeout_s: float = 30.0) -> Any:
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            value = probe()
+            if value:
+                return value
+            await asyncio.sleep(0.01)
+        return None
+
+    def agent(self) -> rtc.RemoteParticipant | None:
+        """The JARVIS participant, once it holds the member's context."""
+        for p in self.room.remote_participants.values():
+            if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.attributes.get("jarvis.ready"):
+                return p
+        return None
 
     async def _listen(self, track: rtc.Track) -> None:
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)

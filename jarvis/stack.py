@@ -58,6 +58,10 @@ def _tcp_open(port: int) -> bool:
         return True
 
 
+def wait_for_port(port: int, what: str, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    _wait_for(lambda: _tcp_open(port), what, timeout_s, proc)
+
+
 def _postgres_bin(name: str) -> str:
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if not candidates:
@@ -183,7 +187,7 @@ class LocalStack:
             config["redis"] = {"address": f"127.0.0.1:{self.redis_port}", "db": 1}
         else:
             config.pop("redis", None)
-        config["logging"] = {"level": "warn", "json": False}
+        config["logging"] = {"level": os.environ.get("JARVIS_LIVEKIT_LOG_LEVEL", "warn"), "json": False}
         return config
 
     def start_livekit(self) -> None:
@@ -231,10 +235,18 @@ class LocalStack:
 
     def start_agent_worker(self, extra_env: dict[str, str] | None = None, name: str = "agent") -> None:
         """``python -m agent start``; returns once the worker registered with LiveKit."""
-        proc = self._spawn(name, ["-m", "agent", "start"], extra_env)
         log = self.workdir / f"{name}.log"
+        # Logs are appended across runs (.data/ for the demo): only this run's lines count.
+        start = log.stat().st_size if log.exists() else 0
+        proc = self._spawn(name, ["-m", "agent", "start"], extra_env)
+
+        def registered() -> bool:
+            with open(log, "rb") as f:
+                f.seek(start)
+                return b"registered worker" in f.read()
+
         _wait_for(
-            lambda: "registered worker" in log.read_text("utf-8", "replace"),
+            registered,
             f"agent worker (log: {log})", 90, proc,
         )
 
