@@ -220,9 +220,12 @@ class SttServer:
                 await websocket.close()
 
     def _fail(self, stream: Stream, kind: str, message: str) -> None:
+        """End one stream with an Error its client can act on; the sender then closes it."""
         self.metrics.errors.labels(kind).inc()
         logger.info("ending stream on slot %d: %s", stream.slot, message)
+        stream.closed = True
         stream.out.put_nowait(protocol.error(message))
+        stream.out.put_nowait(None)
 
     async def _receive_loop(self, websocket: ServerConnection, stream: Stream) -> None:
         max_buffered = int(MAX_BUFFERED_SECONDS * protocol.SAMPLE_RATE)
@@ -256,6 +259,9 @@ class SttServer:
         while True:
             message = await stream.out.get()
             if message is None:
+                # Ending the connection also ends the receive loop, which frees the slot.
+                with contextlib.suppress(ConnectionClosed):
+                    await websocket.close()
                 return
             try:
                 await websocket.send(protocol.pack(message))
@@ -304,7 +310,6 @@ class SttServer:
                 logger.exception("model step failed")
                 for stream, _ in batch.values():
                     self._fail(stream, "model", "model step failed")
-                    stream.closed = True
                 continue
             self.metrics.step_seconds.observe(stats.seconds)
             if stats.seconds > budget:
@@ -320,7 +325,6 @@ class SttServer:
                     stream.out.put_nowait(message)
                 self._emit_markers(stream)
                 if stream.out.qsize() > self.settings.max_pending_messages:
-                    stream.closed = True
                     self._fail(stream, "slow_client", "client reads too slowly")
 
 

@@ -273,3 +273,35 @@ async def test_the_checkpoints_silence_prefix_is_fed_by_the_server(tmp_path: Pat
     words = [m["text"] for m in messages if m["type"] == "Word"]
     assert words and words == words_from_tokens(tokens, directory / TOKENIZER_NAME)[: len(words)]
     assert all(m["start_time"] <= len(audio) / 24000 for m in messages if m["type"] == "Word")
+
+
+async def test_a_failing_model_step_ends_only_the_streams_in_it(tiny_stt_dir: Path) -> None:
+    """A step that raises (a GPU fault, say): its streams get an Error and are closed, their slots
+    come back, and the server keeps serving new streams."""
+    server = await start_server(tiny_stt_dir, max_streams=2)
+    real_step = server.engine.step
+    failures = 1
+
+    def flaky_step(frames: dict[int, np.ndarray]) -> Any:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_step(frames)
+
+    server.engine.step = flaky_step  # type: ignore[method-assign]
+    url = f"{server_url(server)}/api/asr-streaming?auth_id=public_token"
+    try:
+        async with websockets.connect(url) as unlucky:
+            await unlucky.recv()
+            await unlucky.send(pack({"type": "Audio", "pcm": speech(0.08).tolist()}))
+            error = msgpack.unpackb(await asyncio.wait_for(unlucky.recv(), timeout=3))
+            assert error == {"type": "Error", "message": "model step failed"}
+            await asyncio.wait_for(unlucky.wait_closed(), timeout=3)
+        await wait_for_streams(server, 0)
+        async with websockets.connect(url) as next_member:
+            await next_member.recv()
+            await next_member.send(pack({"type": "Audio", "pcm": speech(0.08).tolist()}))
+            assert msgpack.unpackb(await asyncio.wait_for(next_member.recv(), timeout=3))["type"] == "Step"
+    finally:
+        await server.stop()
