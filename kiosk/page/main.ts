@@ -43,6 +43,7 @@ const messageBox = element<HTMLElement>("message");
 const overlay = element<HTMLElement>("video-overlay");
 const videoTitle = element<HTMLElement>("video-title");
 const videoPlayer = element<HTMLVideoElement>("video-player");
+const videoError = element<HTMLElement>("video-error");
 
 const params = new URLSearchParams(window.location.search);
 const agentTimeoutMs = Number(params.get("agentTimeoutMs") ?? "20000");
@@ -107,6 +108,7 @@ function showVideo(video: KioskVideo | null): void {
     return;
   }
   // The next video replaces the current one.
+  videoError.hidden = true;
   diagnostics.videos.push({ t: performance.now(), url: video.url, title: video.title });
   videoTitle.textContent = video.title || "Tutoriel";
   overlay.dataset["url"] = video.url;
@@ -251,6 +253,10 @@ muteButton.addEventListener("click", () => void kiosk?.setMuted(!kiosk.muted));
 endButton.addEventListener("click", () => void kiosk?.end());
 overlay.addEventListener("click", () => kiosk?.closeVideo() ?? showVideo(null));
 videoPlayer.addEventListener("ended", () => kiosk?.closeVideo() ?? showVideo(null));
+// An unreachable video says so instead of leaving a black frame; the member closes it with a tap.
+videoPlayer.addEventListener("error", () => {
+  if (!overlay.hidden && videoPlayer.getAttribute("src")) videoError.hidden = false;
+});
 
 showScreen("badge");
 void loadDemoBadges();

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say, last_user_text
 from jarvis.stack import LocalStack
 from tests.browser.helpers import (
     ARTIFACTS,
@@ -196,7 +197,7 @@ async def test_network_blip_shows_reconnecting_then_the_conversation_goes_on(
         await standin.set_state("listening")
         await asyncio.sleep(2)
         proxy.drop_connections()
-        await asyncio.sleep(8)  # the kiosk resumes on its own meanwhile
+        await asyncio.sleep(4)  # the kiosk resumes on its own meanwhile (about 2 s here)
         replies.append(await standin.show_video(kiosk, json.dumps({"url": SQUAT_VIDEO, "title": "Squat"})))
 
     agent_task = asyncio.create_task(play_agent())
@@ -286,32 +287,73 @@ async def test_badge_of_another_gym_is_refused_by_the_gym_backend(kiosk_url: str
     assert result["states"] == [], "no room is joined with a refused badge"
 
 
+# Our own agent name, so this worker never serves another test's sessions and vice versa.
+KIOSK_AGENT_NAME = "jarvis-kiosk-browser"
+LYON_SQUAT_VIDEO = "https://videos.example.com/energie-lyon-part-dieu/squat.mp4"
+
+
+def squat_conversation(request: dict[str, Any]) -> Reply:
+    """The LLM's side: the squat video when asked, then relay the tool's result."""
+    if request["messages"][-1]["role"] == "tool":
+        return EchoToolResult("D'accord ! ")
+    if "squat" in last_user_text(request).lower():
+        return CallTool("display_video_tutorial", {"exercise": "squat"})
+    return Say("Avec plaisir.")
+
+
 @pytest.fixture(scope="module")
-def browser_agent_worker(stack: LocalStack) -> LocalStack:
-    """A JARVIS worker that keeps taking jobs while Chromium loads this small machine's CPU
-    (with the default threshold it marks itself full and LiveKit dispatches nothing)."""
-    stack.start_agent_worker(
-        {"JARVIS_NUM_IDLE_PROCESSES": "1", "JARVIS_LOAD_THRESHOLD": "1000"}, name="agent-browser"
-    )
-    return stack
+async def jarvis_kiosk_url(kiosk_page: None, stack: LocalStack) -> AsyncIterator[str]:
+    """The production path: the page's gym backend → a token service dispatching our own
+    JARVIS worker (text mode, its LLM pointed at the stand-in) → LiveKit."""
+    async with LLMStandIn(squat_conversation) as llm_server:
+        env = {
+            "JARVIS_AGENT_NAME": KIOSK_AGENT_NAME,
+            "JARVIS_NUM_IDLE_PROCESSES": "1",
+            # Chromium loads this small shared machine: with the default load threshold the
+            # worker would declare itself full and LiveKit would never hand it the job.
+            "JARVIS_LOAD_THRESHOLD": "2",
+            "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
+            "JARVIS_LLM__PRIMARY__MODEL": "standin",
+            "JARVIS_LLM__PRIMARY__BASE_URL": llm_server.base_url,
+        }
+        token_url = await asyncio.to_thread(stack.start_token_service, env)
+        await asyncio.to_thread(stack.start_agent_worker, env, "agent-kiosk-browser")
+        with demo_server(token_url) as url:
+            yield url
 
 
-async def test_real_jarvis_worker_joins_the_page_through_the_gym_backend(
-    kiosk_url: str, browser_agent_worker: LocalStack, wavs: dict[str, Path]
+async def test_member_badges_in_and_the_real_jarvis_shows_the_squat_video(
+    jarvis_kiosk_url: str, stack: LocalStack, wavs: dict[str, Path]
 ) -> None:
-    """The production path: page → demo gym backend (gym key) → token service → LiveKit
-    → the JARVIS worker is dispatched into the kiosk's room."""
+    """Badge → the gym backend gets a session → the real JARVIS worker joins, greets Camille
+    by name (live transcript), the member types her question (text mode), the agent's
+    kiosk.show_video RPC opens the tutorial overlay and its answer is in the transcript."""
     result = await run_scenario({
-        "url": kiosk_url + "?agentTimeoutMs=60000",
+        "url": jarvis_kiosk_url + "?agentTimeoutMs=60000",
         "wav": str(wavs["question"]),
         "steps": [
             {"click_badge": "LYON-0001"},
             {"wait_agent_present": True, "timeoutMs": 60_000},
-            {"screenshot": "kiosk-real-agent.png"},
+            {"wait_state": ["listening"]},
+            {"wait_transcript": "Camille"},
+            {"chat": "Comment on fait un squat ?"},
+            {"wait_video": LYON_SQUAT_VIDEO},
+            {"wait_transcript": "est affichée"},
+            {"screenshot": "kiosk-real-jarvis-video.png"},
+            {"tap_video": True},
+            {"wait_video_closed": True},
             {"end": True},
         ],
-    }, timeout_s=150)
+    }, timeout_s=180)
     if not result["ok"]:
-        print(browser_agent_worker.log_tail("agent-browser", 60), sep="\n")
+        print(stack.log_tail("agent-kiosk-browser", 60))
     assert_clean(result)
     assert result["greeting"] == "Bonjour Camille"
+    agent_lines = [line["text"] for line in result["transcript"] if line["speaker"] == "agent"]
+    assert agent_lines[0].startswith(("Bonjour Camille", "Bonsoir Camille")), agent_lines
+    assert "D'accord ! La vidéo « Le squat » est affichée sur l'écran de la borne." in agent_lines
+    assert [v["title"] for v in result["videos"]] == ["Le squat"]
+    assert "thinking" in {s["state"] for s in result["states"]}
+    assert result["state"] == "ended"
+    screenshot = ARTIFACTS / "kiosk-real-jarvis-video.png"
+    shutil.copyfile(screenshot, SCREENSHOT_DOC.with_name("kiosk-real-jarvis-video.png"))
