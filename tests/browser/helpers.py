@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
 import wave
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 from livekit import api, rtc
 
+from jarvis.kiosk_page import kiosk_page
 from jarvis.stack import LocalStack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,23 +36,9 @@ def ensure_kiosk_built() -> None:
     subprocess.run(["npm", "run", "--silent", "build"], cwd=KIOSK, check=True, capture_output=True, timeout=240)
 
 
-@contextlib.contextmanager
-def demo_server(token_service_url: str) -> Iterator[str]:
+def demo_server(token_service_url: str) -> contextlib.AbstractContextManager[str]:
     """The demo gym backend (kiosk/server/demo-server.mjs) on a free port; yields its URL."""
-    env = {**os.environ, "JARVIS_TOKEN_SERVICE_URL": token_service_url, "JARVIS_KIOSK_PORT": "0"}
-    proc = subprocess.Popen(
-        ["node", str(KIOSK / "server" / "demo-server.mjs")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("KIOSK_URL="):
-            raise RuntimeError(f"demo server did not start: {line!r}")
-        yield line.removeprefix("KIOSK_URL=").strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return kiosk_page(token_service_url)
 
 
 def french_wav(path: Path, text: str, lead_silence_s: float = 1.0, tail_silence_s: float = 4.0) -> Path:
