@@ -247,7 +247,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     levels = [LEVELS[0], LEVELS[-1]] if args.quick else LEVELS
     if args.levels:
         levels = [int(n) for n in args.levels.split(",")]
-    seconds = 3.0 if args.quick else 8.0
+    seconds = args.seconds or (3.0 if args.quick else 8.0)
     with tempfile.TemporaryDirectory(prefix="bench-stt-") as tmp:
         if args.checkpoint:
             checkpoint_dir = Path(args.checkpoint)
@@ -255,7 +255,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             progress(f"stt bench: writing a {args.weights} checkpoint")
             checkpoint_dir = write_tiny_stt(Path(tmp), real_size=args.weights == "real-size-random").parent
         rows = [await load_level(checkpoint_dir, device, n, seconds) for n in levels]
-        eos_ms, final_ms = await turn_latency(checkpoint_dir, device, 2 if args.quick else 5)
+        eos_ms, final_ms = await turn_latency(checkpoint_dir, device, args.turns or (2 if args.quick else 5))
     ratio = rows[-1]["step_ms_p50"] / rows[0]["step_ms_p50"] if rows[0]["step_ms_p50"] else None
     within = [row["streams"] for row in rows if row["step_ms_p99"] < FRAME_S * 1000]
     return emit(
@@ -278,6 +278,8 @@ def main() -> None:
     parser.add_argument("--weights", choices=["tiny", "real-size-random"], default="tiny")
     parser.add_argument("--checkpoint", help="a real checkpoint directory instead of random weights")
     parser.add_argument("--levels", help="comma-separated stream counts, e.g. 1,64,128")
+    parser.add_argument("--seconds", type=float, help="audio per stream at each level (3 quick, 8 full)")
+    parser.add_argument("--turns", type=int, help="turns timed through the plugin (2 quick, 5 full)")
     parser.add_argument("--clients", nargs=3, metavar=("URL", "STREAMS", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clients:
