@@ -21,6 +21,7 @@ from livekit.agents import vad as lk_vad
 from livekit.agents.llm import LLMError, mcp
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import ErrorEvent
+from livekit.agents.voice.turn import TurnHandlingOptions
 
 from agent.llm import LLMConfig, build_llm, llm_connect_options
 from agent.prompt import build_instructions, greeting
@@ -36,6 +37,7 @@ from agent.tools import (
     livekit_tools,
     log_only_notifier,
 )
+from agent.voice import Speech, SpeechSettings, turn_handling
 from jarvis.context import MemberContext
 
 logger = logging.getLogger("jarvis.agent.conversation")
@@ -104,6 +106,7 @@ def build_conversation(
     stt: lk_stt.STT | None = None,
     tts: lk_tts.TTS | None = None,
     vad: lk_vad.VAD | None = None,
+    turn_handling: TurnHandlingOptions | None = None,
     notify_coach: CoachNotifier = log_only_notifier,
     mcp_servers: list[mcp.MCPServer] | None = None,
     now: datetime | None = None,
@@ -112,8 +115,11 @@ def build_conversation(
     ids = SessionIds(gym_id=context.gym.id, member_id=context.member.id, session_id=context.session_id)
     tools = GymTools(pool, ids, kiosk=kiosk, notify_coach=notify_coach)
     # Only what is given: AgentSession tells "not given" apart from None.
-    options: dict[str, Any] = {"llm": llm, "stt": stt, "tts": tts, "vad": vad}
+    options: dict[str, Any] = {"llm": llm, "stt": stt, "tts": tts}
     options = {key: value for key, value in options.items() if value is not None}
+    # Always explicit: left out, LiveKit would pick its cloud turn detector and a default VAD.
+    options["vad"] = vad
+    options["turn_handling"] = turn_handling or text_turn_handling()
     if llm_conn_options is not None:
         options["conn_options"] = SessionConnectOptions(llm_conn_options=llm_conn_options)
     session: AgentSession[GymTools] = AgentSession(userdata=tools, max_tool_steps=MAX_TOOL_STEPS, **options)
@@ -147,14 +153,16 @@ def _kiosk_identity(room: rtc.Room) -> str | None:
     return None
 
 
+def text_turn_handling() -> TurnHandlingOptions:
+    return turn_handling(SpeechSettings(mode="text"))
+
+
 async def start_conversation(
     ctx: JobContext,
     context: MemberContext,
     resources: SessionResources,
     *,
-    stt: lk_stt.STT | None = None,
-    tts: lk_tts.TTS | None = None,
-    vad: lk_vad.VAD | None = None,
+    speech: Speech | None = None,
     notify_coach: CoachNotifier = log_only_notifier,
 ) -> AgentSession[GymTools]:
     """Start talking with the member; returns once the conversation is running."""
@@ -171,23 +179,24 @@ async def start_conversation(
         llm=llm,
         llm_conn_options=llm_connect_options(config),
         kiosk=RoomKiosk(ctx.room, lambda: _kiosk_identity(ctx.room)),
-        stt=stt,
-        tts=tts,
-        vad=vad,
+        stt=speech.stt if speech else None,
+        tts=speech.tts if speech else None,
+        vad=speech.vad if speech else None,
+        turn_handling=speech.turn_handling if speech else None,
         notify_coach=notify_coach,
         mcp_servers=external_mcp_servers(context.gym.agent_settings),
     )
     conversation.log.start()
     ctx.add_shutdown_callback(conversation.log.finish)
-    speech = stt is not None and tts is not None
+    spoken = speech is not None and speech.stt is not None and speech.tts is not None
     await conversation.session.start(
         conversation.agent,
         room=ctx.room,
         room_options=room_io.RoomOptions(
             text_input=True,
             text_output=True,
-            audio_input=speech,
-            audio_output=speech,
+            audio_input=spoken,
+            audio_output=spoken,
         ),
     )
     # Spoken at once from a fixed text: the member hears their name before any LLM call.

@@ -4,6 +4,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.llm import LLMConfig
+from agent.voice import SpeechSettings
 
 
 class AgentSettings(BaseSettings):
@@ -32,3 +33,5 @@ class AgentSettings(BaseSettings):
     # JARVIS_LLM__PRIMARY__BASE_URL, JARVIS_LLM__PRIMARY__API_KEY, the same for SECONDARY (optional),
     # JARVIS_LLM__ATTEMPT_TIMEOUT_S.
     llm: LLMConfig = Field(default_factory=LLMConfig)
+    # How the member and JARVIS talk: JARVIS_SPEECH__MODE=kyutai|text, JARVIS_SPEECH__TURN_DETECTION=kyutai|vad, …
+    speech: SpeechSettings = Field(default_factory=SpeechSettings)

@@ -11,6 +11,7 @@ from agent.context_loader import SessionMetadata, SessionMetadataError, load_mem
 from agent.conversation import start_conversation
 from agent.resources import SessionResources
 from agent.settings import AgentSettings
+from agent.voice import build_speech
 
 logger = logging.getLogger("jarvis.agent")
 
@@ -43,7 +44,8 @@ async def entrypoint(ctx: JobContext) -> None:
             ctx.shutdown(reason="kiosk left")
 
     ctx.room.on("participant_disconnected", on_participant_left)
-    await start_conversation(ctx, context, resources)
+    speech = build_speech(settings.speech, context.gym.id)
+    await start_conversation(ctx, context, resources, speech=speech)
     await ctx.room.local_participant.set_attributes(
         {ATTR_SESSION_ID: meta.session_id, ATTR_GYM_ID: meta.gym_id, ATTR_MEMBER_ID: meta.member_id, ATTR_READY: "1"}
     )

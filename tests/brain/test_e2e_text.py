@@ -42,6 +42,7 @@ async def brain_services(stack: LocalStack) -> AsyncIterator[tuple[str, LLMStand
         env = {
             "JARVIS_AGENT_NAME": AGENT_NAME,
             "JARVIS_NUM_IDLE_PROCESSES": "1",
+            "JARVIS_SPEECH__MODE": "text",
             # The test machine's CPU is shared: above the default load threshold the worker
             # declares itself full and LiveKit never hands it the job.
             "JARVIS_LOAD_THRESHOLD": "2",

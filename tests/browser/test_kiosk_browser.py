@@ -309,6 +309,7 @@ async def jarvis_kiosk_url(kiosk_page: None, stack: LocalStack) -> AsyncIterator
         env = {
             "JARVIS_AGENT_NAME": KIOSK_AGENT_NAME,
             "JARVIS_NUM_IDLE_PROCESSES": "1",
+            "JARVIS_SPEECH__MODE": "text",
             # Chromium loads this small shared machine: with the default load threshold the
             # worker would declare itself full and LiveKit would never hand it the job.
             "JARVIS_LOAD_THRESHOLD": "2",

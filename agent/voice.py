@@ -1,0 +1,81 @@
+"""Speech for a session: Kyutai STT and TTS (through the engine servers), turn taking, barge-in.
+
+Everything here runs on our own machines. LiveKit Agents would otherwise pick its cloud turn
+detector and adaptive interruption by default, so both are set explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from livekit.agents import stt as lk_stt
+from livekit.agents import tts as lk_tts
+from livekit.agents import vad as lk_vad
+from livekit.agents.voice.turn import TurnHandlingOptions
+from pydantic import BaseModel, Field
+
+logger = logging.getLogger("jarvis.agent.voice")
+
+TurnDetection = Literal["kyutai", "vad"]
+
+
+class SpeechSettings(BaseModel):
+    """Nested in AgentSettings as ``speech`` (``JARVIS_SPEECH__MODE=text`` etc.).
+
+    The engines' addresses are the plugins' own settings: ``KYUTAI_STT_URL``, ``KYUTAI_TTS_URL``
+    (and their ``_API_KEY``); per-gym voices are ``KYUTAI_TTS_GYM_VOICES``.
+    """
+
+    # "kyutai": the member speaks and hears JARVIS; "text": chat only (no engines needed).
+    mode: Literal["kyutai", "text"] = "kyutai"
+    # "kyutai": end of turn from the STT's end-of-speech head (flushes the STT at once);
+    # "vad": silence after speech, from the local silero VAD.
+    turn_detection: TurnDetection = "kyutai"
+    # Extra wait after the end of turn is detected (the Kyutai head already waited for a pause).
+    min_endpointing_delay_s: float = Field(default=0.05, ge=0.0, le=5.0)
+    max_endpointing_delay_s: float = Field(default=2.5, ge=0.1, le=10.0)
+    # Barge-in: the member talks over JARVIS for this long and JARVIS stops.
+    interruption_min_s: float = Field(default=0.3, ge=0.05, le=3.0)
+    # Start the LLM on the STT's interim words, before the turn is confirmed.
+    preemptive_generation: bool = True
+
+
+@dataclass
+class Speech:
+    stt: lk_stt.STT | None
+    tts: lk_tts.TTS | None
+    vad: lk_vad.VAD | None
+    turn_handling: TurnHandlingOptions
+
+
+def turn_handling(settings: SpeechSettings) -> TurnHandlingOptions:
+    detection: Any = "stt" if settings.turn_detection == "kyutai" else "vad"
+    if settings.mode == "text":
+        detection = "manual"
+    return TurnHandlingOptions(
+        turn_detection=detection,
+        endpointing={"min_delay": settings.min_endpointing_delay_s, "max_delay": settings.max_endpointing_delay_s},
+        interruption={"enabled": True, "mode": "vad", "min_duration": settings.interruption_min_s},
+        preemptive_generation={"enabled": settings.preemptive_generation},
+    )
+
+
+def build_speech(settings: SpeechSettings, gym_id: str) -> Speech:
+    """The session's speech plugins; in text mode none (the session reads and writes chat)."""
+    handling = turn_handling(settings)
+    if settings.mode == "text":
+        return Speech(stt=None, tts=None, vad=None, turn_handling=handling)
+
+    # Imported here: a text-only worker never loads the speech plugins.
+    import kyutai_stt
+    import kyutai_tts
+    from livekit.agents import inference
+
+    stt = kyutai_stt.STT(language="fr")
+    tts = kyutai_tts.TTS.for_gym(gym_id)
+    # Silero (bundled with livekit-agents, runs locally) tells when the member talks over JARVIS.
+    vad = inference.VAD(model="silero")
+    logger.info("speech: kyutai stt+tts, turn detection %s", settings.turn_detection)
+    return Speech(stt=stt, tts=tts, vad=vad, turn_handling=handling)
