@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from jarvis.speech_models import SpeechModels
+
 REPO = Path(__file__).resolve().parent.parent
 LIVEKIT_BINARY = REPO / ".tools" / "livekit-server"
 LIVEKIT_YAML = REPO / "livekit.yaml"
@@ -249,6 +251,34 @@ class LocalStack:
             registered,
             f"agent worker (log: {log})", 90, proc,
         )
+
+    def _start_engine(self, name: str, module: str, prefix: str, env: dict[str, str]) -> str:
+        port = free_port()
+        proc = self._spawn(
+            name, ["-m", module],
+            {f"{prefix}HOST": "127.0.0.1", f"{prefix}PORT": str(port), f"{prefix}TORCH_THREADS": "1",
+             "NO_TORCH_COMPILE": "1", "HF_HUB_OFFLINE": "1", **env},
+        )
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1) as r:
+                return bool(r.status == 200)
+
+        # Loading and warming a model up takes a while on a small CPU.
+        _wait_for(healthy, f"{module} (log: {self.workdir / (name + '.log')})", 180, proc)
+        return f"ws://127.0.0.1:{port}"
+
+    def start_speech_engines(self, models: SpeechModels, streams: int = 32) -> dict[str, str]:
+        """The Kyutai STT and TTS engine servers; returns the plugins' environment to reach them."""
+        stt_env, tts_env = models.engine_env()
+        stt_url = self._start_engine("kyutai-stt", "kyutai_stt.server", "KYUTAI_STT_",
+                                     {**stt_env, "KYUTAI_STT_MAX_STREAMS": str(streams)})
+        tts_url = self._start_engine("kyutai-tts", "kyutai_tts.server", "KYUTAI_TTS_",
+                                     {**tts_env, "KYUTAI_TTS_CAPACITY": str(streams)})
+        env = {"KYUTAI_STT_URL": stt_url, "KYUTAI_TTS_URL": tts_url}
+        if models.tts_default_voice:
+            env["KYUTAI_TTS_VOICE"] = models.tts_default_voice
+        return env
 
     def stop(self) -> None:
         for _name, proc in reversed(self.processes):
