@@ -187,7 +187,7 @@ async def start_conversation(
         mcp_servers=external_mcp_servers(context.gym.agent_settings),
     )
     conversation.log.start()
-    ctx.add_shutdown_callback(conversation.log.finish)
+    resources.on_close(conversation.log.finish)
     spoken = speech is not None and speech.stt is not None and speech.tts is not None
     await conversation.session.start(
         conversation.agent,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from livekit import rtc
-from livekit.agents import AgentServer, JobContext
+from livekit.agents import AgentServer, AgentSession, JobContext
 
 from agent.context_loader import SessionMetadata, SessionMetadataError, load_member_context
 from agent.conversation import start_conversation
+from agent.metrics import ERRORS, SESSIONS_ACTIVE, TurnLatency
 from agent.resources import SessionResources
 from agent.settings import AgentSettings
 from agent.voice import build_speech
@@ -45,11 +48,43 @@ async def entrypoint(ctx: JobContext) -> None:
 
     ctx.room.on("participant_disconnected", on_participant_left)
     speech = build_speech(settings.speech, context.gym.id)
-    await start_conversation(ctx, context, resources, speech=speech)
+    session = await start_conversation(ctx, context, resources, speech=speech)
+    watch_session(session, resources, meta.session_id)
     await ctx.room.local_participant.set_attributes(
         {ATTR_SESSION_ID: meta.session_id, ATTR_GYM_ID: meta.gym_id, ATTR_MEMBER_ID: meta.member_id, ATTR_READY: "1"}
     )
     logger.info("session %s: ready (gym=%s kiosk=%s)", meta.session_id, meta.gym_id, meta.kiosk_id)
+
+
+def watch_session(session: AgentSession[Any], resources: SessionResources, session_id: str) -> None:
+    """Per-stage latency and errors to Prometheus; the latency summary to voice_sessions at the end."""
+    latency = TurnLatency()
+    session.on("metrics_collected", latency.on_metrics)
+    session.on("error", lambda event: ERRORS.labels(_error_kind(event)).inc())
+    SESSIONS_ACTIVE.inc()
+
+    async def record_summary(_reason: str) -> None:
+        SESSIONS_ACTIVE.dec()
+        summary = latency.summary()
+        logger.info("session %s: latency %s", session_id, summary or "no voice turn")
+        try:
+            await resources.db_pool.execute(
+                "UPDATE voice_sessions SET latency_summary = $1::jsonb WHERE id = $2::uuid",
+                json.dumps(summary), session_id,
+            )
+        except Exception as exc:  # the summary is a nicety; the session's record is already written
+            ERRORS.labels("database").inc()
+            logger.warning("session %s: latency summary not stored (%s)", session_id, type(exc).__name__)
+
+    resources.on_close(record_summary)
+
+
+def _error_kind(event: Any) -> str:
+    source = type(getattr(event, "source", None)).__module__
+    for kind in ("stt", "tts", "llm"):
+        if f".{kind}" in source or f"kyutai_{kind}" in source:
+            return kind
+    return type(getattr(event, "error", event)).__name__
 
 
 def build_server(settings: AgentSettings | None = None) -> AgentServer:
