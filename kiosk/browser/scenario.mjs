@@ -242,5 +242,6 @@ try {
   await context?.close().catch(() => {});
   await rm(userDataDir, { recursive: true, force: true });
 }
-process.stdout.write(`${JSON.stringify(result)}\n`);
-process.exit(result.ok ? 0 : 1);
+// Exit only once the line is flushed: a pipe takes 64 KB at a time, and the level samples
+// the bench collects are larger than that.
+process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(result.ok ? 0 : 1));

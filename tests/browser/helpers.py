@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import subprocess
 import tempfile
 import wave
@@ -188,10 +187,6 @@ class StandInAgent:
 
     async def leave(self) -> None:
         await self.room.disconnect()
-
-
-def chromium_available() -> bool:
-    return CHROMIUM.exists() and shutil.which("node") is not None
 
 
 class SignalProxy:
