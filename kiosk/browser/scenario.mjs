@@ -9,6 +9,7 @@
 //           chromium?: path, stepTimeoutMs? }
 // Steps (run in order, each waits up to stepTimeoutMs or its own timeoutMs):
 //   {click_badge: "LYON-0001"}            {wait_state: ["listening", "speaking"]}
+//   {wait_state_seen: "reconnecting"}     (at any time since the page loaded)
 //   {wait_agent_audio: 0.01}              {chat: "Montre-moi le squat"}
 //   {wait_video: "https://…"}             {wait_video_closed: true}   {tap_video: true}
 //   {wait_message: "microphone_denied"}   {wait_rejections: 3}
@@ -130,6 +131,11 @@ async function runStep(page, step) {
   } else if (step.wait_state) {
     await poll(`state ${step.wait_state.join("|")}`, timeoutMs, async () =>
       step.wait_state.includes((await diagnostics(page)).state),
+    );
+  } else if (step.wait_state_seen) {
+    // From the history, so a state shorter than the polling period is not missed.
+    await poll(`state ${step.wait_state_seen} seen`, timeoutMs, async () =>
+      (await diagnostics(page)).states.some((s) => s.state === step.wait_state_seen),
     );
   } else if (step.wait_agent_present) {
     await poll("the agent to join the room", timeoutMs, async () => (await diagnostics(page)).agent_present);

@@ -207,7 +207,7 @@ async def test_network_blip_shows_reconnecting_then_the_conversation_goes_on(
         "steps": [
             {"click_badge": "LYON-0001"},
             {"wait_state": ["listening"]},
-            {"wait_state": ["reconnecting"]},
+            {"wait_state_seen": "reconnecting"},
             {"wait_state": ["listening"]},
             {"wait_video": SQUAT_VIDEO},
             {"tap_video": True},
@@ -243,7 +243,7 @@ async def test_network_lost_is_explained_in_french(standin: StandInAgent, stack:
         "steps": [
             {"click_badge": "LYON-0001"},
             {"wait_state": ["listening"]},
-            {"wait_state": ["reconnecting"]},
+            {"wait_state_seen": "reconnecting"},
             {"wait_message": "network_lost", "timeoutMs": 45_000},
         ],
     })
