@@ -15,6 +15,8 @@
 //   {wait_message: "microphone_denied"}   {wait_rejections: 3}
 //   {wait_transcript: "Bonjour"}          {screenshot: "name.png"}    {sleep: 500}
 //   {end: true}                           {measure_turn: {threshold, silenceMs}} (one turn's latency)
+//   {mute: true|false}                    (clicks the mute button, waits for it to show the state)
+//   {save_diagnostics: "key"}             (keeps a snapshot of the page's diagnostics under key)
 //   {offline: true|false}                 (cuts / restores the page's network)
 //   {collect_levels: true}                (every mic / agent level sample: [t_ms, rms], for the bench)
 // Prints ONE JSON line on stdout: {ok, failed_step?, error?, diagnostics..., page_errors, console_errors}.
@@ -80,6 +82,12 @@ async function diagnostics(page) {
       })),
       state: document.getElementById("app").dataset.state,
       agent_present: d.kiosk()?.agentPresent ?? false,
+      muted: document.getElementById("mute-button").getAttribute("aria-pressed") === "true",
+      mic_settings: (() => {
+        const mic = d.kiosk()?.livekitRoom?.localParticipant.getTrackPublications().find((p) => p.kind === "audio");
+        const s = mic?.track?.mediaStreamTrack.getSettings();
+        return s ? { echoCancellation: s.echoCancellation, noiseSuppression: s.noiseSuppression, autoGainControl: s.autoGainControl } : null;
+      })(),
       greeting: document.getElementById("greeting").textContent,
       now: performance.now(),
     };
@@ -148,6 +156,11 @@ async function runStep(page, step) {
   } else if (step.chat) {
     await page.fill("#chat-input", step.chat, { timeout: timeoutMs });
     await page.press("#chat-input", "Enter");
+  } else if (step.mute !== undefined) {
+    await page.click("#mute-button", { timeout: timeoutMs });
+    await poll(`mute ${step.mute}`, timeoutMs, async () => (await diagnostics(page)).muted === Boolean(step.mute));
+  } else if (step.save_diagnostics) {
+    result[step.save_diagnostics] = await diagnostics(page);
   } else if (step.wait_video) {
     await poll(`the video overlay with ${step.wait_video}`, timeoutMs, async () => {
       const d = await diagnostics(page);

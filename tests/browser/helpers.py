@@ -120,6 +120,9 @@ class StandInAgent:
     chat_received: asyncio.Event = field(default_factory=asyncio.Event)
     source: rtc.AudioSource | None = None
     track_sid: str = ""
+    heard_peak_rms: float = 0.0  # the loudest 10 ms of the kiosk's microphone received
+    muted_tracks: list[str] = field(default_factory=list)
+    listeners: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def join(self) -> None:
         token = (
@@ -138,7 +141,13 @@ class StandInAgent:
 
             asyncio.ensure_future(read())  # noqa: RUF006 - lives as long as the room
 
+        def on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication, _p: rtc.RemoteParticipant) -> None:
+            if track.kind == rtc.TrackKind.KIND_AUDIO:
+                self.listeners.append(asyncio.ensure_future(self._listen(track)))
+
         self.room.register_text_stream_handler("lk.chat", on_chat)
+        self.room.on("track_subscribed", on_track)
+        self.room.on("track_muted", lambda pub, _participant: self.muted_tracks.append(pub.sid))
         await self.room.connect(self.stack.livekit_url, token)
         self.source = rtc.AudioSource(SAMPLE_RATE, 1)
         track = rtc.LocalAudioTrack.create_audio_track("agent-voice", self.source)
@@ -146,6 +155,12 @@ class StandInAgent:
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         )
         self.track_sid = publication.sid
+
+    async def _listen(self, track: rtc.Track) -> None:
+        async for event in rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1):
+            samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float32) / 32768.0
+            if samples.size:
+                self.heard_peak_rms = max(self.heard_peak_rms, float(np.sqrt(np.mean(samples * samples))))
 
     async def kiosk_identity(self, timeout_s: float = 60) -> str:
         for _ in range(int(timeout_s * 20)):
@@ -186,6 +201,8 @@ class StandInAgent:
         )
 
     async def leave(self) -> None:
+        for task in self.listeners:
+            task.cancel()
         await self.room.disconnect()
 
 

@@ -125,6 +125,9 @@ async def test_member_talks_with_the_agent_and_gets_a_tutorial_video(
             {"wait_state": ["listening", "speaking"]},
             {"wait_agent_audio": 0.02},
             {"wait_transcript": "Camille"},
+            {"save_diagnostics": "in_conversation"},
+            {"mute": True},
+            {"mute": False},
             {"chat": "Montre-moi un tutoriel pour le squat"},
             {"wait_rejections": 5},
             {"wait_video": SQUAT_VIDEO},
@@ -142,6 +145,11 @@ async def test_member_talks_with_the_agent_and_gets_a_tutorial_video(
 
     assert result["greeting"] == "Bonjour Camille"
     assert result["agent_audio_peak_rms"] > 0.02, "the greeting's audio must arrive with energy, not silence"
+    assert result["in_conversation"]["mic_settings"] == {
+        "echoCancellation": True, "noiseSuppression": True, "autoGainControl": True
+    }
+    assert standin.heard_peak_rms > 0.02, "the fake microphone's French question reaches the agent"
+    assert len(standin.muted_tracks) == 1, "the mute button mutes the kiosk's microphone for the agent"
     assert {"listening", "speaking", "thinking"} <= {s["state"] for s in result["states"]}
     assert standin.chats == ["Montre-moi un tutoriel pour le squat"]
     assert replies == [
