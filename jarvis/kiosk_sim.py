@@ -89,6 +89,21 @@ class AgentAudioLog:
                 last = at
         return last
 
+    def speaking_at(self, t: float, window_s: float = 0.1) -> bool:
+        return any(t - window_s <= at <= t and level >= SPEECH_RMS for at, level in self.frames)
+
+    def stopped_after(self, t: float, quiet_s: float = 0.25) -> float | None:
+        """When the agent's voice stopped after ``t``: the last speech frame before ``quiet_s`` of quiet."""
+        last = t
+        for at, level in self.frames:
+            if at <= t or level < SPEECH_RMS:
+                continue
+            if at - last >= quiet_s:
+                return last
+            last = at
+        now = self.frames[-1][0] if self.frames else t
+        return last if now - last >= quiet_s else None
+
     def speech_seconds(self) -> float:
         return sum(FRAME_MS / 1000 for _at, level in self.frames if level >= SPEECH_RMS)
 
@@ -102,6 +117,7 @@ class SimulatedKiosk:
         self._speech: asyncio.Queue[np.ndarray] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._voice_end: asyncio.Future[float] | None = None
+        self._voice_start: asyncio.Future[float] | None = None
         # What the agent wrote (its transcriptions) and the videos it asked the kiosk to show.
         self.transcripts: list[tuple[float, str]] = []
         self.videos: list[dict[str, str]] = []
@@ -168,6 +184,8 @@ class SimulatedKiosk:
             except asyncio.QueueEmpty:
                 await self._send(silence)
                 continue
+            if self._voice_start is not None and not self._voice_start.done():
+                self._voice_start.set_result(time.perf_counter() + self.mic.queued_duration / 1000)
             for start in range(0, len(sentence), FRAME_SAMPLES):
                 chunk = sentence[start:start + FRAME_SAMPLES]
                 if len(chunk) < FRAME_SAMPLES:
@@ -181,6 +199,14 @@ class SimulatedKiosk:
     async def _send(self, samples: np.ndarray) -> None:
         frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, len(samples))
         await self.mic.capture_frame(frame)
+
+    async def start_saying(self, pcm: np.ndarray) -> float:
+        """Start speaking ``pcm`` without waiting for its end; returns when its first sample left."""
+        started = asyncio.get_running_loop().create_future()
+        self._voice_start = started
+        self._voice_end = asyncio.get_running_loop().create_future()
+        await self._speech.put(_trim_trailing_silence(pcm))
+        return await started
 
     async def say(self, pcm: np.ndarray, text: str = "") -> Turn:
         """Speak ``pcm`` (int16 mono 48 kHz); returns once its last sample was sent."""

@@ -1,0 +1,62 @@
+"""The whole voice stack on loopback: Kyutai engines on tiny checkpoints, the LLM stand-in, a worker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say
+from jarvis.speech_models import tiny_models
+from jarvis.stack import LocalStack
+
+VOICE_AGENT = "jarvis-voice"
+LONG_ANSWER = (
+    "Pour bien t'échauffer avant la séance, commence par cinq minutes de rameur à allure douce, "
+    "puis fais des rotations des épaules, des hanches et des chevilles, et termine par deux séries "
+    "légères de l'exercice que tu vas travailler aujourd'hui."
+)
+
+
+def gym_conversation(request: dict[str, Any]) -> Reply:
+    """First question → the squat video; every later one → a long spoken answer (to talk over)."""
+    messages = request.get("messages", [])
+    if messages and messages[-1].get("role") == "tool":
+        return EchoToolResult()
+    asked_before = any(m.get("role") == "tool" for m in messages)
+    if not asked_before:
+        return CallTool("display_video_tutorial", {"exercise": "squat"})
+    return Say(LONG_ANSWER)
+
+
+@dataclass
+class VoiceServices:
+    token_url: str
+    llm: LLMStandIn
+
+
+@pytest.fixture(scope="module")
+def speech_env(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    models = tiny_models(Path(tmp_path_factory.mktemp("tiny-speech")))
+    yield stack.start_speech_engines(models, streams=4)
+
+
+@pytest.fixture(scope="module")
+async def voice_services(stack: LocalStack, speech_env: dict[str, str]) -> AsyncIterator[VoiceServices]:
+    import asyncio
+
+    async with LLMStandIn(gym_conversation) as llm:
+        env = {
+            **speech_env,
+            "JARVIS_AGENT_NAME": VOICE_AGENT,
+            "JARVIS_NUM_IDLE_PROCESSES": "1",
+            "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
+            "JARVIS_LLM__PRIMARY__MODEL": "standin",
+            "JARVIS_LLM__PRIMARY__BASE_URL": llm.base_url,
+        }
+        token_url = await asyncio.to_thread(stack.start_token_service, {"JARVIS_AGENT_NAME": VOICE_AGENT})
+        await asyncio.to_thread(stack.start_agent_worker, env, "agent-voice")
+        yield VoiceServices(token_url, llm)
