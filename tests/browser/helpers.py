@@ -200,6 +200,15 @@ class StandInAgent:
             destination_identity=kiosk, method="kiosk.show_video", payload=payload, response_timeout=10
         )
 
+    async def close_room(self) -> None:
+        """Ends the session the way JARVIS does when the conversation is over: the room goes."""
+        http_url = self.stack.livekit_url.replace("ws://", "http://")
+        lk = api.LiveKitAPI(http_url, self.stack.livekit_api_key, self.stack.livekit_api_secret)
+        try:
+            await lk.room.delete_room(api.DeleteRoomRequest(room=self.room_name))
+        finally:
+            await lk.aclose()
+
     async def leave(self) -> None:
         for task in self.listeners:
             task.cancel()
