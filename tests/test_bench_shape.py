@@ -14,6 +14,13 @@ COMMON = {"bench", "git_rev", "device", "weights", "quick", "results"}
 
 CASES = {
     "token_service": (["--quick", "--seconds", "1"], {"rps", "p50_ms", "p99_ms", "errors"}, {"concurrency"}, "cache"),
+    "voice_loop": (
+        ["--quick", "--sessions", "1", "--turns", "1"],
+        {"v2v_ms_p50", "v2v_ms_p95", "overhead_ms_p50", "turns", "lost_turns", "cpu_pct_per_session",
+         "rss_mb_per_session"},
+        {"stages_ms_p50"},
+        "sessions",
+    ),
 }
 
 
