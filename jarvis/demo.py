@@ -1,8 +1,10 @@
 """``make demo`` / ``make up``: the whole stack on this machine, and a simulated kiosk.
 
-Starts PostgreSQL (data in .data/pg), Redis, the LiveKit server, the token service and one
-agent worker; then a simulated kiosk badges in as a demo member, joins the room, waits for
-JARVIS and prints what happened with timings. ``--up`` keeps everything running until Ctrl-C.
+Starts PostgreSQL (data in .data/pg), Redis, the LiveKit server, the Kyutai STT and TTS engine
+servers, the token service and one agent worker; then a simulated kiosk badges in as a demo
+member, joins the room, holds a short spoken French conversation and prints each turn's
+transcript and voice-to-voice latency. ``--up`` keeps everything running until Ctrl-C;
+``--text`` runs without speech engines (the kiosk types).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from jarvis.kiosk_sim import SimulatedKiosk
+from jarvis.kiosk_sim import SimulatedKiosk, synthesize_french
 from jarvis.migrate import migrate
+from jarvis.speech_models import real_models, tiny_models
 from jarvis.stack import REPO, LocalStack, StackError, free_port, local_stack, wait_for_port
 
 DEMO_GYM_KEY = "demo-key-lyon-part-dieu"
@@ -46,6 +49,25 @@ def llm_environment(stack: LocalStack) -> tuple[dict[str, str], str]:
     )
 
 
+def speech_environment(stack: LocalStack, data: Path, *, text: bool) -> tuple[dict[str, str], str]:
+    """The Kyutai engines on real weights when at hand, else tiny random ones (with a banner)."""
+    if text:
+        return {"JARVIS_SPEECH__MODE": "text"}, "SPEECH: text mode (--text): the kiosk types and reads."
+    models = real_models()
+    if models is not None:
+        note = f"SPEECH: Kyutai {models.stt_checkpoint} + {models.tts_checkpoint} (real weights)."
+    else:
+        say("building tiny random-weight Kyutai checkpoints (first run only)")
+        models = tiny_models(data / "tiny-models")
+        note = (
+            "OFFLINE DEMO SPEECH: real Kyutai weights not found (Hugging Face cache or KYUTAI_*_CHECKPOINT),"
+            " so tiny random-weight models run: JARVIS speaks noise and the STT hears gibberish,"
+            " but every stage is real and timed."
+        )
+    say("starting the Kyutai STT and TTS engine servers")
+    return stack.start_speech_engines(models, streams=8), note
+
+
 def banner(lines: list[str]) -> None:
     width = max(len(line) for line in lines) + 4
     print("\n" + "=" * width, flush=True)
@@ -54,13 +76,22 @@ def banner(lines: list[str]) -> None:
     print("=" * width + "\n", flush=True)
 
 
-async def kiosk_visit(token_service_url: str, badge_id: str) -> None:
+SPOKEN_SCRIPT = (
+    "Bonjour JARVIS, tu peux me montrer comment faire un squat ?",
+    "Merci. Et la salle est ouverte jusqu'à quelle heure ce soir ?",
+)
+
+
+async def kiosk_visit(token_service_url: str, badge_id: str, *, voice: bool) -> None:
     import httpx
 
     t0 = time.perf_counter()
     async with httpx.AsyncClient() as http:
-        r = await http.post(f"{token_service_url}/v1/sessions", json={"badge_id": badge_id, "kiosk_id": "demo-kiosk"},
-                            headers={"Authorization": f"Bearer {DEMO_GYM_KEY}"})
+        r = await http.post(
+            f"{token_service_url}/v1/sessions",
+            json={"badge_id": badge_id, "kiosk_id": "demo-kiosk"},
+            headers={"Authorization": f"Bearer {DEMO_GYM_KEY}"},
+        )
     if r.status_code != 201:
         raise SystemExit(f"token service answered {r.status_code}: {r.text}")
     session = r.json()
@@ -76,24 +107,59 @@ async def kiosk_visit(token_service_url: str, badge_id: str) -> None:
         if agent is None:
             raise SystemExit("JARVIS did not join within 60 s: see .data/agent.log")
         t_agent = time.perf_counter()
-        member = agent.attributes['jarvis.member_id']
-        say(f"JARVIS joined with member {member} ({ms(t_joined, t_agent)} after the kiosk)")
-        greeting = await kiosk.wait_for(lambda: kiosk.transcripts, 20)
-        if greeting:
-            say(f"JARVIS: « {greeting[0][1]} » ({ms(t_agent, greeting[0][0])})")
-        for question in ("Comment on fait un squat ?", "Vous êtes ouverts jusqu'à quelle heure ?"):
-            seen = len(kiosk.transcripts)
-            asked = await kiosk.send_chat(question)
-            say(f"member: « {question} »")
-            answer = await kiosk.wait_for(lambda n=seen: kiosk.transcripts[n:], 30)  # type: ignore[misc]
-            if not answer:
-                raise SystemExit("no answer within 30 s: see .data/agent.log")
-            say(f"JARVIS: « {answer[0][1]} » ({ms(asked, answer[0][0])})")
-            if kiosk.videos:
-                say(f"kiosk shows video: {kiosk.videos.pop()}")
+        member_id = agent.attributes["jarvis.member_id"]
+        say(f"JARVIS joined with member {member_id} ({ms(t_joined, t_agent)} after the kiosk)")
+        if voice:
+            await spoken_turns(kiosk, t_agent)
+        else:
+            await typed_turns(kiosk, t_agent)
     finally:
         await kiosk.leave()
     say(f"kiosk left; visit took {ms(t0, time.perf_counter())}")
+
+
+async def typed_turns(kiosk: SimulatedKiosk, t_agent: float) -> None:
+    greeting = await kiosk.wait_for(lambda: kiosk.transcripts, 20)
+    if greeting:
+        say(f"JARVIS: « {greeting[0][1]} » ({ms(t_agent, greeting[0][0])})")
+    for question in ("Comment on fait un squat ?", "Vous êtes ouverts jusqu'à quelle heure ?"):
+        seen = len(kiosk.transcripts)
+        asked = await kiosk.send_chat(question)
+        say(f"member types: « {question} »")
+        answer = await kiosk.wait_for(lambda n=seen: kiosk.transcripts[n:], 30)  # type: ignore[misc]
+        if not answer:
+            raise SystemExit("no answer within 30 s: see .data/agent.log")
+        say(f"JARVIS: « {answer[0][1]} » ({ms(asked, answer[0][0])})")
+        if kiosk.videos:
+            say(f"kiosk shows video: {kiosk.videos.pop()}")
+
+
+async def spoken_turns(kiosk: SimulatedKiosk, t_agent: float) -> None:
+    greeting = await kiosk.wait_for(lambda: kiosk.heard.first_speech_after(t_agent - 5), 30)
+    if greeting is None:
+        raise SystemExit("no greeting audio within 30 s: see .data/agent.log and .data/kyutai-tts.log")
+    await kiosk.wait_for(lambda: kiosk.heard.stopped_after(greeting, 0.6), 30)
+    said = kiosk.transcripts[0][1] if kiosk.transcripts else "…"
+    say(f"JARVIS (audio {ms(t_agent, greeting)} after joining): « {said} »")
+    rows = []
+    for sentence in SPOKEN_SCRIPT:
+        seen_agent, seen_member = len(kiosk.transcripts), len(kiosk.member_transcripts)
+        say(f"member says: « {sentence} »")
+        turn = await kiosk.hear_answer(await kiosk.say(synthesize_french(sentence), sentence), 30)
+        if turn.first_answer is None:
+            raise SystemExit("JARVIS did not answer out loud within 30 s: see .data/agent.log")
+        await kiosk.wait_for(lambda t=turn.first_answer: kiosk.heard.stopped_after(t, 0.6), 30)  # type: ignore[misc]
+        heard = " / ".join(text for _t, text in kiosk.member_transcripts[seen_member:]) or "…"
+        answer = " ".join(text for _t, text in kiosk.transcripts[seen_agent:]) or "…"
+        say(f"  STT heard: « {heard} »")
+        say(f"  JARVIS:    « {answer} »")
+        if kiosk.videos:
+            say(f"  kiosk shows video: {kiosk.videos.pop()}")
+        rows.append((sentence, turn.v2v_ms or 0.0))
+    print("\n  voice-to-voice (last voiced sample sent → first answer sample heard, at the kiosk)")
+    for index, (sentence, v2v) in enumerate(rows, 1):
+        print(f"  turn {index}: {v2v:6.0f} ms   {sentence}")
+    print(flush=True)
 
 
 def ms(start: float, end: float) -> str:
@@ -112,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--up", action="store_true", help="keep the stack running until Ctrl-C")
     parser.add_argument("--badge", default="LYON-0001", help="demo member badge (LYON-0001, LYON-0002, LYON-0004)")
+    parser.add_argument("--text", action="store_true", help="text mode: the kiosk types, no speech engines")
     parser.add_argument("--data", type=Path, default=REPO / ".data", help="where PostgreSQL keeps its data")
     args = parser.parse_args()
     try:
@@ -121,14 +188,17 @@ def main() -> None:
             url = stack.start_token_service()
             say(f"token service {url}  (OpenAPI: {url}/docs)")
             llm_env, llm_banner = llm_environment(stack)
-            banner([llm_banner, "Speech: text mode (the kiosk types; Kyutai voice plugs in when its engines run)."])
-            stack.start_agent_worker(llm_env)
+            speech_env, speech_banner = speech_environment(stack, args.data, text=args.text)
+            banner([llm_banner, speech_banner])
+            stack.start_agent_worker({**llm_env, **speech_env})
             say("agent worker registered as 'jarvis'")
-            asyncio.run(kiosk_visit(url, args.badge))
+            asyncio.run(kiosk_visit(url, args.badge, voice=not args.text))
             if args.up:
                 say(f"stack running; logs in {args.data}; Ctrl-C to stop")
-                say(f"try: curl -s -X POST {url}/v1/sessions -H 'Authorization: Bearer {DEMO_GYM_KEY}'"
-                    " -H 'Content-Type: application/json' -d '{\"badge_id\": \"LYON-0002\", \"kiosk_id\": \"k1\"}'")
+                say(
+                    f"try: curl -s -X POST {url}/v1/sessions -H 'Authorization: Bearer {DEMO_GYM_KEY}'"
+                    ' -H \'Content-Type: application/json\' -d \'{"badge_id": "LYON-0002", "kiosk_id": "k1"}\''
+                )
                 asyncio.run(wait_for_ctrl_c())
             say("stopping")
     except StackError as exc:

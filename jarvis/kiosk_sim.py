@@ -118,8 +118,10 @@ class SimulatedKiosk:
         self._tasks: list[asyncio.Task[None]] = []
         self._voice_end: asyncio.Future[float] | None = None
         self._voice_start: asyncio.Future[float] | None = None
-        # What the agent wrote (its transcriptions) and the videos it asked the kiosk to show.
+        # What JARVIS said (its transcriptions), what the STT heard of the member, and the videos
+        # JARVIS asked the kiosk to show.
         self.transcripts: list[tuple[float, str]] = []
+        self.member_transcripts: list[tuple[float, str]] = []
         self.videos: list[dict[str, str]] = []
 
     async def join(self, livekit_url: str, token: str) -> None:
@@ -136,13 +138,21 @@ class SimulatedKiosk:
         if track.kind == rtc.TrackKind.KIND_AUDIO and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
             self._tasks.append(asyncio.create_task(self._listen(track)))
 
-    def _on_transcription(self, reader: rtc.TextStreamReader, _identity: str) -> None:
+    def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        # The member's own words come back attributed to the kiosk (the STT transcribing them).
+        transcribed = reader.info.attributes.get("lk.transcribed_track_id") or ""
+        about_member = transcribed in self._my_track_sids() or identity == self.room.local_participant.identity
+        target = self.member_transcripts if about_member else self.transcripts
+
         async def read() -> None:
             text = await reader.read_all()
             if text.strip():
-                self.transcripts.append((time.perf_counter(), text))
+                target.append((time.perf_counter(), text))
 
         self._tasks.append(asyncio.create_task(read()))
+
+    def _my_track_sids(self) -> set[str]:
+        return set(self.room.local_participant.track_publications)
 
     async def _show_video(self, data: rtc.RpcInvocationData) -> str:
         payload = json.loads(data.payload)
