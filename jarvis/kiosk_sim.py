@@ -140,7 +140,7 @@ class SimulatedKiosk:
 
     def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
         # The member's own words come back attributed to the kiosk (the STT transcribing them).
-        transcribed = reader.info.attributes.get("lk.transcribed_track_id") or ""
+        transcribed = (reader.info.attributes or {}).get("lk.transcribed_track_id") or ""
         about_member = transcribed in self._my_track_sids() or identity == self.room.local_participant.identity
         target = self.member_transcripts if about_member else self.transcripts
 
