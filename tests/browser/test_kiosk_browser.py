@@ -332,6 +332,9 @@ async def jarvis_kiosk_url(kiosk_page: None, stack: LocalStack) -> AsyncIterator
             "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
             "JARVIS_LLM__PRIMARY__MODEL": "standin",
             "JARVIS_LLM__PRIMARY__BASE_URL": llm_server.base_url,
+            # Text mode: this test is about the page and the agent's tools; speech is in
+            # test_kiosk_browser_voice.py.
+            "JARVIS_SPEECH__MODE": "text",
         }
         token_url = await asyncio.to_thread(stack.start_token_service, env)
         await asyncio.to_thread(stack.start_agent_worker, env, "agent-kiosk-browser")
