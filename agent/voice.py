@@ -62,8 +62,12 @@ def turn_handling(settings: SpeechSettings) -> TurnHandlingOptions:
     )
 
 
-def build_speech(settings: SpeechSettings, gym_id: str) -> Speech:
-    """The session's speech plugins; in text mode none (the session reads and writes chat)."""
+def build_speech(settings: SpeechSettings, gym_id: str, gym_voice: str | None = None) -> Speech:
+    """The session's speech plugins; in text mode none (the session reads and writes chat).
+
+    The voice: the gym's own (``gyms.agent_settings.voice``) when set, else the plugin's
+    per-gym setting (``KYUTAI_TTS_GYM_VOICES``), else the French default.
+    """
     handling = turn_handling(settings)
     if settings.mode == "text":
         return Speech(stt=None, tts=None, vad=None, turn_handling=handling)
@@ -74,7 +78,7 @@ def build_speech(settings: SpeechSettings, gym_id: str) -> Speech:
     from livekit.agents import inference
 
     stt = kyutai_stt.STT(language="fr")
-    tts = kyutai_tts.TTS.for_gym(gym_id)
+    tts = kyutai_tts.TTS(voice=gym_voice) if gym_voice else kyutai_tts.TTS.for_gym(gym_id)
     # Silero (bundled with livekit-agents, runs locally) tells when the member talks over JARVIS.
     vad = inference.VAD(model="silero")
     logger.info("speech: kyutai stt+tts, turn detection %s", settings.turn_detection)

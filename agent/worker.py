@@ -47,7 +47,8 @@ async def entrypoint(ctx: JobContext) -> None:
             ctx.shutdown(reason="kiosk left")
 
     ctx.room.on("participant_disconnected", on_participant_left)
-    speech = build_speech(settings.speech, context.gym.id)
+    gym_voice = context.gym.agent_settings.get("voice")
+    speech = build_speech(settings.speech, context.gym.id, gym_voice if isinstance(gym_voice, str) else None)
     session = await start_conversation(ctx, context, resources, speech=speech)
     watch_session(session, resources, meta.session_id)
     await ctx.room.local_participant.set_attributes(
