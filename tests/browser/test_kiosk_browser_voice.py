@@ -1,0 +1,98 @@
+"""The kiosk page talks with the real JARVIS voice loop: Chromium's fake microphone plays a
+French question, the worker hears it through Kyutai STT, the LLM stand-in asks for the squat
+video, Kyutai TTS answers out loud. Tiny random-weight Kyutai checkpoints: JARVIS speaks
+noise, but every stage of the real loop runs, and the browser measures what it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say
+from jarvis.speech_models import tiny_models
+from jarvis.stack import LocalStack
+from tests.browser.helpers import ARTIFACTS, CHROMIUM, demo_server, ensure_kiosk_built, french_wav, run_scenario
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed (/usr/bin/chromium)"),
+]
+
+VOICE_AGENT = "jarvis-kiosk-voice"
+QUESTION = "Bonjour JARVIS, tu peux me montrer comment faire un squat ?"
+LYON_SQUAT_VIDEO = "https://videos.example.com/energie-lyon-part-dieu/squat.mp4"
+# The fake microphone waits this long before the question, so JARVIS's greeting is over.
+GREETING_ROOM_S = 8.0
+
+
+def squat_by_voice(request: dict[str, Any]) -> Reply:
+    """Whatever the tiny STT heard, the member's first turn asks for the squat video."""
+    messages = request.get("messages", [])
+    if messages and messages[-1].get("role") == "tool":
+        return EchoToolResult()
+    if any(m.get("role") == "user" for m in messages):
+        return CallTool("display_video_tutorial", {"exercise": "squat"})
+    return Say("Bonjour Camille !")
+
+
+@pytest.fixture(scope="module")
+def speech_env(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    models = tiny_models(Path(tmp_path_factory.mktemp("tiny-speech")))
+    yield stack.start_speech_engines(models, streams=4)
+
+
+@pytest.fixture(scope="module")
+async def voice_kiosk(stack: LocalStack, speech_env: dict[str, str]) -> AsyncIterator[tuple[str, str]]:
+    """(kiosk page URL, token service URL) with a JARVIS worker that speaks (Kyutai, tiny)."""
+    ensure_kiosk_built()
+    async with LLMStandIn(squat_by_voice) as llm:
+        env = {
+            **speech_env,
+            "JARVIS_AGENT_NAME": VOICE_AGENT,
+            "JARVIS_NUM_IDLE_PROCESSES": "1",
+            "JARVIS_LOAD_THRESHOLD": "2",
+            "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
+            "JARVIS_LLM__PRIMARY__MODEL": "standin",
+            "JARVIS_LLM__PRIMARY__BASE_URL": llm.base_url,
+        }
+        token_url = await asyncio.to_thread(stack.start_token_service, {"JARVIS_AGENT_NAME": VOICE_AGENT})
+        await asyncio.to_thread(stack.start_agent_worker, env, "agent-kiosk-voice")
+        with demo_server(token_url) as url:
+            yield url, token_url
+
+
+async def test_member_speaks_to_jarvis_from_the_browser_and_gets_the_video(
+    voice_kiosk: tuple[str, str], stack: LocalStack, tmp_path: Path
+) -> None:
+    url, _token_url = voice_kiosk
+    question = french_wav(tmp_path / "question.wav", QUESTION, lead_silence_s=GREETING_ROOM_S, tail_silence_s=20)
+    result = await run_scenario({
+        "url": url + "?agentTimeoutMs=60000",
+        "wav": str(question),
+        "steps": [
+            {"click_badge": "LYON-0001"},
+            {"wait_agent_present": True, "timeoutMs": 60_000},
+            {"wait_agent_audio": 0.005, "timeoutMs": 30_000},  # the greeting, out loud
+            {"save_diagnostics": "greeted"},
+            {"measure_turn": {"threshold": 0.005, "silenceMs": 500, "since": "now", "timeoutMs": 40_000}},
+            {"wait_video": LYON_SQUAT_VIDEO, "timeoutMs": 30_000},
+            {"screenshot": "kiosk-voice-video.png"},
+            {"tap_video": True},
+            {"end": True},
+        ],
+    }, timeout_s=240)
+    if not result["ok"]:
+        print(stack.log_tail("agent-kiosk-voice", 40))
+    assert result["ok"], f"{result.get('error')} at {result.get('current_step')}; states={result.get('states')}"
+    assert result["page_errors"] == []
+    assert result["agent_audio_peak_rms"] > 0.005, "JARVIS's greeting reached the browser with energy"
+    assert {"listening", "speaking"} <= {s["state"] for s in result["states"]}
+    (turn,) = result["turns"]
+    assert 0 < turn["v2v_ms"] < 20_000
+    print(f"\nbrowser voice-to-voice: {turn['v2v_ms']:.0f} ms (tiny Kyutai weights, 2-core CPU, stand-in LLM)")
+    assert (ARTIFACTS / "kiosk-voice-video.png").exists()
