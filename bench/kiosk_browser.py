@@ -1,9 +1,10 @@
 """Voice-to-voice as the kiosk's browser feels it, next to the Python kiosk's figure.
 
-``python -m bench.kiosk_browser [--quick] [--turns N]`` (from the repo root, after ``make setup``).
+``python -m bench.kiosk_browser [--quick] [--turns N] [--agent echo|jarvis]`` (from the repo
+root, after ``make setup``).
 
-A real Chromium kiosk (the kiosk page, fake microphone looping a French question) and a Python
-kiosk (livekit rtc, the same WAV) each talk to the same scripted echo agent on the local
+``--agent echo`` (default): a real Chromium kiosk (the kiosk page, fake microphone looping a
+French question) and a Python kiosk (livekit rtc, the same WAV) each talk to the same scripted echo agent on the local
 LiveKit server: the agent answers with a fixed French sentence once it has heard
 ``STANDIN_EOT_SILENCE_MS`` of silence after speech. Both kiosks measure the same thing on
 their own clock: from the end of their own speech (last captured sample above the speech
@@ -14,15 +15,26 @@ playout, and the Web Audio meter's 20 ms sampling.
 
 The speech models are not involved (the agent is scripted), so this isolates transport and
 browser overhead; the voice loop's own stages are in ``bench.voice_loop``.
+
+``--agent jarvis``: the same comparison with the real voice loop, the JARVIS worker with
+Kyutai STT/TTS engines on tiny random-weight checkpoints and the LLM stand-in answering a
+short sentence. The Python kiosk is ``jarvis.kiosk_sim.SimulatedKiosk`` (the one
+``bench.voice_loop`` uses, with its own definition: last voiced sample sent → first agent
+frame above 200 RMS); the browser speaks the same question the same number of times, after
+leaving room for JARVIS's greeting.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
+import json
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +43,13 @@ import numpy as np
 from livekit import api, rtc
 
 from bench.common import emit, percentile, progress
+from jarvis.kiosk_sim import SimulatedKiosk, synthesize_french
+from jarvis.llm_standin import LLMStandIn, Reply, Say
 from jarvis.migrate import migrate
+from jarvis.speech_models import tiny_models
 from jarvis.stack import LocalStack, local_stack
 from tests.browser.helpers import (
+    ARTIFACTS,
     SAMPLE_RATE,
     demo_server,
     ensure_kiosk_built,
@@ -43,9 +59,12 @@ from tests.browser.helpers import (
     run_scenario,
     session_for_page,
 )
+from tests.kiosk_sim import open_session
+
+DEMO_GYM_KEY = "demo-key-lyon-part-dieu"
 
 SPEECH_RMS = 0.01  # float RMS on [-1, 1]; espeak speech is around 0.05-0.2, silence is 0
-SEGMENT_GAP_MS = 400  # pauses shorter than this stay inside one utterance
+SEGMENT_GAP_MS = 800  # pauses shorter than this (a comma, a breath) stay inside one utterance
 STANDIN_EOT_SILENCE_MS = 500
 TURN_PERIOD_S = 7.0  # question WAV length with its padding (one turn per loop)
 FRAME = SAMPLE_RATE // 100  # 10 ms
@@ -59,7 +78,7 @@ def rms(samples: np.ndarray) -> float:
 
 
 def turns_from_levels(
-    mic: list[tuple[float, float]], agent: list[tuple[float, float]]
+    mic: list[tuple[float, float]], agent: list[tuple[float, float]], agent_threshold: float = SPEECH_RMS
 ) -> tuple[list[float], int]:
     """Voice-to-voice of each turn (ms) and the number of turns the agent never answered."""
     ends: list[float] = []
@@ -80,7 +99,7 @@ def turns_from_levels(
     lost = 0
     for index, end in enumerate(ends):
         next_start = starts[index + 1] if index + 1 < len(starts) else float("inf")
-        answer = next((t for t, level in agent if end < t < next_start and level > SPEECH_RMS), None)
+        answer = next((t for t, level in agent if end < t < next_start and level > agent_threshold), None)
         if answer is None:
             lost += 1
         else:
@@ -230,7 +249,137 @@ async def browser_kiosk(stack: LocalStack, wav: Path, answer: np.ndarray, turns:
     if not result["ok"]:
         raise RuntimeError(f"browser scenario failed: {result.get('error')}")
     levels = result["levels"]
+    _keep_levels(levels, "kiosk_browser_echo_levels.json")
     return turns_from_levels([(t, v) for t, v in levels["mic"]], [(t, v) for t, v in levels["agent"]])
+
+
+JARVIS_AGENT = "jarvis-kiosk-bench"
+QUESTION = "Bonjour JARVIS, montre-moi un tutoriel pour le squat."
+GREETING_ROOM_S = 9.0  # JARVIS's greeting (tiny TTS) is over before the browser's first question
+JARVIS_TURN_GAP_S = 8.0  # silence after each question: room for the answer
+# The tiny TTS speaks noise; 0.006 float RMS is SimulatedKiosk's 200 int16 RMS.
+JARVIS_AGENT_RMS = 200 / 32768
+
+
+def short_answer(request: dict[str, Any]) -> Reply:
+    """Every turn gets one short sentence: the bench times the loop, not the answer."""
+    return Say("D'accord, c'est noté.")
+
+
+@contextlib.asynccontextmanager
+async def jarvis_services(stack: LocalStack, workdir: Path) -> AsyncIterator[str]:
+    """Kyutai engines (tiny), the LLM stand-in and a JARVIS worker; yields the token service URL."""
+    models = tiny_models(workdir / "tiny-speech")
+    speech_env = await asyncio.to_thread(stack.start_speech_engines, models, 4)
+    async with LLMStandIn(short_answer) as llm:
+        env = {
+            **speech_env,
+            "JARVIS_AGENT_NAME": JARVIS_AGENT,
+            "JARVIS_NUM_IDLE_PROCESSES": "1",
+            "JARVIS_LOAD_THRESHOLD": "2",
+            "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
+            "JARVIS_LLM__PRIMARY__MODEL": "standin",
+            "JARVIS_LLM__PRIMARY__BASE_URL": llm.base_url,
+        }
+        token_url = await asyncio.to_thread(stack.start_token_service, {"JARVIS_AGENT_NAME": JARVIS_AGENT})
+        await asyncio.to_thread(stack.start_agent_worker, env, "agent-kiosk-bench")
+        yield token_url
+
+
+async def python_kiosk_jarvis(token_url: str, turns: int) -> tuple[list[float], int]:
+    """SimulatedKiosk: greeting, then the question `turns` times, each once JARVIS is quiet."""
+    session = await open_session(token_url, DEMO_GYM_KEY, "LYON-0001")
+    kiosk = SimulatedKiosk()
+    await kiosk.join(session["livekit_url"], session["token"])
+    v2v: list[float] = []
+    lost = 0
+    try:
+        if not await kiosk.wait_for(kiosk.agent, 60):
+            raise RuntimeError("JARVIS did not join the Python kiosk's room")
+        joined = time.perf_counter()
+        greeting = await kiosk.wait_for(lambda: kiosk.heard.first_speech_after(joined - 10), 30)
+        await kiosk.wait_for(lambda: kiosk.heard.stopped_after(greeting or joined, 1.0), 30)
+        pcm = synthesize_french(QUESTION)
+        for _ in range(turns):
+            turn = await kiosk.hear_answer(await kiosk.say(pcm, QUESTION), 30)
+            if turn.v2v_ms is None:
+                lost += 1
+                continue
+            v2v.append(turn.v2v_ms)
+            answered_at = turn.first_answer or turn.voice_end
+            await kiosk.wait_for(functools.partial(kiosk.heard.stopped_after, answered_at, 1.0), 30)
+    finally:
+        await kiosk.leave()
+    return v2v, lost
+
+
+async def browser_kiosk_jarvis(token_url: str, workdir: Path, turns: int) -> tuple[list[float], int]:
+    """The kiosk page through the demo gym backend; the fake mic speaks after the greeting."""
+    question = read_wav(french_wav(workdir / "q.wav", QUESTION, lead_silence_s=0.0, tail_silence_s=0.0))
+    silence = np.zeros(int(SAMPLE_RATE * JARVIS_TURN_GAP_S), dtype=np.int16)
+    speech = np.concatenate(
+        [np.zeros(int(SAMPLE_RATE * GREETING_ROOM_S), dtype=np.int16)] + [np.concatenate([question, silence])] * turns
+    )
+    wav = workdir / "browser-turns.wav"
+    _write_wav(wav, speech)
+    with demo_server(token_url) as url:
+        result = await run_scenario(
+            {
+                "url": url + "?agentTimeoutMs=60000",
+                "wav": str(wav),
+                "steps": [
+                    {"click_badge": "LYON-0001"},
+                    {"wait_agent_present": True, "timeoutMs": 60_000},
+                    {"sleep": int(1000 * len(speech) / SAMPLE_RATE + 2000)},
+                    {"collect_levels": True},
+                    {"end": True},
+                ],
+            },
+            timeout_s=len(speech) / SAMPLE_RATE + 150,
+        )
+    if not result["ok"]:
+        raise RuntimeError(f"browser scenario failed: {result.get('error')}")
+    levels = result["levels"]
+    _keep_levels(levels, "kiosk_browser_jarvis_levels.json")
+    return turns_from_levels(
+        [(t, v) for t, v in levels["mic"]], [(t, v) for t, v in levels["agent"]], JARVIS_AGENT_RMS
+    )
+
+
+def _keep_levels(levels: dict[str, Any], name: str) -> None:
+    """The browser's level samples, for whoever wants to look at a run's turns again."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / name).write_text(json.dumps(levels))
+
+
+async def run_jarvis(quick: bool, turns: int) -> dict[str, Any]:
+    ensure_kiosk_built()
+    with tempfile.TemporaryDirectory() as tmp, local_stack() as stack:
+        await migrate(stack.pg_dsn, seed_demo=True)
+        async with jarvis_services(stack, Path(tmp)) as token_url:
+            progress(f"python kiosk (SimulatedKiosk): {turns} turns with JARVIS")
+            py_v2v, py_lost = await python_kiosk_jarvis(token_url, turns)
+            progress(f"browser kiosk: {turns} turns with JARVIS")
+            web_v2v, web_lost = await browser_kiosk_jarvis(token_url, Path(tmp), turns)
+    progress(f"browser v2v {[round(v) for v in web_v2v]} / python v2v {[round(v) for v in py_v2v]}")
+    return emit(
+        "kiosk_browser",
+        weights="tiny",
+        quick=quick,
+        results=[{
+            "sessions": 1,
+            "v2v_ms_p50": round(percentile(web_v2v, 50), 1),
+            "v2v_ms_p95": round(percentile(web_v2v, 95), 1),
+            "turns": len(web_v2v) + web_lost,
+            "lost_turns": web_lost,
+        }],
+        python_kiosk_v2v_ms_p50=round(percentile(py_v2v, 50), 1),
+        python_kiosk_v2v_ms_p95=round(percentile(py_v2v, 95), 1),
+        python_kiosk_turns=len(py_v2v) + py_lost,
+        python_kiosk_lost_turns=py_lost,
+        browser_overhead_ms_p50=round(percentile(web_v2v, 50) - percentile(py_v2v, 50), 1),
+        agent="jarvis worker, Kyutai STT/TTS tiny weights, LLM stand-in",
+    )
 
 
 async def main(quick: bool, turns: int) -> dict[str, Any]:
@@ -288,5 +437,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 turns instead of 10")
     parser.add_argument("--turns", type=int, default=None)
+    parser.add_argument("--agent", choices=["echo", "jarvis"], default="echo",
+                        help="echo: scripted agent (transport only); jarvis: the real voice loop, tiny weights")
     args = parser.parse_args()
-    asyncio.run(main(args.quick, args.turns or (4 if args.quick else 10)))
+    turns = args.turns or (4 if args.quick else 10)
+    asyncio.run(main(args.quick, turns) if args.agent == "echo" else run_jarvis(args.quick, turns))
