@@ -34,8 +34,9 @@ Per level (one row per number of concurrent sessions; ``--quick``: 1 and 4, see 
   handling after the final, sentence chunking, audio out through the SFU to the kiosk,
   jitter buffers, Opus. Why not the agent's own ``end_of_turn``: with the Kyutai STT's turn
   detection it reads ~0 (the agent counts from the STT's end-of-speech event, which comes with
-  the final), so the endpointing is only visible from the kiosk. Preemptive generation may start the LLM before the final, which makes the
-  figure smaller (even negative). ``null`` when the agent reported no stage (see ``notes``).
+  the final), so the endpointing is only visible from the kiosk. Preemptive generation may
+  start the LLM before the final, which makes the figure smaller (even negative). ``null``
+  when the agent reported no stage (see ``notes``).
 - ``cpu_pct_per_session``: CPU of the worker's process tree (the worker and the job processes
   that existed when the level began: the ones hosting its sessions) over the talking time,
   divided by the sessions (100 = one core). The engines are shared: ``engines_cpu_pct`` is their
