@@ -211,7 +211,7 @@ try {
     args,
     // Playwright mutes audio by default; a kiosk plays it (Chromium has no sound card here anyway).
     ignoreDefaultArgs: ["--mute-audio"],
-    viewport: { width: 1280, height: 800 },
+    viewport: { width: 1920, height: 1080 }, // a 1080p kiosk screen
     locale: "fr-FR",
   });
   page = context.pages()[0] ?? (await context.newPage());

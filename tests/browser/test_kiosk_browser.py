@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -43,7 +44,16 @@ pytestmark = [
 
 SQUAT_VIDEO = "https://videos.example.com/tutoriels/squat.mp4"
 PLANK_VIDEO = "https://videos.example.com/tutoriels/gainage.mp4"
-SCREENSHOT_DOC = REPO / "docs" / "img" / "kiosk-video-overlay.png"
+DOCS_IMG = REPO / "docs" / "img"
+
+
+def publish_screenshot(screenshot: Path) -> None:
+    """With JARVIS_UPDATE_DOCS_SCREENSHOTS=1 the test refreshes the docs' copy of its screenshot
+    (otherwise every run would leave the working tree modified)."""
+    assert screenshot.stat().st_size > 10_000, "the screenshot is empty"
+    if os.environ.get("JARVIS_UPDATE_DOCS_SCREENSHOTS") == "1":
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(screenshot, DOCS_IMG / screenshot.name)
 
 
 @pytest.fixture(scope="module")
@@ -180,10 +190,7 @@ async def test_member_talks_with_the_agent_and_gets_a_tutorial_video(
     assert any(s == "agent" and "Bonjour Camille" in t for s, t in speakers)
     assert result["state"] == "ended"
 
-    screenshot = ARTIFACTS / "kiosk-video-overlay.png"
-    assert screenshot.stat().st_size > 10_000
-    SCREENSHOT_DOC.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(screenshot, SCREENSHOT_DOC)
+    publish_screenshot(ARTIFACTS / "kiosk-video-overlay.png")
 
 
 async def test_microphone_denied_is_explained_in_french(
@@ -374,5 +381,4 @@ async def test_member_badges_in_and_the_real_jarvis_shows_the_squat_video(
     assert [v["title"] for v in result["videos"]] == ["Le squat"]
     assert "thinking" in {s["state"] for s in result["states"]}
     assert result["state"] == "ended"
-    screenshot = ARTIFACTS / "kiosk-real-jarvis-video.png"
-    shutil.copyfile(screenshot, SCREENSHOT_DOC.with_name("kiosk-real-jarvis-video.png"))
+    publish_screenshot(ARTIFACTS / "kiosk-real-jarvis-video.png")
