@@ -108,6 +108,30 @@ describe("demo gym backend (server/demo-server.mjs)", () => {
     assert.equal(response.headers.get("retry-after"), "7");
   });
 
+  it("tells the page the service is unavailable (503) when the token service is down", async () => {
+    const down = spawn(process.execPath, [join(root, "server", "demo-server.mjs")], {
+      env: { ...process.env, JARVIS_TOKEN_SERVICE_URL: "http://127.0.0.1:9", JARVIS_KIOSK_PORT: "0" },
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    try {
+      const url = await new Promise<string>((resolve) => {
+        down.stdout!.on("data", (chunk: Buffer) => {
+          const match = /KIOSK_URL=(\S+)/.exec(chunk.toString());
+          if (match) resolve(match[1]!);
+        });
+      });
+      const response = await fetch(`${url}api/kiosk-session`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ badge_id: "LYON-0001" }),
+      });
+      assert.equal(response.status, 503);
+      assert.equal(((await response.json()) as { error: string }).error, "unavailable");
+    } finally {
+      down.kill("SIGTERM");
+    }
+  });
+
   it("refuses a malformed badge before calling the token service", async () => {
     const before = seen.length;
     assert.equal((await post("../../etc/passwd")).status, 422);
