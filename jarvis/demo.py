@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from jarvis.kiosk_page import KioskPageError, start_kiosk_page
 from jarvis.kiosk_sim import SimulatedKiosk, synthesize_french
 from jarvis.migrate import migrate
 from jarvis.speech_models import real_models, tiny_models
@@ -178,6 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--up", action="store_true", help="keep the stack running until Ctrl-C")
     parser.add_argument("--badge", default="LYON-0001", help="demo member badge (LYON-0001, LYON-0002, LYON-0004)")
+    parser.add_argument("--kiosk-port", type=int, default=8090, help="where --up serves the kiosk page")
     parser.add_argument("--text", action="store_true", help="text mode: the kiosk types, no speech engines")
     parser.add_argument("--data", type=Path, default=REPO / ".data", help="where PostgreSQL keeps its data")
     args = parser.parse_args()
@@ -194,6 +196,12 @@ def main() -> None:
             say("agent worker registered as 'jarvis'")
             asyncio.run(kiosk_visit(url, args.badge, voice=not args.text))
             if args.up:
+                try:
+                    page, page_url = start_kiosk_page(url, port=args.kiosk_port)
+                    stack.processes.append(("kiosk-page", page))  # type: ignore[arg-type]
+                    say(f"kiosk page (open it in a browser, pick a demo badge): {page_url}")
+                except KioskPageError as exc:
+                    say(f"kiosk page not served: {exc}")
                 say(f"stack running; logs in {args.data}; Ctrl-C to stop")
                 say(
                     f"try: curl -s -X POST {url}/v1/sessions -H 'Authorization: Bearer {DEMO_GYM_KEY}'"

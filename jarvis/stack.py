@@ -232,7 +232,7 @@ class LocalStack:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
                 return bool(r.status == 200)
 
-        _wait_for(healthy, "token service", 30, proc)
+        _wait_for(healthy, "token service", 60, proc)
         return f"http://127.0.0.1:{port}"
 
     def start_agent_worker(self, extra_env: dict[str, str] | None = None, name: str = "agent") -> None:

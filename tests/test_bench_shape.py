@@ -21,6 +21,12 @@ CASES = {
         {"stages_ms_p50"},
         "sessions",
     ),
+    "kiosk_browser": (
+        ["--quick", "--turns", "2"],
+        {"v2v_ms_p50", "v2v_ms_p95", "turns", "lost_turns"},
+        {"python_kiosk_v2v_ms_p50"},
+        "sessions",
+    ),
 }
 
 

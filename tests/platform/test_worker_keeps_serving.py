@@ -1,0 +1,29 @@
+"""A worker on a long-lived stack keeps taking kiosk sessions, one after another."""
+
+from __future__ import annotations
+
+from livekit import rtc
+
+from jarvis.stack import LocalStack
+from tests.conftest import LYON_KEY
+from tests.kiosk_sim import agent_participant, eventually, open_session
+
+VISITS = 8
+
+
+async def test_jarvis_joins_every_visit_of_a_busy_morning(
+    stack: LocalStack, token_service_url: str, agent_worker: LocalStack
+) -> None:
+    for visit in range(VISITS):
+        session = await open_session(token_service_url, LYON_KEY, "LYON-0002", kiosk_id=f"accueil-{visit}")
+        room = rtc.Room()
+        await room.connect(session["livekit_url"], session["token"])
+        try:
+            try:
+                agent = await eventually(lambda r=room: agent_participant(r), 30, f"JARVIS on visit {visit + 1}")
+            except AssertionError:
+                print(stack.log_tail("agent", 30), stack.log_tail("livekit", 30), sep="\n")
+                raise
+            assert agent.attributes["jarvis.session_id"] == session["session_id"]
+        finally:
+            await room.disconnect()
