@@ -6,6 +6,7 @@ one port through prometheus_client's multiprocess mode (``JARVIS_PROMETHEUS_PORT
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections import defaultdict
 from typing import Any
@@ -27,6 +28,8 @@ SESSIONS_ACTIVE = Gauge(
 ERRORS = Counter("jarvis_voice_errors_total", "Errors by kind (stt, llm, tts, tool, database, …)", ["type"])
 
 STAGES = ("end_of_turn", "stt", "llm", "tts")
+MAX_STAGE_S = 60.0
+logger = logging.getLogger("jarvis.agent.metrics")
 
 
 class TurnLatency:
@@ -54,6 +57,11 @@ class TurnLatency:
             return
 
     def _record(self, stage: str, seconds: float, speech_id: str | None) -> None:
+        if not 0.0 <= seconds <= MAX_STAGE_S:
+            # livekit-agents reports a nonsense delay when its "user stopped speaking" anchor is
+            # stale (seen: 9e8 s); one such value would wreck the session's summary.
+            logger.warning("ignoring %s latency of %.1f s", stage, seconds)
+            return
         VOICE_LATENCY.labels(stage).observe(seconds)
         self.stages[stage].append(seconds)
         if speech_id is None:

@@ -276,10 +276,7 @@ async def jarvis_services(stack: LocalStack, workdir: Path) -> AsyncIterator[str
             **speech_env,
             "JARVIS_AGENT_NAME": JARVIS_AGENT,
             "JARVIS_NUM_IDLE_PROCESSES": "1",
-            "JARVIS_LOAD_THRESHOLD": "2",
-            "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
-            "JARVIS_LLM__PRIMARY__MODEL": "standin",
-            "JARVIS_LLM__PRIMARY__BASE_URL": llm.base_url,
+            **llm.worker_env,
         }
         token_url = await asyncio.to_thread(stack.start_token_service, {"JARVIS_AGENT_NAME": JARVIS_AGENT})
         await asyncio.to_thread(stack.start_agent_worker, env, "agent-kiosk-bench")

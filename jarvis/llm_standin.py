@@ -113,6 +113,15 @@ class LLMStandIn:
         return f"http://127.0.0.1:{self.port}/v1"
 
     @property
+    def worker_env(self) -> dict[str, str]:
+        """The agent worker's LLM settings pointing at this stand-in (as a vLLM endpoint)."""
+        return {
+            "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
+            "JARVIS_LLM__PRIMARY__MODEL": self.model,
+            "JARVIS_LLM__PRIMARY__BASE_URL": self.base_url,
+        }
+
+    @property
     def pending(self) -> int:
         return len(self._queue)
 

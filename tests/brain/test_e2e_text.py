@@ -43,12 +43,7 @@ async def brain_services(stack: LocalStack) -> AsyncIterator[tuple[str, LLMStand
             "JARVIS_AGENT_NAME": AGENT_NAME,
             "JARVIS_NUM_IDLE_PROCESSES": "1",
             "JARVIS_SPEECH__MODE": "text",
-            # The test machine's CPU is shared: above the default load threshold the worker
-            # declares itself full and LiveKit never hands it the job.
-            "JARVIS_LOAD_THRESHOLD": "2",
-            "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
-            "JARVIS_LLM__PRIMARY__MODEL": "standin",
-            "JARVIS_LLM__PRIMARY__BASE_URL": llm_server.base_url,
+            **llm_server.worker_env,
         }
         token_url = await asyncio.to_thread(stack.start_token_service, env)
         await asyncio.to_thread(stack.start_agent_worker, env, "agent-brain")

@@ -335,12 +335,7 @@ async def jarvis_kiosk_url(kiosk_page: None, stack: LocalStack) -> AsyncIterator
             # Text mode: this test is about the page and the agent's tools; speech is in
             # test_kiosk_browser_voice.py.
             "JARVIS_SPEECH__MODE": "text",
-            # Chromium loads this small shared machine: with the default load threshold the
-            # worker would declare itself full and LiveKit would never hand it the job.
-            "JARVIS_LOAD_THRESHOLD": "2",
-            "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
-            "JARVIS_LLM__PRIMARY__MODEL": "standin",
-            "JARVIS_LLM__PRIMARY__BASE_URL": llm_server.base_url,
+            **llm_server.worker_env,
         }
         token_url = await asyncio.to_thread(stack.start_token_service, env)
         await asyncio.to_thread(stack.start_agent_worker, env, "agent-kiosk-browser")

@@ -53,9 +53,7 @@ async def voice_services(stack: LocalStack, speech_env: dict[str, str]) -> Async
             **speech_env,
             "JARVIS_AGENT_NAME": VOICE_AGENT,
             "JARVIS_NUM_IDLE_PROCESSES": "1",
-            "JARVIS_LLM__PRIMARY__PROVIDER": "vllm",
-            "JARVIS_LLM__PRIMARY__MODEL": "standin",
-            "JARVIS_LLM__PRIMARY__BASE_URL": llm.base_url,
+            **llm.worker_env,
         }
         token_url = await asyncio.to_thread(stack.start_token_service, {"JARVIS_AGENT_NAME": VOICE_AGENT})
         await asyncio.to_thread(stack.start_agent_worker, env, "agent-voice")
