@@ -349,19 +349,15 @@ def _keep_levels(levels: dict[str, Any], name: str) -> None:
     (ARTIFACTS / name).write_text(json.dumps(levels))
 
 
-async def run_jarvis(quick: bool, turns: int) -> dict[str, Any]:
-    ensure_kiosk_built()
-    with tempfile.TemporaryDirectory() as tmp, local_stack() as stack:
-        await migrate(stack.pg_dsn, seed_demo=True)
-        async with jarvis_services(stack, Path(tmp)) as token_url:
-            progress(f"python kiosk (SimulatedKiosk): {turns} turns with JARVIS")
-            py_v2v, py_lost = await python_kiosk_jarvis(token_url, turns)
-            progress(f"browser kiosk: {turns} turns with JARVIS")
-            web_v2v, web_lost = await browser_kiosk_jarvis(token_url, Path(tmp), turns)
+def emit_comparison(
+    web_v2v: list[float], web_lost: int, py_v2v: list[float], py_lost: int, *, quick: bool, weights: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The browser's turns as the row, the Python kiosk's same turns beside them."""
     progress(f"browser v2v {[round(v) for v in web_v2v]} / python v2v {[round(v) for v in py_v2v]}")
     return emit(
         "kiosk_browser",
-        weights="tiny",
+        weights=weights,
         quick=quick,
         results=[{
             "sessions": 1,
@@ -375,8 +371,21 @@ async def run_jarvis(quick: bool, turns: int) -> dict[str, Any]:
         python_kiosk_turns=len(py_v2v) + py_lost,
         python_kiosk_lost_turns=py_lost,
         browser_overhead_ms_p50=round(percentile(web_v2v, 50) - percentile(py_v2v, 50), 1),
-        agent="jarvis worker, Kyutai STT/TTS tiny weights, LLM stand-in",
+        **extra,
     )
+
+
+async def run_jarvis(quick: bool, turns: int) -> dict[str, Any]:
+    ensure_kiosk_built()
+    with tempfile.TemporaryDirectory() as tmp, local_stack() as stack:
+        await migrate(stack.pg_dsn, seed_demo=True)
+        async with jarvis_services(stack, Path(tmp)) as token_url:
+            progress(f"python kiosk (SimulatedKiosk): {turns} turns with JARVIS")
+            py_v2v, py_lost = await python_kiosk_jarvis(token_url, turns)
+            progress(f"browser kiosk: {turns} turns with JARVIS")
+            web_v2v, web_lost = await browser_kiosk_jarvis(token_url, Path(tmp), turns)
+    return emit_comparison(web_v2v, web_lost, py_v2v, py_lost, quick=quick, weights="tiny",
+                           agent="jarvis worker, Kyutai STT/TTS tiny weights, LLM stand-in")
 
 
 async def main(quick: bool, turns: int) -> dict[str, Any]:
@@ -398,26 +407,8 @@ async def main(quick: bool, turns: int) -> dict[str, Any]:
             py_v2v, py_lost = await python_kiosk(stack, question, answer, turns)
             progress(f"browser kiosk: {turns} turns")
             web_v2v, web_lost = await browser_kiosk(stack, trimmed, answer, turns)
-    progress(f"browser v2v {[round(v) for v in web_v2v]} / python v2v {[round(v) for v in py_v2v]}")
-    return emit(
-        "kiosk_browser",
-        weights="none",
-        quick=quick,
-        results=[{
-            "sessions": 1,
-            "v2v_ms_p50": round(percentile(web_v2v, 50), 1),
-            "v2v_ms_p95": round(percentile(web_v2v, 95), 1),
-            "turns": len(web_v2v) + web_lost,
-            "lost_turns": web_lost,
-        }],
-        python_kiosk_v2v_ms_p50=round(percentile(py_v2v, 50), 1),
-        python_kiosk_v2v_ms_p95=round(percentile(py_v2v, 95), 1),
-        python_kiosk_turns=len(py_v2v) + py_lost,
-        python_kiosk_lost_turns=py_lost,
-        browser_overhead_ms_p50=round(percentile(web_v2v, 50) - percentile(py_v2v, 50), 1),
-        agent="scripted echo agent (no speech models)",
-        agent_wait_ms=STANDIN_EOT_SILENCE_MS,
-    )
+    return emit_comparison(web_v2v, web_lost, py_v2v, py_lost, quick=quick, weights="none",
+                           agent="scripted echo agent (no speech models)", agent_wait_ms=STANDIN_EOT_SILENCE_MS)
 
 
 def _write_wav(path: Path, samples: np.ndarray) -> None:

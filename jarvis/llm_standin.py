@@ -69,23 +69,30 @@ EXHAUSTED_TEXT = "STANDIN_SCRIPT_EXHAUSTED"
 
 
 def last_tool_result(request: dict[str, Any]) -> str:
-    for message in reversed(request.get("messages", [])):
-        if message.get("role") == "tool":
-            content = message.get("content")
-            if isinstance(content, list):
-                return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-            return str(content or "")
-    return ""
+    return _last_text(request, "tool")
 
 
 def last_user_text(request: dict[str, Any]) -> str:
+    return _last_text(request, "user")
+
+
+def _last_text(request: dict[str, Any], role: str) -> str:
     for message in reversed(request.get("messages", [])):
-        if message.get("role") == "user":
+        if message.get("role") == role:
             content = message.get("content")
             if isinstance(content, list):
                 return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
             return str(content or "")
     return ""
+
+
+def squat_conversation(request: dict[str, Any]) -> Reply:
+    """A member asking for the squat video: the tool when asked, then the tool's result relayed."""
+    if request["messages"][-1]["role"] == "tool":
+        return EchoToolResult("D'accord ! ")
+    if "squat" in last_user_text(request).lower():
+        return CallTool("display_video_tutorial", {"exercise": "squat"})
+    return Say("Avec plaisir.")
 
 
 class LLMStandIn:

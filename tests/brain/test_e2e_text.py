@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from livekit import rtc
 
-from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say, last_user_text
+from jarvis.llm_standin import LLMStandIn, squat_conversation
 from jarvis.stack import LocalStack
 from tests.brain.conftest import CAMILLE, LYON
 from tests.kiosk_sim import agent_participant, eventually, open_session
@@ -26,19 +26,10 @@ pytestmark = pytest.mark.integration
 AGENT_NAME = "jarvis-brain-e2e"
 
 
-def kiosk_conversation(request: dict[str, Any]) -> Reply:
-    """The LLM's side: a video for an exercise question, then relay the tool's result."""
-    if request["messages"][-1]["role"] == "tool":
-        return EchoToolResult("D'accord ! ")
-    if "squat" in last_user_text(request).lower():
-        return CallTool("display_video_tutorial", {"exercise": "squat"})
-    return Say("Avec plaisir.")
-
-
 @pytest.fixture(scope="module")
 async def brain_services(stack: LocalStack) -> AsyncIterator[tuple[str, LLMStandIn]]:
     """The stand-in LLM, a token service and a worker dispatched as AGENT_NAME."""
-    async with LLMStandIn(kiosk_conversation) as llm_server:
+    async with LLMStandIn(squat_conversation) as llm_server:
         env = {
             "JARVIS_AGENT_NAME": AGENT_NAME,
             "JARVIS_NUM_IDLE_PROCESSES": "1",

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say, last_user_text
+from jarvis.llm_standin import LLMStandIn, squat_conversation
 from jarvis.stack import LocalStack
 from tests.browser.helpers import (
     ARTIFACTS,
@@ -313,15 +313,6 @@ async def test_badge_of_another_gym_is_refused_by_the_gym_backend(kiosk_url: str
 # Our own agent name, so this worker never serves another test's sessions and vice versa.
 KIOSK_AGENT_NAME = "jarvis-kiosk-browser"
 LYON_SQUAT_VIDEO = "https://videos.example.com/energie-lyon-part-dieu/squat.mp4"
-
-
-def squat_conversation(request: dict[str, Any]) -> Reply:
-    """The LLM's side: the squat video when asked, then relay the tool's result."""
-    if request["messages"][-1]["role"] == "tool":
-        return EchoToolResult("D'accord ! ")
-    if "squat" in last_user_text(request).lower():
-        return CallTool("display_video_tutorial", {"exercise": "squat"})
-    return Say("Avec plaisir.")
 
 
 @pytest.fixture(scope="module")
