@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -43,6 +42,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .log import logger
 from .models import FRAME_SECONDS, EndOfTurnOptions, PauseAverage, SttLanguage
+from .settings import PluginSettings
 
 # The wire format, as in `protocol` (not imported: that module pulls numpy-heavy validation the
 # plugin does not need, and the plugin must also work against Kyutai's own server).
@@ -78,8 +78,9 @@ class STT(stt.STT):
                 streaming=True, interim_results=True, aligned_transcript="word", offline_recognize=True
             )
         )
-        resolved_url = url if is_given(url) else os.environ.get("KYUTAI_STT_URL", "ws://127.0.0.1:8088")
-        resolved_key = api_key if is_given(api_key) else os.environ.get("KYUTAI_STT_API_KEY", "public_token")
+        settings = PluginSettings()
+        resolved_url = url if is_given(url) else settings.url
+        resolved_key = api_key if is_given(api_key) else settings.api_key
         if not resolved_url.startswith(("ws://", "wss://")):
             raise ValueError("url must be a ws:// or wss:// address of a Kyutai STT server")
         self._opts = _STTOptions(
