@@ -42,12 +42,17 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
     return np.interp(positions, np.arange(len(audio)), audio).astype(np.float32)
 
 
-async def collect(stream: AsyncIterator[SpeechEvent], within_s: float = 20.0) -> list[SpeechEvent]:
+async def collect(
+    stream: AsyncIterator[SpeechEvent], within_s: float = 20.0, until: SpeechEventType | None = None
+) -> list[SpeechEvent]:
+    """The stream's events until it ends (or, with `until`, up to that event type)."""
     events: list[SpeechEvent] = []
 
     async def run() -> None:
         async for event in stream:
             events.append(event)
+            if event.type == until:
+                return
 
     await asyncio.wait_for(run(), timeout=within_s)
     return events
@@ -126,13 +131,7 @@ async def test_the_pause_head_ends_the_turn_while_the_kiosk_keeps_streaming(stt_
     for frame in to_frames(audio, 24000, 480):
         stream.push_frame(frame)
 
-    async def until_end_of_speech() -> None:
-        async for event in stream:
-            events.append(event)
-            if event.type == SpeechEventType.END_OF_SPEECH:
-                return
-
-    await asyncio.wait_for(until_end_of_speech(), timeout=20)
+    events += await collect(stream, 20, until=SpeechEventType.END_OF_SPEECH)
     kinds = [e.type for e in events]
     assert kinds.index(SpeechEventType.FINAL_TRANSCRIPT) == len(kinds) - 2
     assert stream.pause_probability == 0.0  # reset for the next turn
@@ -257,13 +256,7 @@ async def test_a_checkpoint_without_heads_still_ends_turns(tiny_stt_no_heads_dir
             stream.push_frame(frame)
         events: list[SpeechEvent] = []
 
-        async def until_end_of_speech() -> None:
-            async for event in stream:
-                events.append(event)
-                if event.type == SpeechEventType.END_OF_SPEECH:
-                    return
-
-        await asyncio.wait_for(until_end_of_speech(), timeout=20)
+        events += await collect(stream, 20, until=SpeechEventType.END_OF_SPEECH)
         assert SpeechEventType.FINAL_TRANSCRIPT in [e.type for e in events]
         assert stream.pause_probability == 0.0
         await stream.aclose()
@@ -311,13 +304,7 @@ async def test_against_a_server_that_sends_no_steps_like_moshi_server_without_he
 
         pusher = asyncio.create_task(push())
 
-        async def until_end_of_speech() -> None:
-            async for event in stream:
-                events.append(event)
-                if event.type == SpeechEventType.END_OF_SPEECH:
-                    return
-
-        await asyncio.wait_for(until_end_of_speech(), timeout=10)
+        events += await collect(stream, 10, until=SpeechEventType.END_OF_SPEECH)
         pusher.cancel()
         await stream.aclose()
     kinds = [e.type for e in events]
