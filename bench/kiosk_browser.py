@@ -274,12 +274,9 @@ async def jarvis_services(stack: LocalStack, workdir: Path) -> AsyncIterator[str
     async with LLMStandIn(short_answer) as llm:
         env = {
             **speech_env,
-            "JARVIS_AGENT_NAME": JARVIS_AGENT,
-            "JARVIS_NUM_IDLE_PROCESSES": "1",
             **llm.worker_env,
         }
-        token_url = await asyncio.to_thread(stack.start_token_service, {"JARVIS_AGENT_NAME": JARVIS_AGENT})
-        await asyncio.to_thread(stack.start_agent_worker, env, "agent-kiosk-bench")
+        token_url = await asyncio.to_thread(stack.start_jarvis, JARVIS_AGENT, env, "agent-kiosk-bench")
         yield token_url
 
 

@@ -252,6 +252,18 @@ class LocalStack:
             f"agent worker (log: {log})", 90, proc,
         )
 
+    def start_jarvis(self, agent_name: str, worker_env: dict[str, str], log_name: str) -> str:
+        """A token service dispatching ``agent_name`` and one worker registered under it.
+
+        Tests and benches each use their own agent name, so no worker serves another's sessions.
+        Returns the token service URL.
+        """
+        token_url = self.start_token_service({"JARVIS_AGENT_NAME": agent_name})
+        self.start_agent_worker(
+            {"JARVIS_NUM_IDLE_PROCESSES": "1", **worker_env, "JARVIS_AGENT_NAME": agent_name}, log_name
+        )
+        return token_url
+
     def _start_engine(self, name: str, module: str, prefix: str, env: dict[str, str]) -> str:
         port = free_port()
         proc = self._spawn(

@@ -31,13 +31,10 @@ async def brain_services(stack: LocalStack) -> AsyncIterator[tuple[str, LLMStand
     """The stand-in LLM, a token service and a worker dispatched as AGENT_NAME."""
     async with LLMStandIn(squat_conversation) as llm_server:
         env = {
-            "JARVIS_AGENT_NAME": AGENT_NAME,
-            "JARVIS_NUM_IDLE_PROCESSES": "1",
             "JARVIS_SPEECH__MODE": "text",
             **llm_server.worker_env,
         }
-        token_url = await asyncio.to_thread(stack.start_token_service, env)
-        await asyncio.to_thread(stack.start_agent_worker, env, "agent-brain")
+        token_url = await asyncio.to_thread(stack.start_jarvis, AGENT_NAME, env, "agent-brain")
         yield token_url, llm_server
 
 

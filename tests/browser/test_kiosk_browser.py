@@ -321,15 +321,12 @@ async def jarvis_kiosk_url(kiosk_page: None, stack: LocalStack) -> AsyncIterator
     JARVIS worker (text mode, its LLM pointed at the stand-in) → LiveKit."""
     async with LLMStandIn(squat_conversation) as llm_server:
         env = {
-            "JARVIS_AGENT_NAME": KIOSK_AGENT_NAME,
-            "JARVIS_NUM_IDLE_PROCESSES": "1",
             # Text mode: this test is about the page and the agent's tools; speech is in
             # test_kiosk_browser_voice.py.
             "JARVIS_SPEECH__MODE": "text",
             **llm_server.worker_env,
         }
-        token_url = await asyncio.to_thread(stack.start_token_service, env)
-        await asyncio.to_thread(stack.start_agent_worker, env, "agent-kiosk-browser")
+        token_url = await asyncio.to_thread(stack.start_jarvis, KIOSK_AGENT_NAME, env, "agent-kiosk-browser")
         with demo_server(token_url) as url:
             yield url
 

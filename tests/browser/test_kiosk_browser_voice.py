@@ -53,12 +53,9 @@ async def voice_kiosk(stack: LocalStack, speech_env: dict[str, str]) -> AsyncIte
     async with LLMStandIn(squat_by_voice) as llm:
         env = {
             **speech_env,
-            "JARVIS_AGENT_NAME": VOICE_AGENT,
-            "JARVIS_NUM_IDLE_PROCESSES": "1",
             **llm.worker_env,
         }
-        token_url = await asyncio.to_thread(stack.start_token_service, {"JARVIS_AGENT_NAME": VOICE_AGENT})
-        await asyncio.to_thread(stack.start_agent_worker, env, "agent-kiosk-voice")
+        token_url = await asyncio.to_thread(stack.start_jarvis, VOICE_AGENT, env, "agent-kiosk-voice")
         with demo_server(token_url) as url:
             yield url, token_url
 

@@ -51,10 +51,7 @@ async def voice_services(stack: LocalStack, speech_env: dict[str, str]) -> Async
     async with LLMStandIn(gym_conversation) as llm:
         env = {
             **speech_env,
-            "JARVIS_AGENT_NAME": VOICE_AGENT,
-            "JARVIS_NUM_IDLE_PROCESSES": "1",
             **llm.worker_env,
         }
-        token_url = await asyncio.to_thread(stack.start_token_service, {"JARVIS_AGENT_NAME": VOICE_AGENT})
-        await asyncio.to_thread(stack.start_agent_worker, env, "agent-voice")
+        token_url = await asyncio.to_thread(stack.start_jarvis, VOICE_AGENT, env, "agent-voice")
         yield VoiceServices(token_url, llm)
