@@ -7,17 +7,17 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m jarvis.demo
+	$(PY) -m jarvis_local.demo
 
 up: setup
-	$(PY) -m jarvis.demo --up
+	$(PY) -m jarvis_local.demo --up
 
 test: setup
 	$(PY) -m pytest -q
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy agent token_service jarvis plugins bench
+	.venv/bin/mypy agent token_service jarvis jarvis_local plugins bench
 
 bench: setup
 	$(PY) -m bench.token_service --quick

@@ -18,7 +18,7 @@ browser overhead; the voice loop's own stages are in ``bench.voice_loop``.
 
 ``--agent jarvis``: the same comparison with the real voice loop, the JARVIS worker with
 Kyutai STT/TTS engines on tiny random-weight checkpoints and the LLM stand-in answering a
-short sentence. The Python kiosk is ``jarvis.kiosk_sim.SimulatedKiosk`` (the one
+short sentence. The Python kiosk is ``jarvis_local.kiosk_sim.SimulatedKiosk`` (the one
 ``bench.voice_loop`` uses, with its own definition: last voiced sample sent → first agent
 frame above 200 RMS); the browser speaks the same question the same number of times, after
 leaving room for JARVIS's greeting.
@@ -43,12 +43,8 @@ import numpy as np
 from livekit import api, rtc
 
 from bench.common import emit, percentile, progress
-from jarvis.kiosk_sim import SimulatedKiosk, synthesize_french
-from jarvis.llm_standin import LLMStandIn, Reply, Say
 from jarvis.migrate import migrate
-from jarvis.speech_models import tiny_models
-from jarvis.stack import LocalStack, local_stack
-from tests.browser.helpers import (
+from jarvis_local.browser import (
     ARTIFACTS,
     SAMPLE_RATE,
     demo_server,
@@ -59,7 +55,10 @@ from tests.browser.helpers import (
     run_scenario,
     session_for_page,
 )
-from tests.kiosk_sim import open_session
+from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, synthesize_french
+from jarvis_local.llm_standin import LLMStandIn, Reply, Say
+from jarvis_local.speech_models import tiny_models
+from jarvis_local.stack import LocalStack, local_stack
 
 DEMO_GYM_KEY = "demo-key-lyon-part-dieu"
 

@@ -20,7 +20,7 @@ import asyncpg
 
 from bench.common import emit, percentile, progress
 from jarvis.migrate import migrate
-from jarvis.stack import local_stack
+from jarvis_local.stack import local_stack
 
 
 async def make_bench_gym(dsn: str, members: int) -> tuple[str, list[str]]:

@@ -5,7 +5,7 @@
 What runs: the local stack (PostgreSQL, Redis, LiveKit on loopback), the token service, one
 Kyutai STT and one Kyutai TTS engine server on tiny random-weight checkpoints (capacity: the
 largest level plus a few), the offline LLM stand-in and one ``python -m agent start`` worker.
-Each kiosk is this process's :class:`jarvis.kiosk_sim.SimulatedKiosk`: it badges in through the
+Each kiosk is this process's :class:`jarvis_local.kiosk_sim.SimulatedKiosk`: it badges in through the
 token service, joins its room, waits for JARVIS's greeting to end, then speaks ``--turns``
 espeak-ng French sentences, each once the agent has been quiet for a second (the agent's
 answer, or anything else it said, is over).
@@ -91,11 +91,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import REPO, emit, percentile, progress
 from bench.token_service import make_bench_gym
-from jarvis.demo import llm_environment
-from jarvis.kiosk_sim import FRAME_MS, SPEECH_RMS, SimulatedKiosk, synthesize_french
 from jarvis.migrate import migrate
-from jarvis.speech_models import tiny_models
-from jarvis.stack import LocalStack, StackError, free_port, local_stack
+from jarvis_local.demo import llm_environment
+from jarvis_local.kiosk_sim import FRAME_MS, SPEECH_RMS, SimulatedKiosk, synthesize_french
+from jarvis_local.speech_models import tiny_models
+from jarvis_local.stack import LocalStack, StackError, free_port, local_stack
 
 SENTENCES = (
     "Bonjour, comment on fait un squat ?",

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from jarvis.migrate import migrate
-from jarvis.stack import LocalStack, local_stack
+from jarvis_local.stack import LocalStack, local_stack
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 

@@ -21,8 +21,8 @@ from agent.tools import Kiosk, RoomKiosk
 from jarvis.context import MemberContext
 from jarvis.context_store import fetch_member_by_id
 from jarvis.db import create_pool
-from jarvis.llm_standin import LLMStandIn
-from jarvis.stack import LocalStack
+from jarvis_local.llm_standin import LLMStandIn
+from jarvis_local.stack import LocalStack
 
 LYON = "11111111-1111-4111-8111-111111111111"
 BORDEAUX = "22222222-2222-4222-8222-222222222222"

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from livekit import rtc
 
-from jarvis.llm_standin import LLMStandIn, squat_conversation
-from jarvis.stack import LocalStack
+from jarvis_local.kiosk_sim import agent_participant, eventually, open_session
+from jarvis_local.llm_standin import LLMStandIn, squat_conversation
+from jarvis_local.stack import LocalStack
 from tests.brain.conftest import CAMILLE, LYON
-from tests.kiosk_sim import agent_participant, eventually, open_session
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from agent.conversation import LLM_DOWN_APOLOGY, build_conversation
 from agent.llm import LLMConfig, LLMEndpoint, build_llm, llm_connect_options
-from jarvis.llm_standin import Fail, Hang, LLMStandIn, Reply, Say
+from jarvis_local.llm_standin import Fail, Hang, LLMStandIn, Reply, Say
 from tests.brain.conftest import CAMILLE, LYON, member_context, started
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,8 @@ from starlette.applications import Starlette
 from agent.conversation import build_conversation, external_mcp_servers
 from agent.mcp_server import build_app
 from agent.tools import TOOL_SPECS, tool_json_schema
-from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn
-from jarvis.stack import free_port
+from jarvis_local.llm_standin import CallTool, EchoToolResult, LLMStandIn
+from jarvis_local.stack import free_port
 from tests.brain.conftest import BORDEAUX, CAMILLE, LEA, LYON, member_context, standin_llm, started
 
 pytestmark = pytest.mark.integration

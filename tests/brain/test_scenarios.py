@@ -15,8 +15,8 @@ import pytest
 from livekit.agents.voice.run_result import RunResult
 
 from agent.conversation import build_conversation
-from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn, Say
-from jarvis.stack import free_port
+from jarvis_local.llm_standin import CallTool, EchoToolResult, LLMStandIn, Say
+from jarvis_local.stack import free_port
 from tests.brain.conftest import (
     CAMILLE,
     LYON,

@@ -21,9 +21,7 @@ from typing import Any
 
 import pytest
 
-from jarvis.llm_standin import LLMStandIn, squat_conversation
-from jarvis.stack import LocalStack
-from tests.browser.helpers import (
+from jarvis_local.browser import (
     ARTIFACTS,
     CHROMIUM,
     REPO,
@@ -36,6 +34,8 @@ from tests.browser.helpers import (
     run_scenario,
     session_for_page,
 )
+from jarvis_local.llm_standin import LLMStandIn, squat_conversation
+from jarvis_local.stack import LocalStack
 
 pytestmark = [
     pytest.mark.browser,

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say
-from jarvis.speech_models import tiny_models
-from jarvis.stack import LocalStack
-from tests.browser.helpers import ARTIFACTS, CHROMIUM, demo_server, ensure_kiosk_built, french_wav, run_scenario
+from jarvis_local.browser import ARTIFACTS, CHROMIUM, demo_server, ensure_kiosk_built, french_wav, run_scenario
+from jarvis_local.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say
+from jarvis_local.speech_models import tiny_models
+from jarvis_local.stack import LocalStack
 
 pytestmark = [
     pytest.mark.browser,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from tests.browser.helpers import KIOSK
+from jarvis_local.browser import KIOSK
 
 
 def test_kiosk_package_unit_tests_pass() -> None:

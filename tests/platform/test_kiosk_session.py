@@ -8,9 +8,9 @@ import time
 
 from livekit import rtc
 
-from jarvis.stack import LocalStack
+from jarvis_local.kiosk_sim import agent_participant, eventually, open_session, room_names
+from jarvis_local.stack import LocalStack
 from tests.conftest import CAMILLE, LYON_GYM_ID, LYON_KEY
-from tests.kiosk_sim import agent_participant, eventually, open_session, room_names
 
 
 async def test_member_badges_in_and_jarvis_joins_with_their_context(

@@ -1,6 +1,6 @@
 import httpx
 
-from jarvis.stack import LocalStack
+from jarvis_local.stack import LocalStack
 from tests.conftest import CAMILLE, LYON_KEY
 
 

@@ -8,7 +8,7 @@ import itertools
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from jarvis.stack import LocalStack
+from jarvis_local.stack import LocalStack
 from tests.platform.gym_factory import create_gym
 
 

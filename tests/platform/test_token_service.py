@@ -9,7 +9,7 @@ import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from jarvis.stack import LocalStack, free_port
+from jarvis_local.stack import LocalStack, free_port
 from tests.conftest import BORDEAUX_KEY, CAMILLE, LYON_GYM_ID, LYON_KEY
 from tests.platform.gym_factory import create_gym
 from token_service.app import create_app

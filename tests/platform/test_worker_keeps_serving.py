@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from livekit import rtc
 
-from jarvis.stack import LocalStack
+from jarvis_local.kiosk_sim import agent_participant, eventually, open_session
+from jarvis_local.stack import LocalStack
 from tests.conftest import LYON_KEY
-from tests.kiosk_sim import agent_participant, eventually, open_session
 
 VISITS = 8
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from jarvis.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say
-from jarvis.speech_models import tiny_models
-from jarvis.stack import LocalStack
+from jarvis_local.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say
+from jarvis_local.speech_models import tiny_models
+from jarvis_local.stack import LocalStack
 
 VOICE_AGENT = "jarvis-voice"
 LONG_ANSWER = (

@@ -13,9 +13,8 @@ import time
 import asyncpg
 import pytest
 
-from jarvis.kiosk_sim import SimulatedKiosk, synthesize_french
-from jarvis.stack import LocalStack
-from tests.kiosk_sim import open_session
+from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, synthesize_french
+from jarvis_local.stack import LocalStack
 from tests.voice.conftest import VoiceServices
 
 pytestmark = pytest.mark.integration

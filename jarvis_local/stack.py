@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from jarvis.speech_models import SpeechModels
+from jarvis_local.speech_models import SpeechModels
 
 REPO = Path(__file__).resolve().parent.parent
 LIVEKIT_BINARY = REPO / ".tools" / "livekit-server"

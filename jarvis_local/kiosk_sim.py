@@ -1,5 +1,8 @@
 """A simulated kiosk: the ``livekit`` Python SDK as the member's microphone and speaker.
 
+Also what a test or bench needs to play the gym backend: open a session at the token service,
+wait for the agent, list the rooms.
+
 It joins the room with the token the gym backend got, keeps its microphone open (silence
 between sentences, as a real kiosk does), plays sentences into it in real time, records what
 the agent says, and measures each turn's voice-to-voice latency: from the last voiced sample
@@ -19,16 +22,58 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import numpy as np
-from livekit import rtc
+from livekit import api, rtc
+
+from jarvis_local.stack import LocalStack
 
 SAMPLE_RATE = 48_000
 FRAME_MS = 10
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
 # Received audio counts as speech above this RMS (int16 units): well above codec noise.
 SPEECH_RMS = 200.0
+
+T = TypeVar("T")
+
+
+async def open_session(token_service_url: str, gym_key: str, badge_id: str, kiosk_id: str = "accueil-1") -> Any:
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{token_service_url}/v1/sessions",
+            json={"badge_id": badge_id, "kiosk_id": kiosk_id},
+            headers={"Authorization": f"Bearer {gym_key}"},
+        )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def eventually(probe: Callable[[], T | None], timeout_s: float = 30, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def agent_participant(room: rtc.Room, attribute: str = "jarvis.ready") -> rtc.RemoteParticipant | None:
+    for p in room.remote_participants.values():
+        if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.attributes.get(attribute):
+            return p
+    return None
+
+
+async def room_names(stack: LocalStack) -> set[str]:
+    lk = api.LiveKitAPI(stack.livekit_url.replace("ws://", "http://"), stack.livekit_api_key, stack.livekit_api_secret)
+    try:
+        rooms = await lk.room.list_rooms(api.ListRoomsRequest())
+        return {r.name for r in rooms.rooms}
+    finally:
+        await lk.aclose()
 
 
 def synthesize_french(text: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -175,10 +220,7 @@ class SimulatedKiosk:
 
     def agent(self) -> rtc.RemoteParticipant | None:
         """The JARVIS participant, once it holds the member's context."""
-        for p in self.room.remote_participants.values():
-            if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.attributes.get("jarvis.ready"):
-                return p
-        return None
+        return agent_participant(self.room)
 
     async def _listen(self, track: rtc.Track) -> None:
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)

@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from jarvis.kiosk_page import KioskPageError, start_kiosk_page
-from jarvis.kiosk_sim import SimulatedKiosk, synthesize_french
 from jarvis.migrate import migrate
-from jarvis.speech_models import real_models, tiny_models
-from jarvis.stack import REPO, LocalStack, StackError, free_port, local_stack, wait_for_port
+from jarvis_local.kiosk_page import KioskPageError, start_kiosk_page
+from jarvis_local.kiosk_sim import SimulatedKiosk, synthesize_french
+from jarvis_local.speech_models import real_models, tiny_models
+from jarvis_local.stack import REPO, LocalStack, StackError, free_port, local_stack, wait_for_port
 
 DEMO_GYM_KEY = "demo-key-lyon-part-dieu"
 
@@ -36,7 +36,7 @@ def llm_environment(stack: LocalStack) -> tuple[dict[str, str], str]:
         provider = os.environ.get("JARVIS_LLM__PRIMARY__PROVIDER", "groq")
         return {}, f"LLM: {provider} (from your environment)"
     port = free_port()
-    proc = stack._spawn("llm-standin", ["-m", "jarvis.llm_standin", "--port", str(port)])
+    proc = stack._spawn("llm-standin", ["-m", "jarvis_local.llm_standin", "--port", str(port)])
     wait_for_port(port, "LLM stand-in", proc)
     env = {
         "JARVIS_LLM__PRIMARY__PROVIDER": "openai",

@@ -1,4 +1,4 @@
-"""What the browser tests need besides the stack: the kiosk build, the demo gym backend,
+"""What the browser tests and bench need besides the stack: the kiosk build, the demo gym backend,
 a French WAV for the fake microphone, a scripted stand-in agent, and the node runner that
 plays a scenario in Debian's Chromium."""
 
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from livekit import api, rtc
 
-from jarvis.kiosk_page import kiosk_page
-from jarvis.stack import LocalStack
+from jarvis_local.kiosk_page import kiosk_page
+from jarvis_local.stack import LocalStack
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 KIOSK = REPO / "kiosk"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts" / "browser"
