@@ -55,7 +55,7 @@ from jarvis_local.browser import (
     run_scenario,
     session_for_page,
 )
-from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, synthesize_french
+from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, poll, synthesize_french
 from jarvis_local.llm_standin import LLMStandIn, Reply, Say
 from jarvis_local.speech_models import tiny_models
 from jarvis_local.stack import LocalStack, local_stack
@@ -287,11 +287,11 @@ async def python_kiosk_jarvis(token_url: str, turns: int) -> tuple[list[float], 
     v2v: list[float] = []
     lost = 0
     try:
-        if not await kiosk.wait_for(kiosk.agent, 60):
+        if not await poll(kiosk.agent, 60):
             raise RuntimeError("JARVIS did not join the Python kiosk's room")
         joined = time.perf_counter()
-        greeting = await kiosk.wait_for(lambda: kiosk.heard.first_speech_after(joined - 10), 30)
-        await kiosk.wait_for(lambda: kiosk.heard.stopped_after(greeting or joined, 1.0), 30)
+        greeting = await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30)
+        await poll(lambda: kiosk.heard.stopped_after(greeting or joined, 1.0), 30)
         pcm = synthesize_french(QUESTION)
         for _ in range(turns):
             turn = await kiosk.hear_answer(await kiosk.say(pcm, QUESTION), 30)
@@ -300,7 +300,7 @@ async def python_kiosk_jarvis(token_url: str, turns: int) -> tuple[list[float], 
                 continue
             v2v.append(turn.v2v_ms)
             answered_at = turn.first_answer or turn.voice_end
-            await kiosk.wait_for(functools.partial(kiosk.heard.stopped_after, answered_at, 1.0), 30)
+            await poll(functools.partial(kiosk.heard.stopped_after, answered_at, 1.0), 30)
     finally:
         await kiosk.leave()
     return v2v, lost

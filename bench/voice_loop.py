@@ -78,12 +78,12 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import asyncpg
+import httpx
 import numpy as np
 import psutil
 from livekit import rtc
@@ -93,7 +93,15 @@ from bench.common import REPO, emit, percentile, progress
 from bench.token_service import make_bench_gym
 from jarvis.migrate import migrate
 from jarvis_local.demo import llm_environment
-from jarvis_local.kiosk_sim import FRAME_MS, SPEECH_RMS, SimulatedKiosk, synthesize_french
+from jarvis_local.kiosk_sim import (
+    FRAME_MS,
+    SPEECH_RMS,
+    SessionRefused,
+    SimulatedKiosk,
+    open_session,
+    poll,
+    synthesize_french,
+)
 from jarvis_local.speech_models import tiny_models
 from jarvis_local.stack import LocalStack, StackError, free_port, local_stack
 
@@ -170,15 +178,6 @@ class BenchKiosk(SimulatedKiosk):
         return onsets
 
 
-async def poll(probe: Callable[[], Any], timeout_s: float, every_s: float = 0.02) -> Any:
-    deadline = time.perf_counter() + timeout_s
-    while True:
-        value = probe()
-        if value or time.perf_counter() >= deadline:
-            return value
-        await asyncio.sleep(every_s)
-
-
 @dataclass
 class TurnResult:
     v2v_ms: float | None
@@ -207,20 +206,16 @@ class Visit:
     windows: list[tuple[float, float]] = field(default_factory=list)
     talk_began: float | None = None
 
-    async def open(self, http: aiohttp.ClientSession) -> None:
+    async def open(self) -> None:
         try:
-            async with http.post(
-                f"{self.token_url}/v1/sessions",
-                json={"badge_id": self.badge, "kiosk_id": f"bench-{self.index}"},
-                headers={"Authorization": f"Bearer {self.gym_key}"},
-            ) as r:
-                if r.status != 201:
-                    self.error = f"token service answered {r.status}"
-                    return
-                session = await r.json()
+            try:
+                session = await open_session(self.token_url, self.gym_key, self.badge, f"bench-{self.index}")
+            except SessionRefused as exc:
+                self.error = f"token service answered {exc.status}"
+                return
             self.session_id = session["session_id"]
             await self.kiosk.join(session["livekit_url"], session["token"])
-            if await poll(self.kiosk.agent, self.join_timeout_s, 0.1) is None:
+            if await poll(self.kiosk.agent, self.join_timeout_s, every_s=0.1) is None:
                 self.error = f"JARVIS not in the room within {self.join_timeout_s:.0f} s"
                 return
             self.ready = True
@@ -228,7 +223,7 @@ class Visit:
             onset = await poll(lambda: self.kiosk.speech_onset_after(began - 5)[0], 20.0)
             self.greeted = onset is not None
             await poll(lambda: self.kiosk.quiet_for(QUIET_S), 20.0)
-        except (aiohttp.ClientError, rtc.ConnectError, OSError) as exc:
+        except (httpx.HTTPError, rtc.ConnectError, OSError) as exc:
             self.error = f"{type(exc).__name__}: {exc}"
 
     async def talk(self, sentences: list[tuple[str, np.ndarray]], turns: int) -> None:
@@ -509,7 +504,7 @@ class Bench:
         level_began = time.time()
         before_level = await asyncio.to_thread(sample_tree, self.worker_pid)
         visits = self.visits(sessions)
-        await asyncio.gather(*(v.open(http) for v in visits))
+        await asyncio.gather(*(v.open() for v in visits))
         for v in visits:
             if v.error:
                 progress(f"  kiosk {v.index}: {v.error}")
@@ -580,7 +575,7 @@ class Bench:
             while time.perf_counter() < deadline:
                 (visit,) = self.visits(1)
                 visit.index = index
-                await visit.open(http)
+                await visit.open()
                 await visit.talk(self.sentences, turns)
                 await visit.close()
                 done.append(visit)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jarvis.migrate import migrate
 from jarvis_local.kiosk_page import KioskPageError, start_kiosk_page
-from jarvis_local.kiosk_sim import SimulatedKiosk, synthesize_french
+from jarvis_local.kiosk_sim import SessionRefused, SimulatedKiosk, open_session, poll, synthesize_french
 from jarvis_local.speech_models import real_models, tiny_models
 from jarvis_local.stack import REPO, LocalStack, StackError, free_port, local_stack, wait_for_port
 
@@ -84,18 +84,11 @@ SPOKEN_SCRIPT = (
 
 
 async def kiosk_visit(token_service_url: str, badge_id: str, *, voice: bool) -> None:
-    import httpx
-
     t0 = time.perf_counter()
-    async with httpx.AsyncClient() as http:
-        r = await http.post(
-            f"{token_service_url}/v1/sessions",
-            json={"badge_id": badge_id, "kiosk_id": "demo-kiosk"},
-            headers={"Authorization": f"Bearer {DEMO_GYM_KEY}"},
-        )
-    if r.status_code != 201:
-        raise SystemExit(f"token service answered {r.status_code}: {r.text}")
-    session = r.json()
+    try:
+        session = await open_session(token_service_url, DEMO_GYM_KEY, badge_id, "demo-kiosk")
+    except SessionRefused as exc:
+        raise SystemExit(str(exc)) from None
     t_token = time.perf_counter()
     say(f"session {session['session_id']} for {session['member_first_name']} ({ms(t0, t_token)})")
 
@@ -104,7 +97,7 @@ async def kiosk_visit(token_service_url: str, badge_id: str, *, voice: bool) -> 
     t_joined = time.perf_counter()
     say(f"kiosk joined room {session['room']} ({ms(t_token, t_joined)})")
     try:
-        agent = await kiosk.wait_for(kiosk.agent, 60)
+        agent = await poll(kiosk.agent, 60)
         if agent is None:
             raise SystemExit("JARVIS did not join within 60 s: see .data/agent.log")
         t_agent = time.perf_counter()
@@ -120,14 +113,14 @@ async def kiosk_visit(token_service_url: str, badge_id: str, *, voice: bool) -> 
 
 
 async def typed_turns(kiosk: SimulatedKiosk, t_agent: float) -> None:
-    greeting = await kiosk.wait_for(lambda: kiosk.transcripts, 20)
+    greeting = await poll(lambda: kiosk.transcripts, 20)
     if greeting:
         say(f"JARVIS: « {greeting[0][1]} » ({ms(t_agent, greeting[0][0])})")
     for question in ("Comment on fait un squat ?", "Vous êtes ouverts jusqu'à quelle heure ?"):
         seen = len(kiosk.transcripts)
         asked = await kiosk.send_chat(question)
         say(f"member types: « {question} »")
-        answer = await kiosk.wait_for(lambda n=seen: kiosk.transcripts[n:], 30)  # type: ignore[misc]
+        answer = await poll(lambda n=seen: kiosk.transcripts[n:], 30)  # type: ignore[misc]
         if not answer:
             raise SystemExit("no answer within 30 s: see .data/agent.log")
         say(f"JARVIS: « {answer[0][1]} » ({ms(asked, answer[0][0])})")
@@ -136,10 +129,10 @@ async def typed_turns(kiosk: SimulatedKiosk, t_agent: float) -> None:
 
 
 async def spoken_turns(kiosk: SimulatedKiosk, t_agent: float) -> None:
-    greeting = await kiosk.wait_for(lambda: kiosk.heard.first_speech_after(t_agent - 5), 30)
+    greeting = await poll(lambda: kiosk.heard.first_speech_after(t_agent - 5), 30)
     if greeting is None:
         raise SystemExit("no greeting audio within 30 s: see .data/agent.log and .data/kyutai-tts.log")
-    await kiosk.wait_for(lambda: kiosk.heard.stopped_after(greeting, 0.6), 30)
+    await poll(lambda: kiosk.heard.stopped_after(greeting, 0.6), 30)
     said = kiosk.transcripts[0][1] if kiosk.transcripts else "…"
     say(f"JARVIS (audio {ms(t_agent, greeting)} after joining): « {said} »")
     rows = []
@@ -149,7 +142,7 @@ async def spoken_turns(kiosk: SimulatedKiosk, t_agent: float) -> None:
         turn = await kiosk.hear_answer(await kiosk.say(synthesize_french(sentence), sentence), 30)
         if turn.first_answer is None:
             raise SystemExit("JARVIS did not answer out loud within 30 s: see .data/agent.log")
-        await kiosk.wait_for(lambda t=turn.first_answer: kiosk.heard.stopped_after(t, 0.6), 30)  # type: ignore[misc]
+        await poll(lambda t=turn.first_answer: kiosk.heard.stopped_after(t, 0.6), 30)  # type: ignore[misc]
         heard = " / ".join(text for _t, text in kiosk.member_transcripts[seen_member:]) or "…"
         answer = " ".join(text for _t, text in kiosk.transcripts[seen_agent:]) or "…"
         say(f"  STT heard: « {heard} »")

@@ -22,7 +22,7 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import httpx
 import numpy as np
@@ -39,25 +39,49 @@ SPEECH_RMS = 200.0
 T = TypeVar("T")
 
 
-async def open_session(token_service_url: str, gym_key: str, badge_id: str, kiosk_id: str = "accueil-1") -> Any:
-    async with httpx.AsyncClient() as http:
+class SessionRefused(RuntimeError):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"token service answered {status}: {body}")
+        self.status = status
+
+
+async def open_session(
+    token_service_url: str, gym_key: str, badge_id: str, kiosk_id: str = "accueil-1", timeout_s: float = 30.0
+) -> dict[str, Any]:
+    """What the gym's backend does when a badge is scanned: ``POST /v1/sessions``; its JSON answer."""
+    async with httpx.AsyncClient(timeout=timeout_s) as http:
         r = await http.post(
             f"{token_service_url}/v1/sessions",
             json={"badge_id": badge_id, "kiosk_id": kiosk_id},
             headers={"Authorization": f"Bearer {gym_key}"},
         )
-    assert r.status_code == 201, r.text
-    return r.json()
+    if r.status_code != 201:
+        raise SessionRefused(r.status_code, r.text)
+    session: dict[str, Any] = r.json()
+    return session
 
 
-async def eventually(probe: Callable[[], T | None], timeout_s: float = 30, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+@overload
+async def poll(probe: Callable[[], T | None], timeout_s: float = ..., *, every_s: float = ..., what: str) -> T: ...
+@overload
+async def poll(
+    probe: Callable[[], T | None], timeout_s: float = ..., *, every_s: float = ..., what: None = None
+) -> T | None: ...
+async def poll(
+    probe: Callable[[], T | None], timeout_s: float = 30.0, *, every_s: float = 0.02, what: str | None = None
+) -> T | None:
+    """Calls ``probe`` until it returns something truthy, and returns that. At the deadline: None,
+    or, when ``what`` names the wait, an AssertionError saying so (what a test wants)."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
         value = probe()
         if value:
             return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        if time.perf_counter() >= deadline:
+            if what is not None:
+                raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            return None
+        await asyncio.sleep(every_s)
 
 
 def agent_participant(room: rtc.Room, attribute: str = "jarvis.ready") -> rtc.RemoteParticipant | None:
@@ -209,15 +233,6 @@ class SimulatedKiosk:
         await self.room.local_participant.send_text(text, topic="lk.chat")
         return time.perf_counter()
 
-    async def wait_for(self, probe: Callable[[], Any], timeout_s: float = 30.0) -> Any:
-        deadline = time.perf_counter() + timeout_s
-        while time.perf_counter() < deadline:
-            value = probe()
-            if value:
-                return value
-            await asyncio.sleep(0.01)
-        return None
-
     def agent(self) -> rtc.RemoteParticipant | None:
         """The JARVIS participant, once it holds the member's context."""
         return agent_participant(self.room)
@@ -268,13 +283,7 @@ class SimulatedKiosk:
         return Turn(text=text, voice_end=await self._voice_end)
 
     async def hear_answer(self, turn: Turn, timeout_s: float = 30.0) -> Turn:
-        deadline = time.perf_counter() + timeout_s
-        while time.perf_counter() < deadline:
-            first = self.heard.first_speech_after(turn.voice_end)
-            if first is not None:
-                turn.first_answer = first
-                return turn
-            await asyncio.sleep(0.01)
+        turn.first_answer = await poll(lambda: self.heard.first_speech_after(turn.voice_end), timeout_s, every_s=0.01)
         return turn
 
     async def leave(self) -> None:

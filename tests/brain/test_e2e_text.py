@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from livekit import rtc
 
-from jarvis_local.kiosk_sim import agent_participant, eventually, open_session
+from jarvis_local.kiosk_sim import agent_participant, open_session, poll
 from jarvis_local.llm_standin import LLMStandIn, squat_conversation
 from jarvis_local.stack import LocalStack
 from tests.brain.conftest import CAMILLE, LYON
@@ -76,21 +76,21 @@ async def test_kiosk_chats_with_jarvis_and_gets_the_squat_video(
     room.local_participant.register_rpc_method("kiosk.show_video", show_video)
     try:
         try:
-            await eventually(lambda: agent_participant(room), 60, "JARVIS to join")
+            await poll(lambda: agent_participant(room), 60, what="JARVIS to join")
         except AssertionError:
             print(stack.log_tail("agent-brain", 80))
             raise
-        greeting = await eventually(
-            lambda: next((a for a in answers if "Camille" in a), None), 20, "the greeting by first name"
+        greeting = await poll(
+            lambda: next((a for a in answers if "Camille" in a), None), 20, what="the greeting by first name"
         )
         greeted_ms = 1000 * (time.perf_counter() - started)
         assert greeting.startswith(("Bonjour Camille", "Bonsoir Camille"))
 
         asked = time.perf_counter()
         await room.local_participant.send_text("Comment on fait un squat ?", topic="lk.chat")
-        await eventually(lambda: videos, 20, "the kiosk.show_video RPC")
+        await poll(lambda: videos, 20, what="the kiosk.show_video RPC")
         video_ms = 1000 * (time.perf_counter() - asked)
-        answer = await eventually(lambda: next((a for a in answers if "affichée" in a), None), 20, "the answer")
+        answer = await poll(lambda: next((a for a in answers if "affichée" in a), None), 20, what="the answer")
         answer_ms = 1000 * (time.perf_counter() - asked)
     finally:
         await room.disconnect()

@@ -8,7 +8,7 @@ import time
 
 from livekit import rtc
 
-from jarvis_local.kiosk_sim import agent_participant, eventually, open_session, room_names
+from jarvis_local.kiosk_sim import agent_participant, open_session, poll, room_names
 from jarvis_local.stack import LocalStack
 from tests.conftest import CAMILLE, LYON_GYM_ID, LYON_KEY
 
@@ -24,7 +24,7 @@ async def test_member_badges_in_and_jarvis_joins_with_their_context(
     room = rtc.Room()
     await room.connect(session["livekit_url"], session["token"])
     assert room.local_participant.identity == "kiosk-accueil-1"
-    agent = await eventually(lambda: agent_participant(room), 60, "the agent to join and be ready")
+    agent = await poll(lambda: agent_participant(room), 60, what="the agent to join and be ready")
     print(f"\nagent ready {1000 * (time.perf_counter() - started):.0f} ms after the session request")
 
     assert agent.attributes["jarvis.session_id"] == session["session_id"]

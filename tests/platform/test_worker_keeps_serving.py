@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from livekit import rtc
 
-from jarvis_local.kiosk_sim import agent_participant, eventually, open_session
+from jarvis_local.kiosk_sim import agent_participant, open_session, poll
 from jarvis_local.stack import LocalStack
 from tests.conftest import LYON_KEY
 
@@ -20,7 +20,7 @@ async def test_jarvis_joins_every_visit_of_a_busy_morning(
         await room.connect(session["livekit_url"], session["token"])
         try:
             try:
-                agent = await eventually(lambda r=room: agent_participant(r), 30, f"JARVIS on visit {visit + 1}")
+                agent = await poll(lambda r=room: agent_participant(r), 30, what=f"JARVIS on visit {visit + 1}")
             except AssertionError:
                 print(stack.log_tail("agent", 30), stack.log_tail("livekit", 30), sep="\n")
                 raise

@@ -13,7 +13,7 @@ import time
 import asyncpg
 import pytest
 
-from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, synthesize_french
+from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, poll, synthesize_french
 from jarvis_local.stack import LocalStack
 from tests.voice.conftest import VoiceServices
 
@@ -28,7 +28,7 @@ async def visit(voice_services: VoiceServices) -> tuple[dict[str, str], Simulate
     session = await open_session(voice_services.token_url, "demo-key-lyon-part-dieu", "LYON-0001")
     kiosk = SimulatedKiosk()
     await kiosk.join(session["livekit_url"], session["token"])
-    assert await kiosk.wait_for(kiosk.agent, 60), "JARVIS did not join"
+    assert await poll(kiosk.agent, 60), "JARVIS did not join"
     return session, kiosk
 
 
@@ -38,17 +38,17 @@ async def test_member_speaks_and_jarvis_answers_with_audio_and_the_video(
     session, kiosk = await visit(voice_services)
     try:
         joined = time.perf_counter()
-        greeting = await kiosk.wait_for(lambda: kiosk.heard.first_speech_after(joined - 10), 30)
+        greeting = await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30)
         assert greeting is not None, "no greeting audio reached the kiosk"
         # let the greeting finish before speaking, as a member would
-        await kiosk.wait_for(
+        await poll(
             lambda: kiosk.heard.frames and time.perf_counter() - (kiosk.heard.last_speech_after(joined) or 0) > 0.6, 20
         )
 
         turn = await kiosk.hear_answer(await kiosk.say(synthesize_french(QUESTION), QUESTION), 30)
         assert turn.v2v_ms is not None, "JARVIS never answered out loud"
         print(f"\nvoice-to-voice: {turn.v2v_ms:.0f} ms (tiny weights, 2-core CPU, stand-in LLM)")
-        video = await kiosk.wait_for(lambda: kiosk.videos, 20)
+        video = await poll(lambda: kiosk.videos, 20)
         assert video == [{"url": "https://videos.example.com/energie-lyon-part-dieu/squat.mp4", "title": "Le squat"}]
     finally:
         await kiosk.leave()
@@ -73,13 +73,13 @@ async def test_member_talks_over_jarvis_and_jarvis_stops(voice_services: VoiceSe
     _session, kiosk = await visit(voice_services)
     try:
         joined = time.perf_counter()
-        greeting = await kiosk.wait_for(lambda: kiosk.heard.first_speech_after(joined - 10), 30)
+        greeting = await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30)
         assert greeting is not None
-        await kiosk.wait_for(lambda: kiosk.heard.stopped_after(greeting, 0.6), 20)
+        await poll(lambda: kiosk.heard.stopped_after(greeting, 0.6), 20)
         # first question: the video (short answer); second: the long answer we talk over
         first = await kiosk.hear_answer(await kiosk.say(synthesize_french(QUESTION), QUESTION), 30)
         assert first.first_answer is not None
-        await kiosk.wait_for(lambda: kiosk.heard.stopped_after(first.first_answer or 0, 0.6), 30)
+        await poll(lambda: kiosk.heard.stopped_after(first.first_answer or 0, 0.6), 30)
         # Talk over the long answer once JARVIS is well into it. On tiny weights the STT sometimes
         # hears words in silence and JARVIS stops on its own; then ask again (at most 3 times).
         for _attempt in range(3):
@@ -88,12 +88,12 @@ async def test_member_talks_over_jarvis_and_jarvis_stops(voice_services: VoiceSe
             await asyncio.sleep(0.5)
             if kiosk.heard.speaking_at(time.perf_counter(), 0.2):
                 break
-            await kiosk.wait_for(lambda t=second.first_answer: kiosk.heard.stopped_after(t, 0.6), 30)
+            await poll(lambda t=second.first_answer: kiosk.heard.stopped_after(t, 0.6), 30)
         else:
             pytest.fail("JARVIS never kept talking for half a second: nothing to talk over")
 
         barge_in = await kiosk.start_saying(synthesize_french(BARGE_IN))
-        stopped = await kiosk.wait_for(lambda: kiosk.heard.stopped_after(barge_in), 10)
+        stopped = await poll(lambda: kiosk.heard.stopped_after(barge_in), 10)
         assert stopped is not None, "JARVIS kept talking over the member"
         reaction_ms = 1000 * (stopped - barge_in)
         print(f"\nbarge-in: JARVIS stopped {reaction_ms:.0f} ms after the member started talking (aim: 300 ms)")
