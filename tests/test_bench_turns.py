@@ -1,0 +1,88 @@
+"""The benches' turn arithmetic (bench/turns.py) on synthetic turns, figures worked out by hand."""
+
+from __future__ import annotations
+
+import json
+
+from bench.turns import Utterance, next_starts, outcome, percentile, summarize
+
+
+def test_overhead_is_computed_per_turn() -> None:
+    # v2v 1.2 s; the member's final came 400 ms after the voice ended; LLM 250 ms, TTS 300 ms:
+    # 1200 - 400 - 250 - 300 = 250 ms left for turn handling and transport.
+    u = Utterance(voice_end=100.0, next_start=110.0, first_audio=101.2, member_final_ms=400.0,
+                  llm_ttft_ms=250.0, tts_ttfa_ms=300.0)
+    fate = outcome(u)
+    assert fate.answered and not fate.late
+    assert round(fate.v2v_ms or 0, 6) == 1200.0
+    assert round(fate.overhead_ms or 0, 6) == 250.0
+
+
+def test_overhead_percentiles_come_from_per_turn_values_not_from_medians_of_stages() -> None:
+    turns = [
+        # v2v 1000, final 300, llm 200, tts 100 -> 400
+        Utterance(0.0, 20.0, 1.0, 300.0, 200.0, 100.0),
+        # v2v 2000, final 300, llm 1200, tts 100 -> 400
+        Utterance(20.0, 40.0, 22.0, 300.0, 1200.0, 100.0),
+        # v2v 1500, final 300, llm 200, tts 900 -> 100
+        Utterance(40.0, None, 41.5, 300.0, 200.0, 900.0),
+    ]
+    summary = summarize(turns)
+    # medians of parts would give 1500 - 300 - 200 - 100 = 900: not what any turn had
+    assert summary["overhead_ms_p50"] == 400.0
+    assert summary["overhead_ms_p95"] == 400.0
+    assert summary["v2v_ms_p50"] == 1500.0 and summary["v2v_ms_p95"] == 2000.0
+
+
+def test_a_turn_without_all_stage_times_has_no_overhead() -> None:
+    summary = summarize([Utterance(0.0, None, 0.8, member_final_ms=300.0, llm_ttft_ms=None, tts_ttfa_ms=100.0)])
+    assert summary["answered"] == 1 and summary["v2v_ms_p50"] == 800.0
+    assert summary["overhead_ms_p50"] is None
+
+
+def test_an_all_lost_run_reports_null_figures_never_zero() -> None:
+    turns = [Utterance(0.0, 15.0, None), Utterance(15.0, 30.0, None), Utterance(30.0, None, None)]
+    summary = summarize(turns, never_spoken=2)
+    assert summary["turns"] == 5
+    assert summary["lost_turns"] == summary["turns"]
+    assert summary["answered"] == 0 and summary["late_turns"] == 0
+    for key in ("v2v_ms_p50", "v2v_ms_p95", "overhead_ms_p50", "overhead_ms_p95", "member_final_ms_p50"):
+        assert summary[key] is None, key
+    assert '"v2v_ms_p50": null' in json.dumps(summary)
+
+
+def test_late_and_lost_boundaries() -> None:
+    assert not outcome(Utterance(0.0, None, 3.0)).late  # exactly 3 s: answered in time
+    assert outcome(Utterance(0.0, None, 3.001)).late  # over 3 s: late, still answered
+    assert outcome(Utterance(0.0, None, 3.001)).answered
+    assert outcome(Utterance(0.0, None, 10.0)).answered  # exactly 10 s: late but answered
+    assert not outcome(Utterance(0.0, None, 10.001)).answered  # over 10 s: lost
+    summary = summarize([Utterance(0.0, 20.0, 2.0), Utterance(20.0, 40.0, 25.0), Utterance(40.0, None, 55.0)])
+    assert (summary["answered"], summary["late_turns"], summary["lost_turns"]) == (2, 1, 1)
+    assert summary["v2v_ms_p50"] == 2000.0 and summary["v2v_ms_p95"] == 5000.0
+
+
+def test_an_answer_after_the_next_utterance_began_counts_lost() -> None:
+    # The member gave up after 2 s and spoke again; the answer came at 2.5 s, over her next sentence.
+    first, second = Utterance(0.0, 2.0, 2.5), Utterance(4.0, None, 4.6)
+    assert not outcome(first).answered
+    summary = summarize([first, second], agent_onsets=[2.5, 4.6])
+    assert summary["lost_turns"] == 1 and summary["answered"] == 1
+    assert summary["v2v_ms_p50"] == 600.0  # the lost turn's 2.5 s is not a v2v sample
+    # the late answer answered no pending utterance
+    assert summary["junk_answers"] == 1
+
+
+def test_junk_answers_are_onsets_that_answer_no_utterance() -> None:
+    turns = [Utterance(10.0, 20.0, 10.8), Utterance(20.0, None, 20.9)]
+    # 5.0: the agent answering a junk transcript of silence before the member spoke;
+    # 10.79: the first answer (the onset reading differs by a frame); 15.0: junk again.
+    summary = summarize(turns, agent_onsets=[5.0, 10.79, 15.0, 20.9])
+    assert summary["junk_answers"] == 2
+    assert summary["answered"] == 2 and summary["lost_turns"] == 0
+
+
+def test_helpers() -> None:
+    assert next_starts([1.0, 5.0, 9.0]) == [5.0, 9.0, None]
+    assert percentile([], 50) is None
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
