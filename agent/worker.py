@@ -9,20 +9,22 @@ from typing import Any
 from livekit import rtc
 from livekit.agents import AgentServer, AgentSession, JobContext
 
-from agent.context_loader import SessionMetadata, SessionMetadataError, load_member_context
+from agent.context_loader import load_member_context
 from agent.conversation import start_conversation
 from agent.metrics import ERRORS, SESSIONS_ACTIVE, TurnLatency
 from agent.resources import SessionResources
 from agent.settings import AgentSettings
 from agent.voice import build_speech
+from jarvis.session_contract import (
+    ATTR_GYM_ID,
+    ATTR_MEMBER_ID,
+    ATTR_READY,
+    ATTR_SESSION_ID,
+    SessionMetadata,
+    SessionMetadataError,
+)
 
 logger = logging.getLogger("jarvis.agent")
-
-# Participant attributes the agent publishes once it holds the member's context. Ids only.
-ATTR_SESSION_ID = "jarvis.session_id"
-ATTR_GYM_ID = "jarvis.gym_id"
-ATTR_MEMBER_ID = "jarvis.member_id"
-ATTR_READY = "jarvis.ready"
 
 
 async def entrypoint(ctx: JobContext) -> None:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from jarvis.migrate import migrate
+from jarvis.session_contract import ATTR_MEMBER_ID
 from jarvis_local.kiosk_page import KioskPageError, start_kiosk_page
 from jarvis_local.kiosk_sim import SessionRefused, SimulatedKiosk, open_session, poll, synthesize_french
 from jarvis_local.speech_models import real_models, tiny_models
@@ -101,7 +102,7 @@ async def kiosk_visit(token_service_url: str, badge_id: str, *, voice: bool) -> 
         if agent is None:
             raise SystemExit("JARVIS did not join within 60 s: see .data/agent.log")
         t_agent = time.perf_counter()
-        member_id = agent.attributes["jarvis.member_id"]
+        member_id = agent.attributes[ATTR_MEMBER_ID]
         say(f"JARVIS joined with member {member_id} ({ms(t_joined, t_agent)} after the kiosk)")
         if voice:
             await spoken_turns(kiosk, t_agent)

@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 from livekit import api, rtc
 
+from jarvis.session_contract import ATTR_READY
 from jarvis_local.stack import LocalStack
 
 SAMPLE_RATE = 48_000
@@ -84,7 +85,7 @@ async def poll(
         await asyncio.sleep(every_s)
 
 
-def agent_participant(room: rtc.Room, attribute: str = "jarvis.ready") -> rtc.RemoteParticipant | None:
+def agent_participant(room: rtc.Room, attribute: str = ATTR_READY) -> rtc.RemoteParticipant | None:
     for p in room.remote_participants.values():
         if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.attributes.get(attribute):
             return p

@@ -8,7 +8,6 @@ dispatches the ``jarvis`` agent with that session id.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 import uuid
@@ -31,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from jarvis.context import session_context_key
 from jarvis.context_store import MemberRecord, fetch_member_by_badge, member_cache_key
 from jarvis.db import DatabaseUnavailable, create_pool
+from jarvis.session_contract import SessionMetadata
 from token_service.metrics import TokenServiceMetrics
 from token_service.settings import TokenServiceSettings
 from token_service.weather import WeatherClient
@@ -147,15 +147,17 @@ async def authenticated_gym(request: Request, svc: Annotated[Services, Depends(s
     return gym
 
 
-def build_token(settings: TokenServiceSettings, *, room: str, kiosk_id: str, metadata: dict[str, str]) -> str:
-    dispatch = lkapi.RoomAgentDispatch(agent_name=settings.agent_name, metadata=json.dumps(metadata))
+def build_token(settings: TokenServiceSettings, meta: SessionMetadata) -> str:
+    dispatch = lkapi.RoomAgentDispatch(agent_name=settings.agent_name, metadata=meta.serialize())
     return (
         lkapi.AccessToken(settings.livekit_api_key, settings.livekit_api_secret)
-        .with_identity(f"kiosk-{kiosk_id}")
+        .with_identity(f"kiosk-{meta.kiosk_id}")
         .with_kind("standard")
         .with_ttl(timedelta(seconds=settings.token_ttl_s))
         .with_grants(
-            lkapi.VideoGrants(room_join=True, room=room, can_publish=True, can_subscribe=True, can_publish_data=True)
+            lkapi.VideoGrants(
+                room_join=True, room=meta.room, can_publish=True, can_subscribe=True, can_publish_data=True
+            )
         )
         .with_room_config(lkapi.RoomConfiguration(agents=[dispatch]))
         .to_jwt()
@@ -203,8 +205,8 @@ async def open_session(svc: Services, gym: GymKey, body: SessionRequest) -> Sess
 
     weather = await svc.weather.for_city(gym.city, cached_weather)
     session_id = str(uuid.uuid4())
-    room = f"jarvis-{session_id}"
-    context = record.context(session_id=session_id, kiosk_id=body.kiosk_id, room=room, weather=weather)
+    meta = SessionMetadata(session_id=session_id, gym_id=gym.gym_id, member_id=record.member_id, kiosk_id=body.kiosk_id)
+    context = record.context(session_id=session_id, kiosk_id=body.kiosk_id, room=meta.room, weather=weather)
     try:
         async with svc.redis.pipeline(transaction=False) as pipe:
             pipe.set(session_context_key(session_id), context.model_dump_json(), ex=settings.session_ttl_s)
@@ -214,14 +216,12 @@ async def open_session(svc: Services, gym: GymKey, body: SessionRequest) -> Sess
     except REDIS_ERRORS as exc:
         raise ApiError(503, "cache unavailable, retry shortly") from exc
 
-    metadata = {"session_id": session_id, "gym_id": gym.gym_id, "member_id": record.member_id,
-                "kiosk_id": body.kiosk_id}
-    token = build_token(settings, room=room, kiosk_id=body.kiosk_id, metadata=metadata)
+    token = build_token(settings, meta)
     logger.info("session %s opened gym=%s kiosk=%s cache=%s", session_id, gym.gym_id, body.kiosk_id,
                 "hit" if cached_member is not None else "miss")
     return SessionResponse(
         session_id=session_id,
-        room=room,
+        room=meta.room,
         token=token,
         livekit_url=settings.kiosk_livekit_url,
         expires_at=datetime.fromtimestamp(now, UTC) + timedelta(seconds=settings.token_ttl_s),

@@ -21,6 +21,7 @@ from agent.tools import Kiosk, RoomKiosk
 from jarvis.context import MemberContext
 from jarvis.context_store import fetch_member_by_id
 from jarvis.db import create_pool
+from jarvis.session_contract import room_name
 from jarvis_local.llm_standin import LLMStandIn
 from jarvis_local.stack import LocalStack
 
@@ -52,7 +53,7 @@ async def member_context(pool: Any, gym_id: str, member_id: str) -> MemberContex
     async with pool.acquire() as conn:
         record = await fetch_member_by_id(conn, gym_id, member_id)
     assert record is not None
-    return record.context(session_id=session_id, kiosk_id="accueil-1", room=f"jarvis-{session_id}")
+    return record.context(session_id=session_id, kiosk_id="accueil-1", room=room_name(session_id))
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from agent.conversation import build_conversation, external_mcp_servers
 from agent.mcp_server import build_app
 from agent.tools import TOOL_SPECS, tool_json_schema
+from jarvis.session_contract import room_name
 from jarvis_local.llm_standin import CallTool, EchoToolResult, LLMStandIn
 from jarvis_local.stack import free_port
 from tests.brain.conftest import BORDEAUX, CAMILLE, LEA, LYON, member_context, standin_llm, started
@@ -51,7 +52,7 @@ async def open_session_row(pool: Any, gym_id: str, member_id: str) -> str:
     async with pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO voice_sessions (id, gym_id, member_id, kiosk_id, room) VALUES ($1, $2, $3, 'accueil-1', $4)",
-            session_id, gym_id, member_id, f"jarvis-{session_id}",
+            session_id, gym_id, member_id, room_name(session_id),
         )  # fmt: skip
     return session_id
 

@@ -8,6 +8,7 @@ import time
 
 from livekit import rtc
 
+from jarvis.session_contract import ATTR_GYM_ID, ATTR_MEMBER_ID, ATTR_SESSION_ID, room_name
 from jarvis_local.kiosk_sim import agent_participant, open_session, poll, room_names
 from jarvis_local.stack import LocalStack
 from tests.conftest import CAMILLE, LYON_GYM_ID, LYON_KEY
@@ -18,7 +19,7 @@ async def test_member_badges_in_and_jarvis_joins_with_their_context(
 ) -> None:
     started = time.perf_counter()
     session = await open_session(token_service_url, LYON_KEY, CAMILLE["badge_id"])
-    assert session["room"] == f"jarvis-{session['session_id']}"
+    assert session["room"] == room_name(session["session_id"])
     assert "Camille" not in session["room"]
 
     room = rtc.Room()
@@ -27,9 +28,9 @@ async def test_member_badges_in_and_jarvis_joins_with_their_context(
     agent = await poll(lambda: agent_participant(room), 60, what="the agent to join and be ready")
     print(f"\nagent ready {1000 * (time.perf_counter() - started):.0f} ms after the session request")
 
-    assert agent.attributes["jarvis.session_id"] == session["session_id"]
-    assert agent.attributes["jarvis.member_id"] == CAMILLE["member_id"]
-    assert agent.attributes["jarvis.gym_id"] == LYON_GYM_ID
+    assert agent.attributes[ATTR_SESSION_ID] == session["session_id"]
+    assert agent.attributes[ATTR_MEMBER_ID] == CAMILLE["member_id"]
+    assert agent.attributes[ATTR_GYM_ID] == LYON_GYM_ID
     assert session["room"] in await room_names(stack)
 
     await room.disconnect()

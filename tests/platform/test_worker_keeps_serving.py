@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from livekit import rtc
 
+from jarvis.session_contract import ATTR_SESSION_ID
 from jarvis_local.kiosk_sim import agent_participant, open_session, poll
 from jarvis_local.stack import LocalStack
 from tests.conftest import LYON_KEY
@@ -24,6 +25,6 @@ async def test_jarvis_joins_every_visit_of_a_busy_morning(
             except AssertionError:
                 print(stack.log_tail("agent", 30), stack.log_tail("livekit", 30), sep="\n")
                 raise
-            assert agent.attributes["jarvis.session_id"] == session["session_id"]
+            assert agent.attributes[ATTR_SESSION_ID] == session["session_id"]
         finally:
             await room.disconnect()
