@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from typing import NoReturn
 
 import pytest
 
@@ -16,6 +17,31 @@ from jarvis.migrate import migrate
 from jarvis_local.stack import LocalStack, local_stack
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+# CI sets this (.ci/run): a test that cannot run there (no Chromium, no espeak-ng) would
+# otherwise pass CI as a quiet "s" while proving nothing.
+REQUIRE_ALL = os.environ.get("JARVIS_REQUIRE_ALL") == "1"
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """A test's tool is missing: skip it on a developer's machine, fail it where every test must run."""
+    if REQUIRE_ALL:
+        pytest.fail(f"{reason} (JARVIS_REQUIRE_ALL=1: every test must run here)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires(available, reason): skip_or_fail(reason) unless `available` is true")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture: a missing tool must not start the stack only to skip afterwards.
+    for mark in item.iter_markers(name="requires"):
+        available, reason = mark.args[0], mark.kwargs.get("reason") or mark.args[1]
+        if not available:
+            skip_or_fail(reason)
+
 
 LYON_KEY = "demo-key-lyon-part-dieu"
 BORDEAUX_KEY = "demo-key-bordeaux-chartrons"

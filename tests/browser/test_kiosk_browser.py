@@ -39,7 +39,7 @@ from jarvis_local.stack import LocalStack
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed (/usr/bin/chromium)"),
+    pytest.mark.requires(CHROMIUM.exists(), reason="Debian's Chromium is not installed (/usr/bin/chromium)"),
 ]
 
 SQUAT_VIDEO = "https://videos.example.com/tutoriels/squat.mp4"

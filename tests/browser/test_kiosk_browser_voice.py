@@ -20,7 +20,7 @@ from jarvis_local.stack import LocalStack
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed (/usr/bin/chromium)"),
+    pytest.mark.requires(CHROMIUM.exists(), reason="Debian's Chromium is not installed (/usr/bin/chromium)"),
 ]
 
 VOICE_AGENT = "jarvis-kiosk-voice"

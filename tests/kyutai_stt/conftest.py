@@ -28,6 +28,8 @@ from kyutai_stt.settings import EngineSettings  # noqa: E402
 from kyutai_tiny.common import synthetic_speech  # noqa: E402
 from kyutai_tiny.stt import write_tiny_stt  # noqa: E402
 
+from ..conftest import skip_or_fail  # noqa: E402
+
 MAX_STREAMS = 4
 
 
@@ -81,7 +83,7 @@ def speech(seconds: float = 2.0, seed: int = 42) -> np.ndarray:
 def espeak_french(text: str, directory: Path) -> tuple[np.ndarray, int]:
     """French speech synthesised by espeak-ng at test time: (int16 samples, sample rate)."""
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+        skip_or_fail("espeak-ng is not installed")
     path = directory / "phrase.wav"
     subprocess.run(["espeak-ng", "-v", "fr", "-w", str(path), text], check=True, capture_output=True)
     with wave.open(str(path)) as handle:

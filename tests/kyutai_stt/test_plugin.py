@@ -221,24 +221,39 @@ async def test_a_killed_server_is_a_clear_error_and_no_hung_session(tiny_stt_dir
     )
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "kyutai_stt.server", env=env)
     try:
+        healthy = False
         async with httpx.AsyncClient() as client:
             for _ in range(200):
                 try:
                     if (await client.get(f"http://127.0.0.1:{port}/api/health")).status_code == 200:
+                        healthy = True
                         break
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
+        assert healthy, "the engine server never came up"
         stream = STT(url=f"ws://127.0.0.1:{port}").stream(conn_options=ONE_RETRY)
         for frame in to_frames(speech(2.0, seed=3), 24000, 1920):
             stream.push_frame(frame)
+        killed_mid_sentence = False
 
         async def run() -> None:
+            nonlocal killed_mid_sentence
             async for event in stream:
-                if event.type == SpeechEventType.INTERIM_TRANSCRIPT and process.returncode is None:
+                if event.type == SpeechEventType.INTERIM_TRANSCRIPT and not killed_mid_sentence:
                     process.send_signal(signal.SIGKILL)  # the GPU box dies mid-sentence
+                    killed_mid_sentence = True
 
-        with pytest.raises(APIConnectionError):
-            await asyncio.wait_for(run(), timeout=15)
+        (outcome,) = await asyncio.gather(asyncio.wait_for(run(), timeout=15), return_exceptions=True)
+
+        # First the kill itself: the error below must come from it, not from a server that
+        # failed on its own (or never transcribed) before it.
+        assert killed_mid_sentence, f"the stream ended before the server was killed: {outcome!r}"
+        assert await asyncio.wait_for(process.wait(), timeout=5) == -signal.SIGKILL
+        with pytest.raises(OSError):  # nothing listens any more: the retry had no server to reach
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+        # Then what the agent sees: a connection error, not a hang (wait_for) nor a clean end
+        assert isinstance(outcome, APIConnectionError), f"expected APIConnectionError, got {outcome!r}"
     finally:
         if process.returncode is None:
             process.kill()
