@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -11,7 +12,7 @@ from livekit.agents import AgentServer, AgentSession, JobContext
 
 from agent.context_loader import load_member_context
 from agent.conversation import start_conversation
-from agent.metrics import ERRORS, SESSIONS_ACTIVE, TurnLatency
+from agent.metrics import ERRORS, SESSIONS_ACTIVE, TURN_METRICS_TOPIC, TurnLatency
 from agent.resources import SessionResources
 from agent.settings import AgentSettings
 from agent.voice import build_speech
@@ -52,24 +53,50 @@ async def entrypoint(ctx: JobContext) -> None:
     gym_voice = context.gym.agent_settings.get("voice")
     speech = build_speech(settings.speech, context.gym.id, gym_voice if isinstance(gym_voice, str) else None)
     session = await start_conversation(ctx, context, resources, speech=speech)
-    watch_session(session, resources, meta.session_id)
+    watch_session(session, resources, meta.session_id, ctx.room)
     await ctx.room.local_participant.set_attributes(
         {ATTR_SESSION_ID: meta.session_id, ATTR_GYM_ID: meta.gym_id, ATTR_MEMBER_ID: meta.member_id, ATTR_READY: "1"}
     )
     logger.info("session %s: ready (gym=%s kiosk=%s)", meta.session_id, meta.gym_id, meta.kiosk_id)
 
 
-def watch_session(session: AgentSession[Any], resources: SessionResources, session_id: str) -> None:
-    """Per-stage latency and errors to Prometheus; the latency summary to voice_sessions at the end."""
-    latency = TurnLatency()
+def watch_session(
+    session: AgentSession[Any], resources: SessionResources, session_id: str, room: rtc.Room | None = None
+) -> TurnLatency:
+    """Per-turn stage times and errors: each finished turn to Prometheus and to the kiosk
+    (data topic ``jarvis.turn_metrics``), the turns and counts to voice_sessions at the end."""
+    publishing: set[asyncio.Task[None]] = set()
+
+    def publish(turn: dict[str, Any]) -> None:
+        if room is None or not room.isconnected():
+            return
+
+        async def send() -> None:
+            try:
+                await room.local_participant.publish_data(
+                    json.dumps(turn), reliable=True, topic=TURN_METRICS_TOPIC
+                )
+            except Exception as exc:  # a kiosk that left misses a figure, nothing more
+                logger.debug("session %s: turn metrics not sent (%s)", session_id, type(exc).__name__)
+
+        task = asyncio.get_running_loop().create_task(send())
+        # Held until done: the loop keeps only weak references to tasks.
+        publishing.add(task)
+        task.add_done_callback(publishing.discard)
+
+    latency = TurnLatency(publish=publish)
     session.on("metrics_collected", latency.on_metrics)
+    session.on("speech_created", latency.on_speech_created)
     session.on("error", lambda event: ERRORS.labels(_error_kind(event)).inc())
     SESSIONS_ACTIVE.inc()
 
     async def record_summary(_reason: str) -> None:
         SESSIONS_ACTIVE.dec()
         summary = latency.summary()
-        logger.info("session %s: latency %s", session_id, summary or "no voice turn")
+        logger.info(
+            "session %s: %d turn(s), counts %s, agent v2v p50 %s ms", session_id, len(summary["turns"]),
+            summary["counts"], summary.get("agent_v2v_ms_p50"),
+        )
         try:
             await resources.db_pool.execute(
                 "UPDATE voice_sessions SET latency_summary = $1::jsonb WHERE id = $2::uuid",
@@ -80,6 +107,7 @@ def watch_session(session: AgentSession[Any], resources: SessionResources, sessi
             logger.warning("session %s: latency summary not stored (%s)", session_id, type(exc).__name__)
 
     resources.on_close(record_summary)
+    return latency
 
 
 def _error_kind(event: Any) -> str:
