@@ -39,6 +39,7 @@ from agent.tools import (
 )
 from agent.voice import Speech, SpeechSettings, turn_handling
 from jarvis.context import MemberContext
+from jarvis.settings import DB_TIMEOUT_S
 
 logger = logging.getLogger("jarvis.agent.conversation")
 
@@ -110,10 +111,11 @@ def build_conversation(
     notify_coach: CoachNotifier = log_only_notifier,
     mcp_servers: list[mcp.MCPServer] | None = None,
     now: datetime | None = None,
+    db_timeout_s: float = DB_TIMEOUT_S,
 ) -> Conversation:
     """Everything a session needs, not started yet; tests drive it with `session.run`."""
     ids = SessionIds(gym_id=context.gym.id, member_id=context.member.id, session_id=context.session_id)
-    tools = GymTools(pool, ids, kiosk=kiosk, notify_coach=notify_coach)
+    tools = GymTools(pool, ids, kiosk=kiosk, notify_coach=notify_coach, db_timeout_s=db_timeout_s)
     # Only what is given: AgentSession tells "not given" apart from None.
     options: dict[str, Any] = {"llm": llm, "stt": stt, "tts": tts}
     options = {key: value for key, value in options.items() if value is not None}
@@ -125,7 +127,7 @@ def build_conversation(
     session: AgentSession[GymTools] = AgentSession(userdata=tools, max_tool_steps=MAX_TOOL_STEPS, **options)
     _apologise_when_the_llm_is_down(session)
     agent = JarvisAgent(context, tools, mcp_servers=mcp_servers, now=now)
-    log = SessionLog(pool, context)
+    log = SessionLog(pool, context, db_timeout_s)
     log.attach(session)
     return Conversation(session=session, agent=agent, tools=tools, log=log, greeting=greeting(context, now))
 
@@ -185,6 +187,7 @@ async def start_conversation(
         turn_handling=speech.turn_handling if speech else None,
         notify_coach=notify_coach,
         mcp_servers=external_mcp_servers(context.gym.agent_settings),
+        db_timeout_s=resources.settings.db_timeout_s,
     )
     conversation.log.start()
     resources.on_close(conversation.log.finish)

@@ -22,6 +22,7 @@ from livekit.agents.llm import ChatMessage, FunctionCall, FunctionCallOutput
 from livekit.agents.voice.events import CloseEvent, ConversationItemAddedEvent, FunctionToolsExecutedEvent
 
 from jarvis.context import MemberContext
+from jarvis.settings import DB_TIMEOUT_S
 
 logger = logging.getLogger("jarvis.agent.session_log")
 
@@ -105,8 +106,9 @@ def summarize(record: SessionRecord) -> tuple[str, Sentiment]:
 class SessionLog:
     """Writes one session's rows in order, off the conversation's path."""
 
-    def __init__(self, pool: Any, context: MemberContext) -> None:
+    def __init__(self, pool: Any, context: MemberContext, db_timeout_s: float = DB_TIMEOUT_S) -> None:
         self._pool = pool
+        self._db_timeout_s = db_timeout_s
         self._context = context
         self._queue: asyncio.Queue[tuple[str, tuple[Any, ...]] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -203,7 +205,7 @@ class SessionLog:
             sql, args = item
             for attempt in range(WRITE_ATTEMPTS):
                 try:
-                    async with self._pool.acquire(timeout=3.0) as conn:
+                    async with self._pool.acquire(timeout=self._db_timeout_s) as conn:
                         await conn.execute(sql, *args)
                     break
                 except Exception as exc:  # the log must never take the conversation down

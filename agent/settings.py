@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from agent.llm import LLMConfig
 from agent.voice import SpeechSettings
+from jarvis.settings import StoreSettings
 
 
-class AgentSettings(BaseSettings):
-    """The worker's settings, from the environment (``JARVIS_*``).
+class AgentSettings(StoreSettings):
+    """The worker's settings, from the environment (``JARVIS_*``; the stores' from StoreSettings).
 
     LiveKit's own ``LIVEKIT_URL``, ``LIVEKIT_API_KEY`` and ``LIVEKIT_API_SECRET`` are read by
     livekit-agents itself.
@@ -17,8 +18,6 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JARVIS_", env_nested_delimiter="__", extra="ignore")
 
     agent_name: str = "jarvis"
-    database_url: str = "postgresql://jarvis@127.0.0.1:5432/jarvis"
-    redis_url: str = "redis://127.0.0.1:6379/0"
     # Idle job processes kept warm; each costs a Python process (~150 MB).
     num_idle_processes: int = 2
     # A worker's load is its sessions / max_sessions (the models run in the engines, so a session
@@ -28,7 +27,6 @@ class AgentSettings(BaseSettings):
     load_threshold: float = 1.0
     # Prometheus metrics of the worker (0 = off).
     prometheus_port: int = 0
-    db_timeout_s: float = 3.0
     # The conversation's LLM: JARVIS_LLM__PRIMARY__PROVIDER=groq|vllm, JARVIS_LLM__PRIMARY__MODEL,
     # JARVIS_LLM__PRIMARY__BASE_URL, JARVIS_LLM__PRIMARY__API_KEY, the same for SECONDARY (optional),
     # JARVIS_LLM__ATTEMPT_TIMEOUT_S.

@@ -30,6 +30,8 @@ from livekit.agents import RunContext, ToolError, function_tool
 from livekit.agents.llm import RawFunctionTool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jarvis.settings import DB_TIMEOUT_S
+
 from .speech_format import (
     DAY_KEYS,
     DAY_NAMES,
@@ -43,7 +45,6 @@ from .speech_format import (
 
 logger = logging.getLogger("jarvis.agent.tools")
 
-DB_TIMEOUT_S = 3.0
 BOOKING_DURATION_MIN = 60
 BOOKING_HORIZON_DAYS = 90
 KIOSK_RPC_METHOD = "kiosk.show_video"
@@ -339,8 +340,10 @@ class GymTools:
         kiosk: Kiosk | None = None,
         notify_coach: CoachNotifier = log_only_notifier,
         now: Callable[[], datetime] | None = None,
+        db_timeout_s: float = DB_TIMEOUT_S,
     ) -> None:
         self._pool = pool
+        self._db_timeout_s = db_timeout_s
         self.ids = ids
         self.kiosk = kiosk
         self._notify_coach = notify_coach
@@ -379,7 +382,7 @@ class GymTools:
 
     # The pool is acquired with a timeout so a dead database costs seconds, not the session.
     def _connection(self) -> Any:
-        return self._pool.acquire(timeout=DB_TIMEOUT_S)
+        return self._pool.acquire(timeout=self._db_timeout_s)
 
     async def _gym_row(self, conn: Any) -> Any:
         row = await conn.fetchrow(

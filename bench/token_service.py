@@ -19,6 +19,7 @@ import aiohttp
 import asyncpg
 
 from bench.common import emit, percentile, progress
+from jarvis.db import gym_key_hash
 from jarvis.migrate import migrate
 from jarvis_local.stack import local_stack
 
@@ -33,8 +34,7 @@ async def make_bench_gym(dsn: str, members: int) -> tuple[str, list[str]]:
             gym_id, f"bench-{gym_id[:8]}",
         )
         await conn.execute(
-            "INSERT INTO gym_api_keys (gym_id, key_hash) VALUES ($1, encode(sha256($2::bytea), 'hex'))",
-            gym_id, key.encode(),
+            "INSERT INTO gym_api_keys (gym_id, key_hash) VALUES ($1, $2)", gym_id, gym_key_hash(key),
         )
         badges = [f"B-{gym_id[:8]}-{i}" for i in range(members)]
         await conn.executemany(

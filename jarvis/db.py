@@ -6,6 +6,7 @@ mode cannot keep prepared statements across transactions, so the statement cache
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from importlib import resources
 from typing import Any
@@ -32,6 +33,11 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeou
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {type(exc).__name__}") from exc
+
+
+def gym_key_hash(key: str) -> str:
+    """How a gym API key is stored in gym_api_keys.key_hash: never the key itself."""
+    return hashlib.sha256(key.strip().encode()).hexdigest()
 
 
 def migration_files() -> list[tuple[str, str]]:

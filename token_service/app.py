@@ -7,7 +7,6 @@ dispatches the ``jarvis`` agent with that session id.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
@@ -29,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jarvis.context import session_context_key
 from jarvis.context_store import MemberRecord, fetch_member_by_badge, member_cache_key
-from jarvis.db import DatabaseUnavailable, create_pool
+from jarvis.db import DatabaseUnavailable, create_pool, gym_key_hash
 from jarvis.session_contract import SessionMetadata
 from token_service.metrics import TokenServiceMetrics
 from token_service.settings import TokenServiceSettings
@@ -102,7 +101,7 @@ class Services:
         return self._pool
 
     async def gym_for_key(self, key: str) -> GymKey | None:
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        digest = gym_key_hash(key)
         cached = self._keys.get(digest)
         if cached and cached[1] > time.monotonic():
             return cached[0]

@@ -1,18 +1,16 @@
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jarvis.settings import StoreSettings
 
 
-class TokenServiceSettings(BaseSettings):
-    """Read from the environment (``JARVIS_*``, and LiveKit's own ``LIVEKIT_*`` names)."""
-
-    model_config = SettingsConfigDict(env_prefix="JARVIS_", extra="ignore")
+class TokenServiceSettings(StoreSettings):
+    """Read from the environment (``JARVIS_*``, and LiveKit's own ``LIVEKIT_*`` names); the stores' from
+    StoreSettings."""
 
     host: str = "127.0.0.1"
     port: int = 8080
-    database_url: str = "postgresql://jarvis@127.0.0.1:5432/jarvis"
-    redis_url: str = "redis://127.0.0.1:6379/0"
 
     livekit_url: str = Field(
         default="ws://127.0.0.1:7880", validation_alias=AliasChoices("JARVIS_LIVEKIT_URL", "LIVEKIT_URL")
@@ -37,8 +35,6 @@ class TokenServiceSettings(BaseSettings):
     weather_url: str | None = None
     weather_timeout_s: float = 0.25
     weather_cache_ttl_s: int = 900
-
-    db_timeout_s: float = 2.0
 
     @property
     def kiosk_livekit_url(self) -> str:

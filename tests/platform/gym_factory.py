@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from jarvis.db import gym_key_hash
+
 
 @dataclass(frozen=True)
 class TestGym:
@@ -30,8 +32,7 @@ async def create_gym(dsn: str, *, rate_limit_per_minute: int = 100, city: str = 
                 gym_id, f"test-{gym_id[:8]}", city, rate_limit_per_minute,
             )
             await conn.execute(
-                "INSERT INTO gym_api_keys (gym_id, key_hash) VALUES ($1, encode(sha256($2::bytea), 'hex'))",
-                gym_id, key.encode(),
+                "INSERT INTO gym_api_keys (gym_id, key_hash) VALUES ($1, $2)", gym_id, gym_key_hash(key),
             )
             await conn.execute(
                 "INSERT INTO gym_members (id, gym_id, badge_id, first_name) VALUES ($1, $2, $3, 'Alex')",
