@@ -33,11 +33,14 @@ API::
     Utterance(voice_end, next_start, first_audio, member_final_ms=None, llm_ttft_ms=None,
               tts_ttfa_ms=None)
     outcome(u) -> Outcome                   # answered / late / v2v_ms / overhead_ms for one utterance
-    summarize(utterances, agent_onsets=(), never_spoken=0) -> dict
+    summarize(utterances, agent_onsets=(), never_spoken=0) -> dict     # one kiosk's utterances
+    summarize_kiosks([(utterances, agent_onsets), ...], never_spoken=0) -> dict  # several kiosks
         # {"turns", "answered", "late_turns", "lost_turns", "junk_answers", "v2v_ms_p50",
         #  "v2v_ms_p95", "overhead_ms_p50", "overhead_ms_p95", "member_final_ms_p50"}
     percentile(values, pct) -> float | None  # nearest rank; None when empty
     next_starts(starts) -> list[float | None] # each utterance's next start, from the starts in order
+    match_agent_turn(voice_end, first_audio, agent_turns) -> dict | None
+        # the agent's turn record (jarvis.turn_metrics) whose audio the kiosk heard first
 """
 
 from __future__ import annotations
@@ -98,6 +101,43 @@ def percentile(values: Iterable[float], pct: float) -> float | None:
 def next_starts(starts: Sequence[float]) -> list[float | None]:
     """Each utterance's ``next_start`` from the start times of one kiosk's utterances, in order."""
     return [*starts[1:], None]
+
+
+def match_agent_turn(
+    voice_end: float, first_audio: float | None, agent_turns: Iterable[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The agent turn that the kiosk heard as the answer: the last one whose first frame went out
+    (``playout_at``) after the member's voice ended and before the kiosk heard agent audio.
+
+    Both clocks must be one (``time.time()`` on one host); ``SAME_ONSET_S`` of slack for the
+    readings' granularity. ``None`` when no turn fits (no answer, or no record received).
+    """
+    if first_audio is None:
+        return None
+    fits = [
+        t for t in agent_turns
+        if t.get("playout_at") is not None and voice_end - SAME_ONSET_S <= t["playout_at"] <= first_audio + SAME_ONSET_S
+    ]
+    return max(fits, key=lambda t: t["playout_at"], default=None)
+
+
+def summarize_kiosks(
+    kiosks: Iterable[tuple[Sequence[Utterance], Iterable[float]]],
+    *,
+    never_spoken: int = 0,
+    late_after_s: float = LATE_AFTER_S,
+    lost_after_s: float = LOST_AFTER_S,
+) -> dict[str, Any]:
+    """:func:`summarize` over several kiosks: each kiosk's onsets are matched with its own answers
+    only (clocks and rooms differ), then counts add up and percentiles pool every answered turn."""
+    pooled: list[Utterance] = []
+    junk = 0
+    for utterances, onsets in kiosks:
+        pooled.extend(utterances)
+        junk += summarize(utterances, onsets, late_after_s=late_after_s, lost_after_s=lost_after_s)["junk_answers"]
+    out = summarize(pooled, never_spoken=never_spoken, late_after_s=late_after_s, lost_after_s=lost_after_s)
+    out["junk_answers"] = junk
+    return out
 
 
 def summarize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench.turns import Utterance, next_starts, outcome, percentile, summarize
+from bench.turns import Utterance, match_agent_turn, next_starts, outcome, percentile, summarize, summarize_kiosks
 
 
 def test_overhead_is_computed_per_turn() -> None:
@@ -86,3 +86,19 @@ def test_helpers() -> None:
     assert next_starts([1.0, 5.0, 9.0]) == [5.0, 9.0, None]
     assert percentile([], 50) is None
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+
+
+def test_an_agent_turn_is_matched_by_when_its_audio_went_out() -> None:
+    turns = [{"speech_id": "a", "playout_at": 9.0}, {"speech_id": "b", "playout_at": 10.6},
+             {"speech_id": "c", "playout_at": 14.0}]
+    assert match_agent_turn(10.0, 10.7, turns) == turns[1]
+    assert match_agent_turn(10.0, None, turns) is None
+    assert match_agent_turn(11.0, 12.0, turns) is None  # the audio heard is no turn we know
+
+
+def test_onsets_of_one_kiosk_never_match_another_kiosks_answers() -> None:
+    kiosk_a = ([Utterance(0.0, None, 1.0)], [1.0])
+    kiosk_b = ([Utterance(0.0, None, None)], [1.0])  # b's agent spoke at 1.0 answering nothing
+    summary = summarize_kiosks([kiosk_a, kiosk_b], never_spoken=1)
+    assert summary["junk_answers"] == 1
+    assert (summary["turns"], summary["answered"], summary["lost_turns"]) == (3, 1, 2)
