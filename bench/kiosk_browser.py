@@ -40,13 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from livekit import api, rtc
+from livekit import rtc
 
 from bench.common import emit, percentile, progress
 from jarvis.migrate import migrate
 from jarvis_local.browser import (
     ARTIFACTS,
     SAMPLE_RATE,
+    agent_token,
     demo_server,
     ensure_kiosk_built,
     french_wav,
@@ -119,14 +120,7 @@ class EchoAgent:
     speaking: bool = False
 
     async def join(self) -> None:
-        token = (
-            api.AccessToken(self.stack.livekit_api_key, self.stack.livekit_api_secret)
-            .with_identity("agent-echo")
-            .with_kind("agent")
-            .with_attributes({"lk.agent.state": "listening"})
-            .with_grants(api.VideoGrants(room_join=True, room=self.room_name, can_update_own_metadata=True))
-            .to_jwt()
-        )
+        token = agent_token(self.stack, self.room_name, "agent-echo", "listening")
 
         def on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication, _p: rtc.RemoteParticipant) -> None:
             if track.kind == rtc.TrackKind.KIND_AUDIO:

@@ -69,6 +69,18 @@ def kiosk_token(stack: LocalStack, room: str, identity: str = "kiosk-accueil-1",
     )
 
 
+def agent_token(stack: LocalStack, room: str, identity: str, state: str) -> str:
+    """A token for a scripted participant that kiosks take for the agent (kind agent, lk.agent.state)."""
+    return (
+        api.AccessToken(stack.livekit_api_key, stack.livekit_api_secret)
+        .with_identity(identity)
+        .with_kind("agent")
+        .with_attributes({"lk.agent.state": state})
+        .with_grants(api.VideoGrants(room_join=True, room=room, can_update_own_metadata=True))
+        .to_jwt()
+    )
+
+
 def session_for_page(stack: LocalStack, room: str, token: str | None = None) -> dict[str, Any]:
     """What /api/kiosk-session would answer, for a room the test controls (no dispatch)."""
     return {
@@ -125,14 +137,7 @@ class StandInAgent:
     listeners: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def join(self) -> None:
-        token = (
-            api.AccessToken(self.stack.livekit_api_key, self.stack.livekit_api_secret)
-            .with_identity("agent-standin")
-            .with_kind("agent")
-            .with_attributes({"lk.agent.state": "initializing"})
-            .with_grants(api.VideoGrants(room_join=True, room=self.room_name, can_update_own_metadata=True))
-            .to_jwt()
-        )
+        token = agent_token(self.stack, self.room_name, "agent-standin", "initializing")
 
         def on_chat(reader: rtc.TextStreamReader, _identity: str) -> None:
             async def read() -> None:

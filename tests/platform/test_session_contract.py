@@ -8,15 +8,8 @@ import uuid
 
 import pytest
 
-from jarvis.session_contract import (
-    ATTR_GYM_ID,
-    ATTR_MEMBER_ID,
-    ATTR_READY,
-    ATTR_SESSION_ID,
-    SessionMetadata,
-    SessionMetadataError,
-    room_name,
-)
+from jarvis import session_contract as contract
+from jarvis.session_contract import SessionMetadata, SessionMetadataError, room_name
 
 
 def test_metadata_round_trips_and_names_its_room() -> None:
@@ -30,7 +23,8 @@ def test_metadata_round_trips_and_names_its_room() -> None:
 
 def test_wire_names_are_the_ones_kiosks_read() -> None:
     # The kiosk's TypeScript keeps its own literals: changing these breaks deployed kiosks.
-    assert (ATTR_SESSION_ID, ATTR_GYM_ID, ATTR_MEMBER_ID, ATTR_READY) == (
+    names = (contract.ATTR_SESSION_ID, contract.ATTR_GYM_ID, contract.ATTR_MEMBER_ID, contract.ATTR_READY)
+    assert names == (
         "jarvis.session_id", "jarvis.gym_id", "jarvis.member_id", "jarvis.ready",
     )
 
