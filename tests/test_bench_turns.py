@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from bench.turns import Utterance, match_agent_turn, next_starts, outcome, percentile, summarize, summarize_kiosks
 
@@ -102,3 +103,36 @@ def test_onsets_of_one_kiosk_never_match_another_kiosks_answers() -> None:
     summary = summarize_kiosks([kiosk_a, kiosk_b], never_spoken=1)
     assert summary["junk_answers"] == 1
     assert (summary["turns"], summary["answered"], summary["lost_turns"]) == (3, 1, 2)
+
+
+def test_voice_loop_matches_each_utterance_with_the_agents_own_turn_record() -> None:
+    from bench.voice_loop import turn_figures
+
+    def utt(started: float, end: float, heard: float | None, final: float | None) -> dict[str, Any]:
+        return {"started": started, "voice_end": end, "first_audio": heard, "member_final": final,
+                "overlapped": False}
+
+    record = {
+        "ready": True, "junk_transcripts": 0, "onsets": [101.2, 111.0],
+        "utterances": [utt(98.0, 100.0, 101.2, 100.4), utt(108.0, 110.0, None, 110.5)],
+        # 101.15: the answer's first frame went out, 50 ms before the kiosk heard it
+        "agent_turns": [{"speech_id": "s1", "playout_at": 101.15, "llm_ttft_ms": 250.0, "tts_ttfa_ms": 300.0,
+                         "end_of_turn_ms": 5.0, "stt_final_ms": 2.0}],
+    }
+    figures, stages = turn_figures([record, {"ready": False, "utterances": [], "onsets": [], "agent_turns": [],
+                                             "junk_transcripts": 0}], never_spoken=2)
+    assert (figures["turns"], figures["answered"], figures["lost_turns"], figures["junk_answers"]) == (4, 1, 3, 1)
+    assert figures["overhead_ms_p50"] == 250.0  # 1200 - 400 - 250 - 300
+    assert stages["llm_first_token"] == [250.0] and [round(t) for t in stages["transport"]] == [50]
+
+
+def test_per_session_cost_is_the_slope_not_total_over_n() -> None:
+    from bench.voice_loop import add_cost_fit
+
+    rows = [{"sessions": n, "failed_sessions": 0, "cpu_pct_total": 20.0 + 15.0 * n, "rss_mb_total": 300.0 + 100.0 * n}
+            for n in (1, 4)]
+    top = add_cost_fit({"cpu_pct": 20.0, "rss_mb": 300.0}, rows)
+    assert top == {"cpu_pct_fixed": 20.0, "cpu_pct_per_session_slope": 15.0, "rss_mb_fixed": 300.0,
+                   "rss_mb_per_session_slope": 100.0}
+    assert [r["cpu_pct_per_session"] for r in rows] == [15.0, 15.0]
+    assert [r["rss_mb_per_session"] for r in rows] == [100.0, 100.0]
