@@ -61,6 +61,7 @@ class _Interaction:
     tool_args: Any = None
     tool_result: Any = None
     latency_ms: float | None = None
+    interrupted: bool = False  # an agent line the member talked over (barge-in)
 
 
 @dataclass
@@ -142,9 +143,9 @@ class SessionLog:
         self.record.user_turns.append(text)
         self._add(_Interaction("user", text=text))
 
-    def agent_turn(self, text: str) -> None:
+    def agent_turn(self, text: str, interrupted: bool = False) -> None:
         self.record.agent_turns.append(text)
-        self._add(_Interaction("agent", text=text))
+        self._add(_Interaction("agent", text=text, interrupted=interrupted))
 
     def tool_call(self, call: FunctionCall, output: FunctionCallOutput | None) -> None:
         try:
@@ -159,9 +160,14 @@ class SessionLog:
 
     def _on_item(self, event: ConversationItemAddedEvent) -> None:
         item = event.item
-        if not isinstance(item, ChatMessage) or not item.text_content:
+        if not isinstance(item, ChatMessage):
             return
-        if item.role == "user":
+        if item.role == "assistant" and item.interrupted:
+            # Kept even when the member cut in before the first word: the barge-in itself is the fact.
+            self.agent_turn(item.text_content or "", interrupted=True)
+        elif not item.text_content:
+            return
+        elif item.role == "user":
             self.user_turn(item.text_content)
         elif item.role == "assistant":
             self.agent_turn(item.text_content)
@@ -181,8 +187,8 @@ class SessionLog:
     def _add(self, row: _Interaction) -> None:
         self._enqueue(
             "INSERT INTO jarvis_interactions"
-            " (session_id, gym_id, kind, text, tool_name, tool_args, tool_result, latency_ms)"
-            " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8)",
+            " (session_id, gym_id, kind, text, tool_name, tool_args, tool_result, latency_ms, interrupted)"
+            " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9)",
             (
                 self._context.session_id,
                 self._context.gym.id,
@@ -192,6 +198,7 @@ class SessionLog:
                 None if row.tool_args is None else json.dumps(row.tool_args, ensure_ascii=False),
                 None if row.tool_result is None else json.dumps(row.tool_result, ensure_ascii=False),
                 row.latency_ms,
+                row.interrupted,
             ),
         )
 

@@ -9,19 +9,39 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import asyncpg
+import numpy as np
 import pytest
 
+from agent.voice import SpeechSettings
 from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, poll, synthesize_french
 from jarvis_local.stack import LocalStack
-from tests.voice.conftest import VoiceServices
+from tests.voice.conftest import LONG_ANSWER, VoiceServices
 
 pytestmark = pytest.mark.integration
 
 QUESTION = "Bonjour JARVIS, tu peux me montrer comment faire un squat ?"
 SECOND_QUESTION = "Et comment je m'échauffe avant la séance ?"
 BARGE_IN = "Attends, attends, j'ai une autre question."
+
+# The tiny TTS speaks the greeting ("Bonjour Camille ! …") in a few seconds; a greeting still
+# going after this long is a TTS that does not stop, not a long sentence.
+GREETING_MAX_S = 15.0
+# Barge-in aim: JARVIS stops once the member has talked over it for `interruption_min_s` (the
+# agent's setting, 0.3 s), plus what detecting and carrying the stop costs: silero VAD's onset
+# (it confirms speech over its own 32 ms windows), kiosk → SFU → agent, the agent's queued
+# playout, agent → SFU → kiosk and the kiosk's 10 ms frames. Measured on the 2-core test machine
+# under other agents' load: 503–581 ms from the member's first voiced sample to the last agent
+# frame, i.e. an allowance of 200–280 ms; 350 ms leaves room for that load without hiding a
+# stop that waits for the member's end of turn (over a second later).
+INTERRUPTION_MIN_MS = 1000 * SpeechSettings().interruption_min_s
+BARGE_IN_ALLOWANCE_MS = 350.0
+BARGE_IN_STOP_MS = INTERRUPTION_MIN_MS + BARGE_IN_ALLOWANCE_MS
+# Once stopped, JARVIS stays quiet at least this long: a paused answer that resumes (livekit's
+# false-interruption resume) is not a barge-in.
+QUIET_AFTER_STOP_S = 1.0
 
 
 async def visit(voice_services: VoiceServices) -> tuple[dict[str, str], SimulatedKiosk]:
@@ -32,19 +52,50 @@ async def visit(voice_services: VoiceServices) -> tuple[dict[str, str], Simulate
     return session, kiosk
 
 
+async def hear_the_greeting_out(kiosk: SimulatedKiosk) -> float:
+    """JARVIS greets the member and finishes, as a member waits for it; returns when it ended."""
+    joined = time.perf_counter()
+    greeting = await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30, what="the greeting's audio")
+    ended = await poll(
+        lambda: kiosk.heard.stopped_after(greeting, 0.6), GREETING_MAX_S + 1, what="the end of the greeting"
+    )
+    assert ended - greeting < GREETING_MAX_S, f"the greeting lasted {ended - greeting:.1f} s"
+    return ended
+
+
+def from_first_voiced_sample(pcm: np.ndarray, level: int = 300) -> np.ndarray:
+    """espeak starts with a little silence: the member's onset is the first voiced sample."""
+    voiced = np.nonzero(np.abs(pcm.astype(np.int32)) > level)[0]
+    return pcm[voiced[0] :] if voiced.size else pcm
+
+
+async def interactions(stack: LocalStack, session_id: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        return await conn.fetch(
+            "SELECT kind, text, tool_name, interrupted FROM jarvis_interactions WHERE session_id = $1 ORDER BY id",
+            session_id,
+        )
+    finally:
+        await conn.close()
+
+
+async def wait_for_rows(
+    stack: LocalStack, session_id: str, until: Callable[[list[asyncpg.Record]], bool], timeout_s: float = 10.0
+) -> list[asyncpg.Record]:
+    deadline = time.perf_counter() + timeout_s
+    while not until(rows := await interactions(stack, session_id)):
+        assert time.perf_counter() < deadline, f"the agent never recorded it; rows: {[dict(r) for r in rows]}"
+        await asyncio.sleep(0.2)
+    return rows
+
+
 async def test_member_speaks_and_jarvis_answers_with_audio_and_the_video(
     stack: LocalStack, voice_services: VoiceServices
 ) -> None:
     session, kiosk = await visit(voice_services)
     try:
-        joined = time.perf_counter()
-        greeting = await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30)
-        assert greeting is not None, "no greeting audio reached the kiosk"
-        # let the greeting finish before speaking, as a member would
-        await poll(
-            lambda: kiosk.heard.frames and time.perf_counter() - (kiosk.heard.last_speech_after(joined) or 0) > 0.6, 20
-        )
-
+        await hear_the_greeting_out(kiosk)
         turn = await kiosk.hear_answer(await kiosk.say(synthesize_french(QUESTION), QUESTION), 30)
         assert turn.v2v_ms is not None, "JARVIS never answered out loud"
         print(f"\nvoice-to-voice: {turn.v2v_ms:.0f} ms (tiny weights, 2-core CPU, stand-in LLM)")
@@ -53,50 +104,63 @@ async def test_member_speaks_and_jarvis_answers_with_audio_and_the_video(
     finally:
         await kiosk.leave()
 
-    conn = await asyncpg.connect(stack.pg_dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT kind, text, tool_name FROM jarvis_interactions WHERE session_id = $1 ORDER BY id",
-            session["session_id"],
-        )
-    finally:
-        await conn.close()
+    rows = await interactions(stack, session["session_id"])
     kinds = [r["kind"] for r in rows]
-    assert kinds[0] == "agent" and "Camille" in rows[0]["text"], "the spoken greeting is logged first"
+    assert kinds[0] == "agent" and "Camille" in rows[0]["text"], f"the greeting is logged first: {rows}"
     assert "user" in kinds, "the member's spoken turn was not logged"
     tools = [r["tool_name"] for r in rows if r["kind"] == "tool"]
     assert tools[:1] == ["display_video_tutorial"]
     assert any(r["kind"] == "agent" and "Le squat" in (r["text"] or "") for r in rows)
 
 
-async def test_member_talks_over_jarvis_and_jarvis_stops(voice_services: VoiceServices) -> None:
-    _session, kiosk = await visit(voice_services)
+async def test_member_talks_over_jarvis_and_jarvis_stops(stack: LocalStack, voice_services: VoiceServices) -> None:
+    session, kiosk = await visit(voice_services)
     try:
-        joined = time.perf_counter()
-        greeting = await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30)
-        assert greeting is not None
-        await poll(lambda: kiosk.heard.stopped_after(greeting, 0.6), 20)
+        await hear_the_greeting_out(kiosk)
         # first question: the video (short answer); second: the long answer we talk over
         first = await kiosk.hear_answer(await kiosk.say(synthesize_french(QUESTION), QUESTION), 30)
-        assert first.first_answer is not None
-        await poll(lambda: kiosk.heard.stopped_after(first.first_answer or 0, 0.6), 30)
-        # Talk over the long answer once JARVIS is well into it. On tiny weights the STT sometimes
-        # hears words in silence and JARVIS stops on its own; then ask again (at most 3 times).
-        for _attempt in range(3):
-            second = await kiosk.hear_answer(await kiosk.say(synthesize_french(SECOND_QUESTION)), 30)
-            assert second.first_answer is not None, "JARVIS did not start the long answer"
-            await asyncio.sleep(0.5)
-            if kiosk.heard.speaking_at(time.perf_counter(), 0.2):
-                break
-            await poll(lambda t=second.first_answer: kiosk.heard.stopped_after(t, 0.6), 30)
-        else:
-            pytest.fail("JARVIS never kept talking for half a second: nothing to talk over")
+        assert first.first_answer is not None, "JARVIS did not answer the first question"
+        await poll(
+            lambda: kiosk.heard.stopped_after(first.first_answer or 0, 0.6), 30, what="the end of the first answer"
+        )
+        second = await kiosk.hear_answer(await kiosk.say(synthesize_french(SECOND_QUESTION)), 30)
+        assert second.first_answer is not None, "JARVIS did not start the long answer"
+        # Talk over it once JARVIS is well into it (the answer lasts several seconds).
+        await asyncio.sleep(0.5)
+        assert kiosk.heard.speaking_at(time.perf_counter(), 0.2), (
+            "JARVIS stopped its long answer on its own before the member talked over it; "
+            f"the STT heard: {kiosk.member_transcripts}"
+        )
 
-        barge_in = await kiosk.start_saying(synthesize_french(BARGE_IN))
-        stopped = await poll(lambda: kiosk.heard.stopped_after(barge_in), 10)
-        assert stopped is not None, "JARVIS kept talking over the member"
-        reaction_ms = 1000 * (stopped - barge_in)
-        print(f"\nbarge-in: JARVIS stopped {reaction_ms:.0f} ms after the member started talking (aim: 300 ms)")
-        assert reaction_ms < 1500
+        barge_in = await kiosk.start_saying(from_first_voiced_sample(synthesize_french(BARGE_IN)))
+        # (the onset is when the first sample leaves the mic's queue: a moment from now)
+        await asyncio.sleep(max(0.0, barge_in - time.perf_counter()) + 0.05)
+        assert kiosk.heard.speaking_at(barge_in, 0.2), "JARVIS was not speaking when the member cut in"
+        stopped = await poll(lambda: kiosk.heard.stopped_after(barge_in, QUIET_AFTER_STOP_S), 10)
+        assert stopped is not None, "JARVIS kept talking over the member (or resumed within a second)"
+        stop_ms = 1000 * (stopped - barge_in)
+        print(f"\nbarge-in: JARVIS stopped {stop_ms:.0f} ms after the member's onset (bound {BARGE_IN_STOP_MS:.0f} ms)")
+        assert stop_ms < BARGE_IN_STOP_MS
+        assert kiosk.heard.first_speech_after(stopped) is None or (
+            (kiosk.heard.first_speech_after(stopped) or 0) - stopped >= QUIET_AFTER_STOP_S
+        ), "JARVIS resumed speaking within a second of stopping"
     finally:
         await kiosk.leave()
+
+    # What the agent recorded: the long answer, cut short by the member (rows are written off the
+    # conversation's path, so they may land a moment after the kiosk left).
+    rows = await wait_for_rows(stack, session["session_id"], lambda rows: any(r["interrupted"] for r in rows))
+    cut = [r for r in rows if r["interrupted"]]
+    # The barge-in is the visit's last interruption. (On tiny weights the STT may hear a word in
+    # the first silent frames of the stream and cut the greeting short too: that is recorded
+    # the same way, and is why this is the last one, not the only one.)
+    print(f"interrupted lines: {[r['text'] for r in cut]}")
+    long_answer = [r for r in rows if r["kind"] == "agent" and (r["text"] or "").startswith(LONG_ANSWER[:20])]
+    if long_answer and not any(r["interrupted"] for r in long_answer):
+        # Known defect (issue 15): the audio stopped and stayed stopped (asserted above), yet
+        # livekit commits the paused answer as spoken in full. Fails loudly once fixed.
+        pytest.xfail(f"the agent recorded the talked-over answer as complete: {[dict(r) for r in long_answer]}")
+    assert cut and cut[-1]["kind"] == "agent" and LONG_ANSWER.startswith(cut[-1]["text"].strip()), (
+        f"the long answer was not recorded as interrupted: {[dict(r) for r in rows]}"
+    )
+    assert len(cut[-1]["text"]) < len(LONG_ANSWER), "the interrupted line holds the whole answer"
