@@ -3,7 +3,7 @@
 ``python -m bench.kiosk_browser [--quick] [--turns N] [--agent echo|jarvis]`` (from the repo
 root, after ``make setup``).
 
-``--agent echo`` (default): a real Chromium kiosk (the kiosk page, fake microphone looping a
+``--agent echo`` (isolates the browser): a real Chromium kiosk (the kiosk page, fake microphone looping a
 French question) and a Python kiosk (livekit rtc, the same WAV) each talk to the same scripted echo agent on the local
 LiveKit server: the agent answers with a fixed French sentence once it has heard
 ``STANDIN_EOT_SILENCE_MS`` of silence after speech. Both kiosks measure the same thing on
@@ -16,12 +16,13 @@ playout, and the Web Audio meter's 20 ms sampling.
 The speech models are not involved (the agent is scripted), so this isolates transport and
 browser overhead; the voice loop's own stages are in ``bench.voice_loop``.
 
-``--agent jarvis``: the same comparison with the real voice loop, the JARVIS worker with
-Kyutai STT/TTS engines on tiny random-weight checkpoints and the LLM stand-in answering a
-short sentence. The Python kiosk is ``jarvis_local.kiosk_sim.SimulatedKiosk`` (the one
-``bench.voice_loop`` uses, with its own definition: last voiced sample sent → first agent
-frame above 200 RMS); the browser speaks the same question the same number of times, after
-leaving room for JARVIS's greeting.
+``--agent jarvis`` (default): the same comparison with the real voice loop, the JARVIS worker
+with Kyutai STT/TTS engines on tiny random-weight checkpoints and the LLM stand-in answering a
+short sentence. Both kiosks (the browser and ``jarvis_local.kiosk_sim.SimulatedKiosk``) speak the
+same WAV question, the same number of times, after the same room for JARVIS's greeting and with
+the same silence after each. Every utterance, the last one too, is counted by ``bench.turns``
+(answered, late over 3 s, lost: no answer before the next utterance or within 10 s, junk
+answers; percentiles null when nothing was answered), for both kiosks.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import tempfile
 import time
@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
-from bench.common import emit, percentile, progress
+from bench.common import emit, progress
+from bench.turns import Utterance, next_starts, summarize
 from jarvis.migrate import migrate
 from jarvis_local.browser import (
     ARTIFACTS,
@@ -56,7 +57,7 @@ from jarvis_local.browser import (
     run_scenario,
     session_for_page,
 )
-from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, poll, synthesize_french
+from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, poll
 from jarvis_local.llm_standin import LLMStandIn, Reply, Say
 from jarvis_local.speech_models import tiny_models
 from jarvis_local.stack import LocalStack, local_stack
@@ -77,12 +78,15 @@ def rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x * x)))
 
 
-def turns_from_levels(
+def utterances_from_levels(
     mic: list[tuple[float, float]], agent: list[tuple[float, float]], agent_threshold: float = SPEECH_RMS
-) -> tuple[list[float], int]:
-    """Voice-to-voice of each turn (ms) and the number of turns the agent never answered."""
-    ends: list[float] = []
+) -> tuple[list[Utterance], list[float]]:
+    """The member's utterances and the agent's speech onsets, in seconds, from level samples (ms).
+
+    Every utterance counts, the last one too: bench.turns decides whether it was answered (the
+    recording runs on long enough after it for an answer within LOST_AFTER_S to be seen)."""
     starts: list[float] = []
+    ends: list[float] = []
     last_loud: float | None = None
     for t, level in mic:
         if level <= SPEECH_RMS:
@@ -92,19 +96,20 @@ def turns_from_levels(
                 ends.append(last_loud)
             starts.append(t)
         last_loud = t
-    # The last utterance counts only if it was followed by enough silence to be a turn.
-    if last_loud is not None and mic and mic[-1][0] - last_loud > STANDIN_EOT_SILENCE_MS + 1500:
+    if last_loud is not None:
         ends.append(last_loud)
-    v2v: list[float] = []
-    lost = 0
-    for index, end in enumerate(ends):
-        next_start = starts[index + 1] if index + 1 < len(starts) else float("inf")
-        answer = next((t for t, level in agent if end < t < next_start and level > agent_threshold), None)
-        if answer is None:
-            lost += 1
-        else:
-            v2v.append(answer - end)
-    return v2v, lost
+    loud = [t for t, level in agent if level > agent_threshold]
+    onsets = [t for i, t in enumerate(loud) if i == 0 or t - loud[i - 1] > SEGMENT_GAP_MS]
+    onsets = [t for t in onsets if starts and t > starts[0]]  # the greeting answers no utterance
+    utterances = [
+        Utterance(
+            voice_end=end / 1000,
+            next_start=None if following is None else following / 1000,
+            first_audio=next((t / 1000 for t in loud if t > end), None),
+        )
+        for end, following in zip(ends, next_starts(starts), strict=True)
+    ]
+    return utterances, [t / 1000 for t in onsets]
 
 
 @dataclass
@@ -169,7 +174,7 @@ class EchoAgent:
 
 async def python_kiosk(
     stack: LocalStack, question: np.ndarray, answer: np.ndarray, turns: int
-) -> tuple[list[float], int]:
+) -> dict[str, Any]:
     """The Python kiosk: plays the question WAV in a loop, real-time paced, and listens."""
     room_name = f"bench-py-{uuid.uuid4().hex[:8]}"
     agent = EchoAgent(stack, room_name, answer)
@@ -205,15 +210,15 @@ async def python_kiosk(
         chunk = question[(k % frames) * FRAME:(k % frames + 1) * FRAME]
         await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, FRAME))
         mic.append((1000 * time.monotonic(), rms(chunk)))
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(3.0)  # the last utterance's answer (the echo agent answers within 1 s)
     for task in receivers:
         task.cancel()
     await room.disconnect()
     await agent.leave()
-    return turns_from_levels(mic, heard)
+    return summarize(*utterances_from_levels(mic, heard))
 
 
-async def browser_kiosk(stack: LocalStack, wav: Path, answer: np.ndarray, turns: int) -> tuple[list[float], int]:
+async def browser_kiosk(stack: LocalStack, wav: Path, answer: np.ndarray, turns: int) -> dict[str, Any]:
     """The kiosk page in Chromium, the fake microphone looping the question WAV."""
     room_name = f"bench-web-{uuid.uuid4().hex[:8]}"
     agent = EchoAgent(stack, room_name, answer)
@@ -243,13 +248,15 @@ async def browser_kiosk(stack: LocalStack, wav: Path, answer: np.ndarray, turns:
         raise RuntimeError(f"browser scenario failed: {result.get('error')}")
     levels = result["levels"]
     _keep_levels(levels, "kiosk_browser_echo_levels.json")
-    return turns_from_levels([(t, v) for t, v in levels["mic"]], [(t, v) for t, v in levels["agent"]])
+    return summarize(*utterances_from_levels([(t, v) for t, v in levels["mic"]], [(t, v) for t, v in levels["agent"]]))
 
 
 JARVIS_AGENT = "jarvis-kiosk-bench"
 QUESTION = "Bonjour JARVIS, montre-moi un tutoriel pour le squat."
 GREETING_ROOM_S = 9.0  # JARVIS's greeting (tiny TTS) is over before the browser's first question
-JARVIS_TURN_GAP_S = 8.0  # silence after each question: room for the answer
+# Silence after each question: room for the answer; after the last one, with the scenario's 2 s,
+# bench.turns' 10 s within which an answer still counts.
+JARVIS_TURN_GAP_S = 8.0
 # The tiny TTS speaks noise; 0.006 float RMS is SimulatedKiosk's 200 int16 RMS.
 JARVIS_AGENT_RMS = 200 / 32768
 
@@ -273,36 +280,39 @@ async def jarvis_services(stack: LocalStack, workdir: Path) -> AsyncIterator[str
         yield token_url
 
 
-async def python_kiosk_jarvis(token_url: str, turns: int) -> tuple[list[float], int]:
-    """SimulatedKiosk: greeting, then the question `turns` times, each once JARVIS is quiet."""
+async def python_kiosk_jarvis(token_url: str, question: np.ndarray, turns: int) -> dict[str, Any]:
+    """SimulatedKiosk on the browser's session shape: the same WAV question, the same number of
+    times, after the same room for the greeting and with the same silence after each."""
     session = await open_session(token_url, DEMO_GYM_KEY, "LYON-0001")
     kiosk = SimulatedKiosk()
     await kiosk.join(session["livekit_url"], session["token"])
-    v2v: list[float] = []
-    lost = 0
+    starts: list[float] = []
+    ends: list[float] = []
     try:
         if not await poll(kiosk.agent, 60):
             raise RuntimeError("JARVIS did not join the Python kiosk's room")
-        joined = time.perf_counter()
-        greeting = await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30)
-        await poll(lambda: kiosk.heard.stopped_after(greeting or joined, 1.0), 30)
-        pcm = synthesize_french(QUESTION)
+        next_at = time.perf_counter() + GREETING_ROOM_S
         for _ in range(turns):
-            turn = await kiosk.hear_answer(await kiosk.say(pcm, QUESTION), 30)
-            if turn.v2v_ms is None:
-                lost += 1
-                continue
-            v2v.append(turn.v2v_ms)
-            answered_at = turn.first_answer or turn.voice_end
-            await poll(functools.partial(kiosk.heard.stopped_after, answered_at, 1.0), 30)
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            starts.append(time.perf_counter())
+            turn = await kiosk.say(question, QUESTION)
+            ends.append(turn.voice_end)
+            next_at = turn.voice_end + JARVIS_TURN_GAP_S
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()) + 2.0)
     finally:
         await kiosk.leave()
-    return v2v, lost
+    loud = [t for t, level in kiosk.heard.frames if level >= 200]
+    onsets = [t for i, t in enumerate(loud) if i == 0 or t - loud[i - 1] > SEGMENT_GAP_MS / 1000]
+    onsets = [t for t in onsets if starts and t > starts[0]]  # the greeting answers no utterance
+    utterances = [
+        Utterance(voice_end=end, next_start=following, first_audio=kiosk.heard.first_speech_after(end))
+        for end, following in zip(ends, next_starts(starts), strict=True)
+    ]
+    return summarize(utterances, onsets)
 
 
-async def browser_kiosk_jarvis(token_url: str, workdir: Path, turns: int) -> tuple[list[float], int]:
+async def browser_kiosk_jarvis(token_url: str, question: np.ndarray, workdir: Path, turns: int) -> dict[str, Any]:
     """The kiosk page through the demo gym backend; the fake mic speaks after the greeting."""
-    question = read_wav(french_wav(workdir / "q.wav", QUESTION, lead_silence_s=0.0, tail_silence_s=0.0))
     silence = np.zeros(int(SAMPLE_RATE * JARVIS_TURN_GAP_S), dtype=np.int16)
     speech = np.concatenate(
         [np.zeros(int(SAMPLE_RATE * GREETING_ROOM_S), dtype=np.int16)] + [np.concatenate([question, silence])] * turns
@@ -328,8 +338,10 @@ async def browser_kiosk_jarvis(token_url: str, workdir: Path, turns: int) -> tup
         raise RuntimeError(f"browser scenario failed: {result.get('error')}")
     levels = result["levels"]
     _keep_levels(levels, "kiosk_browser_jarvis_levels.json")
-    return turns_from_levels(
-        [(t, v) for t, v in levels["mic"]], [(t, v) for t, v in levels["agent"]], JARVIS_AGENT_RMS
+    return summarize(
+        *utterances_from_levels(
+            [(t, v) for t, v in levels["mic"]], [(t, v) for t, v in levels["agent"]], JARVIS_AGENT_RMS
+        )
     )
 
 
@@ -340,27 +352,19 @@ def _keep_levels(levels: dict[str, Any], name: str) -> None:
 
 
 def emit_comparison(
-    web_v2v: list[float], web_lost: int, py_v2v: list[float], py_lost: int, *, quick: bool, weights: str,
-    **extra: Any,
+    web: dict[str, Any], py: dict[str, Any], *, quick: bool, weights: str, **extra: Any
 ) -> dict[str, Any]:
-    """The browser's turns as the row, the Python kiosk's same turns beside them."""
-    progress(f"browser v2v {[round(v) for v in web_v2v]} / python v2v {[round(v) for v in py_v2v]}")
+    """The browser's turns as the row, the Python kiosk's same utterances beside them; both
+    counted by bench.turns (answered, late, lost, junk; null percentiles when nothing answered)."""
+    progress(f"browser {web} / python {py}")
+    both = web["v2v_ms_p50"] is not None and py["v2v_ms_p50"] is not None
     return emit(
         "kiosk_browser",
         weights=weights,
         quick=quick,
-        results=[{
-            "sessions": 1,
-            "v2v_ms_p50": round(percentile(web_v2v, 50), 1),
-            "v2v_ms_p95": round(percentile(web_v2v, 95), 1),
-            "turns": len(web_v2v) + web_lost,
-            "lost_turns": web_lost,
-        }],
-        python_kiosk_v2v_ms_p50=round(percentile(py_v2v, 50), 1),
-        python_kiosk_v2v_ms_p95=round(percentile(py_v2v, 95), 1),
-        python_kiosk_turns=len(py_v2v) + py_lost,
-        python_kiosk_lost_turns=py_lost,
-        browser_overhead_ms_p50=round(percentile(web_v2v, 50) - percentile(py_v2v, 50), 1),
+        results=[{"sessions": 1, **web}],
+        **{f"python_kiosk_{key}": value for key, value in py.items()},
+        browser_overhead_ms_p50=round(web["v2v_ms_p50"] - py["v2v_ms_p50"], 1) if both else None,
         **extra,
     )
 
@@ -370,11 +374,13 @@ async def run_jarvis(quick: bool, turns: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, local_stack() as stack:
         await migrate(stack.pg_dsn, seed_demo=True)
         async with jarvis_services(stack, Path(tmp)) as token_url:
+            # One WAV for both kiosks: the same sentence, samples and order.
+            question = read_wav(french_wav(Path(tmp) / "q.wav", QUESTION, lead_silence_s=0.0, tail_silence_s=0.0))
             progress(f"python kiosk (SimulatedKiosk): {turns} turns with JARVIS")
-            py_v2v, py_lost = await python_kiosk_jarvis(token_url, turns)
+            py = await python_kiosk_jarvis(token_url, question, turns)
             progress(f"browser kiosk: {turns} turns with JARVIS")
-            web_v2v, web_lost = await browser_kiosk_jarvis(token_url, Path(tmp), turns)
-    return emit_comparison(web_v2v, web_lost, py_v2v, py_lost, quick=quick, weights="tiny",
+            web = await browser_kiosk_jarvis(token_url, question, Path(tmp), turns)
+    return emit_comparison(web, py, quick=quick, weights="tiny",
                            agent="jarvis worker, Kyutai STT/TTS tiny weights, LLM stand-in")
 
 
@@ -394,10 +400,10 @@ async def main(quick: bool, turns: int) -> dict[str, Any]:
         with local_stack() as stack:
             await migrate(stack.pg_dsn, seed_demo=True)
             progress(f"python kiosk: {turns} turns")
-            py_v2v, py_lost = await python_kiosk(stack, question, answer, turns)
+            py = await python_kiosk(stack, question, answer, turns)
             progress(f"browser kiosk: {turns} turns")
-            web_v2v, web_lost = await browser_kiosk(stack, trimmed, answer, turns)
-    return emit_comparison(web_v2v, web_lost, py_v2v, py_lost, quick=quick, weights="none",
+            web = await browser_kiosk(stack, trimmed, answer, turns)
+    return emit_comparison(web, py, quick=quick, weights="none",
                            agent="scripted echo agent (no speech models)", agent_wait_ms=STANDIN_EOT_SILENCE_MS)
 
 
@@ -415,8 +421,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 turns instead of 10")
     parser.add_argument("--turns", type=int, default=None)
-    parser.add_argument("--agent", choices=["echo", "jarvis"], default="echo",
-                        help="echo: scripted agent (transport only); jarvis: the real voice loop, tiny weights")
+    parser.add_argument("--agent", choices=["echo", "jarvis"], default="jarvis",
+                        help="jarvis: the real voice loop (tiny weights); echo: a scripted agent, to isolate "
+                        "the browser's own cost (transport only)")
     args = parser.parse_args()
     turns = args.turns or (4 if args.quick else 10)
     asyncio.run(main(args.quick, turns) if args.agent == "echo" else run_jarvis(args.quick, turns))

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bench.turns import LATE_AFTER_S
 from jarvis_local.browser import ARTIFACTS, CHROMIUM, demo_server, ensure_kiosk_built, french_wav, run_scenario
 from jarvis_local.llm_standin import CallTool, EchoToolResult, LLMStandIn, Reply, Say
 from jarvis_local.speech_models import tiny_models
@@ -28,6 +29,7 @@ QUESTION = "Bonjour JARVIS, tu peux me montrer comment faire un squat ?"
 LYON_SQUAT_VIDEO = "https://videos.example.com/energie-lyon-part-dieu/squat.mp4"
 # The fake microphone waits this long before the question, so JARVIS's greeting is over.
 GREETING_ROOM_S = 8.0
+BROWSER_V2V_MAX_MS = 1000 * LATE_AFTER_S
 
 
 def squat_by_voice(request: dict[str, Any]) -> Reply:
@@ -87,6 +89,8 @@ async def test_member_speaks_to_jarvis_from_the_browser_and_gets_the_video(
     assert result["agent_audio_peak_rms"] > 0.005, "JARVIS's greeting reached the browser with energy"
     assert {"listening", "speaking"} <= {s["state"] for s in result["states"]}
     (turn,) = result["turns"]
-    assert 0 < turn["v2v_ms"] < 20_000
+    # Measured 779 ms p50 (browser) on this 2-core machine, SimulatedKiosk up to 1.4 s under heavy
+    # load (kiosk/README.md); past 3 s bench.turns counts the answer late: a failure here.
+    assert 0 < turn["v2v_ms"] < BROWSER_V2V_MAX_MS
     print(f"\nbrowser voice-to-voice: {turn['v2v_ms']:.0f} ms (tiny Kyutai weights, 2-core CPU, stand-in LLM)")
     assert (ARTIFACTS / "kiosk-voice-video.png").exists()
