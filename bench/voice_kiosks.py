@@ -21,17 +21,16 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-import aiohttp
+import httpx
 import numpy as np
 from livekit import rtc
 
 from agent.metrics import TURN_METRICS_TOPIC
-from jarvis_local.kiosk_sim import FRAME_MS, SPEECH_RMS, SimulatedKiosk
+from jarvis_local.kiosk_sim import FRAME_MS, SPEECH_RMS, SessionRefused, SimulatedKiosk, open_session, poll
 
 # The agent is done talking once it has been silent this long.
 QUIET_S = 1.0
@@ -144,15 +143,6 @@ class BenchKiosk(SimulatedKiosk):
         return onsets
 
 
-async def poll(probe: Callable[[], Any], timeout_s: float, every_s: float = 0.02) -> Any:
-    deadline = time.perf_counter() + timeout_s
-    while True:
-        value = probe()
-        if value or time.perf_counter() >= deadline:
-            return value
-        await asyncio.sleep(every_s)
-
-
 class Visit:
     """One kiosk session: badge in, join, hear the greeting, talk, leave."""
 
@@ -165,28 +155,24 @@ class Visit:
         # these windows are the STT hearing silence.
         self._windows: list[tuple[float, float]] = []
 
-    async def open(self, http: aiohttp.ClientSession) -> None:
+    async def open(self) -> None:
         spec, rec = self.spec, self.record
         try:
-            async with http.post(
-                f"{spec.token_url}/v1/sessions",
-                json={"badge_id": spec.badge, "kiosk_id": f"bench-{spec.index}"},
-                headers={"Authorization": f"Bearer {spec.gym_key}"},
-            ) as r:
-                if r.status != 201:
-                    rec.error = f"token service answered {r.status}"
-                    return
-                session = await r.json()
+            try:
+                session = await open_session(spec.token_url, spec.gym_key, spec.badge, f"bench-{spec.index}")
+            except SessionRefused as exc:
+                rec.error = f"token service answered {exc.status}"
+                return
             rec.session_id = session["session_id"]
             await self.kiosk.join(session["livekit_url"], session["token"])
-            if await poll(self.kiosk.agent, spec.join_timeout_s, 0.1) is None:
+            if await poll(self.kiosk.agent, spec.join_timeout_s, every_s=0.1) is None:
                 rec.error = f"JARVIS not in the room within {spec.join_timeout_s:.0f} s"
                 return
             rec.ready = True
             began = time.perf_counter()
             rec.greeted = bool(await poll(lambda: self.kiosk.answer_onset_after(began - 5), 20.0))
             await poll(lambda: self.kiosk.quiet_for(QUIET_S), 20.0)
-        except (aiohttp.ClientError, rtc.ConnectError, OSError) as exc:
+        except (httpx.HTTPError, rtc.ConnectError, OSError) as exc:
             rec.error = f"{type(exc).__name__}: {exc}"
 
     async def talk(self, sentences: list[tuple[str, np.ndarray]], turns: int) -> None:
@@ -243,38 +229,36 @@ async def _run(conn: Connection, specs: list[VisitSpec], sentences: list[tuple[s
     async def recv() -> Any:
         return await asyncio.to_thread(conn.recv)
 
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        if soak_until is not None:
-            records: list[VisitRecord] = []
+    if soak_until is not None:
+        records: list[VisitRecord] = []
 
-            async def kiosk_loop(spec: VisitSpec) -> None:
-                while time.time() < soak_until:
-                    visit = Visit(spec)
-                    await visit.open(http)
-                    await visit.talk(sentences, turns)
-                    records.append(visit.finish_record())
-                    await visit.close()
-                    if not visit.record.ready:
-                        await asyncio.sleep(5)  # do not hammer a worker that cannot take the session
+        async def kiosk_loop(spec: VisitSpec) -> None:
+            while time.time() < soak_until:
+                visit = Visit(spec)
+                await visit.open()
+                await visit.talk(sentences, turns)
+                records.append(visit.finish_record())
+                await visit.close()
+                if not visit.record.ready:
+                    await asyncio.sleep(5)  # do not hammer a worker that cannot take the session
 
-            conn.send(("opened", []))
-            await recv()
-            await asyncio.gather(*(kiosk_loop(s) for s in specs))
-            conn.send(("talked", [asdict(r) for r in records]))
-            await recv()
-            conn.send(("left", None))
-            return
-
-        visits = [Visit(s) for s in specs]
-        await asyncio.gather(*(v.open(http) for v in visits))
-        conn.send(("opened", [asdict(v.record) for v in visits]))
+        conn.send(("opened", []))
         await recv()
-        await asyncio.gather(*(v.talk(sentences, turns) for v in visits))
-        conn.send(("talked", [asdict(v.finish_record()) for v in visits]))
+        await asyncio.gather(*(kiosk_loop(s) for s in specs))
+        conn.send(("talked", [asdict(r) for r in records]))
         await recv()
-        await asyncio.gather(*(v.close() for v in visits))
         conn.send(("left", None))
+        return
+
+    visits = [Visit(s) for s in specs]
+    await asyncio.gather(*(v.open() for v in visits))
+    conn.send(("opened", [asdict(v.record) for v in visits]))
+    await recv()
+    await asyncio.gather(*(v.talk(sentences, turns) for v in visits))
+    conn.send(("talked", [asdict(v.finish_record()) for v in visits]))
+    await recv()
+    await asyncio.gather(*(v.close() for v in visits))
+    conn.send(("left", None))
 
 
 def kiosk_process(conn: Connection, specs: list[VisitSpec], sentences: list[tuple[str, np.ndarray]], turns: int,
