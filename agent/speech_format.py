@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
+from kyutai_tts.normalize import number_to_words
+
 DAY_KEYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DAY_NAMES: dict[str, str] = {
     "mon": "lundi",
@@ -34,53 +36,16 @@ MONTH_NAMES: tuple[str, ...] = (
 )
 
 
-_UNITS: tuple[str, ...] = (
-    "zéro", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf", "dix",
-    "onze", "douze", "treize", "quatorze", "quinze", "seize",
-)  # fmt: skip
-_TENS: dict[int, str] = {2: "vingt", 3: "trente", 4: "quarante", 5: "cinquante", 6: "soixante"}
-
-
-def _below_hundred(n: int) -> str:
-    if n <= 16:
-        return _UNITS[n]
-    if n < 20:
-        return f"dix-{_UNITS[n - 10]}"
-    tens, unit = divmod(n, 10)
-    if tens in (7, 9):  # soixante-dix, quatre-vingt-dix: built on the ten below
-        base = "soixante" if tens == 7 else "quatre-vingt"
-        rest = n - (60 if tens == 7 else 80)
-        joiner = " et " if rest == 11 and tens == 7 else "-"
-        return f"{base}{joiner}{_below_hundred(rest)}"
-    if tens == 8:
-        return "quatre-vingts" if unit == 0 else f"quatre-vingt-{_UNITS[unit]}"
-    if unit == 0:
-        return _TENS[tens]
-    return f"{_TENS[tens]} et un" if unit == 1 else f"{_TENS[tens]}-{_UNITS[unit]}"
-
-
 def say_number(n: int, feminine: bool = False) -> str:
-    """Integers in French words, 0 to 999 999: 21 → 'vingt et un', 80 → 'quatre-vingts'."""
+    """Integers in French words, 0 to 999 999: 21 → 'vingt et un', 80 → 'quatre-vingts'.
+
+    Larger figures stay digits (the TTS normaliser spells those as it reads them).
+    """
     if n < 0:
         return f"moins {say_number(-n, feminine)}"
     if n >= 1_000_000:
         return str(n)
-    thousands, rest = divmod(n, 1000)
-    words: list[str] = []
-    if thousands:
-        words.append("mille" if thousands == 1 else f"{say_number(thousands).removesuffix('s')} mille")
-    hundreds, below = divmod(rest, 100)
-    if hundreds:
-        if hundreds == 1:
-            words.append("cent")
-        else:
-            words.append(f"{_UNITS[hundreds]} cent" + ("s" if below == 0 else ""))
-    if below or not words:
-        words.append(_below_hundred(below))
-    text = " ".join(words)
-    if feminine and (text == "un" or text.endswith((" un", "-un"))):
-        text = text[:-2] + "une"
-    return text
+    return number_to_words(n, feminine)
 
 
 def say_clock(hhmm: str) -> str:

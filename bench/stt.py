@@ -31,8 +31,8 @@ import msgpack
 import numpy as np
 import torch
 import websockets
-from kyutai_stt.engine import StepStats, SttEngine, load_checkpoint
-from kyutai_stt.server import SttServer
+from kyutai_stt.engine import StepStats, SttEngine
+from kyutai_stt.server import build_server
 from kyutai_stt.settings import EngineSettings
 from kyutai_tiny.common import synthetic_speech
 from kyutai_tiny.stt import write_tiny_stt
@@ -120,9 +120,8 @@ async def run_clients(url: str, streams: int, seconds: float) -> None:
 
 async def load_level(checkpoint_dir: Path, device: str, streams: int, seconds: float) -> dict[str, Any]:
     settings = EngineSettings(checkpoint=str(checkpoint_dir), port=0, max_streams=streams, device=device)
-    checkpoint = load_checkpoint(settings.checkpoint, settings.device, settings.dtype)
-    engine = SttEngine(checkpoint, streams)
-    engine.warmup(2)
+    server = build_server(settings)
+    engine = server.engine
     engine_alone = engine_step_seconds(engine)
     step_times: list[float] = []
     fills: list[float] = []
@@ -141,7 +140,6 @@ async def load_level(checkpoint_dir: Path, device: str, streams: int, seconds: f
         return outputs, stats
 
     engine.step = timed_step  # type: ignore[method-assign]
-    server = SttServer(settings, engine)
     await server.start()
     url = f"ws://127.0.0.1:{server.port}"
     try:
@@ -219,9 +217,7 @@ async def one_turn(url: str, trial: int) -> tuple[float, float] | None:
 async def turn_latency(checkpoint_dir: Path, device: str, trials: int) -> tuple[float, float]:
     """Median over turns of the time from the last voiced sample to END_OF_SPEECH and to FINAL."""
     settings = EngineSettings(checkpoint=str(checkpoint_dir), port=0, max_streams=1, device=device)
-    engine = SttEngine(load_checkpoint(settings.checkpoint, settings.device, settings.dtype), 1)
-    engine.warmup(2)
-    server = SttServer(settings, engine)
+    server = build_server(settings)
     await server.start()
     eos_ms: list[float] = []
     final_ms: list[float] = []

@@ -56,8 +56,8 @@ class _Sink:
     def finished(self) -> None:
         self.done.set()
 
-    def failed(self, message: str) -> None:
-        self.error = message
+    def failed(self, error: Exception) -> None:
+        self.error = str(error)
         self.done.set()
 
 
@@ -110,7 +110,7 @@ def run_level(tiny: Any, streams: int, device: str, dtype: torch.dtype) -> dict[
     model = tiny.load(device=device, dtype=dtype)
     before = _memory_mb(device)
     engine = TTSEngine(
-        model, capacity=streams, default_voice=load_voice_file(tiny.voice_path(DEFAULT_VOICE)), default_cfg_alpha=2.0
+        model, max_streams=streams, default_voice=load_voice_file(tiny.voice_path(DEFAULT_VOICE)), default_cfg_alpha=2.0
     )
     engine.warmup(2)
     state_mb = engine.state_bytes() / 2**20
@@ -180,7 +180,7 @@ async def _plugin_first_frame_ms(tiny: Any, device: str, runs: int = 3) -> list[
         voice_dir=tiny.voice_dir,
         default_voice=DEFAULT_VOICE,
         allow_hub_voices=False,
-        capacity=2,
+        max_streams=2,
         device=device,
         api_keys=[],
     )

@@ -286,7 +286,7 @@ class LocalStack:
         stt_url = self._start_engine("kyutai-stt", "kyutai_stt.server", "KYUTAI_STT_",
                                      {**stt_env, "KYUTAI_STT_MAX_STREAMS": str(streams)})
         tts_url = self._start_engine("kyutai-tts", "kyutai_tts.server", "KYUTAI_TTS_",
-                                     {**tts_env, "KYUTAI_TTS_CAPACITY": str(streams)})
+                                     {**tts_env, "KYUTAI_TTS_MAX_STREAMS": str(streams)})
         env = {"KYUTAI_STT_URL": stt_url, "KYUTAI_TTS_URL": tts_url}
         if models.tts_default_voice:
             env["KYUTAI_TTS_VOICE"] = models.tts_default_voice

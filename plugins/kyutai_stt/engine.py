@@ -5,15 +5,16 @@ once for the whole batch; slots without a frame are left untouched through moshi
 mask, and a slot given to a new stream is reset alone. The engine is not thread-safe: the server
 calls every method from one worker thread, never from the event loop.
 
-Text follows moshi-server's rules: ids above the padding id are word pieces, a padding or
-end-of-word id (0) ends the word (`Word`, stamped with the previous boundary's time), an
-end-of-word id also closes it (`EndWord`). Times are model frames / frame rate minus the
-checkpoint's text delay (and the silence prefix the engine fed), i.e. seconds of the client's audio.
+The engine speaks in domain events (`Word`, `EndWord`, and each step's pause probabilities);
+the server turns them into protocol messages. Text follows moshi-server's rules: ids above the
+padding id are word pieces, a padding or end-of-word id (0) ends the word (`Word`, stamped with
+the previous boundary's time), an end-of-word id also closes it (`EndWord`). Times are model
+frames / frame rate minus the checkpoint's text delay (and the silence prefix the engine fed),
+i.e. seconds of the client's audio.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import sentencepiece
 import torch
+from kyutai_common.checkpoint import CheckpointError, checkpoint_info, resolve_device, resolve_dtype
 from moshi.models import LMGen, loaders
 from moshi.models.compression import MimiModel
 from moshi.models.lm import LMModel
@@ -31,13 +33,20 @@ from safetensors import safe_open
 
 from . import protocol
 
+__all__ = [
+    "CheckpointError",
+    "EndWord",
+    "SlotOutput",
+    "StepStats",
+    "SttCheckpoint",
+    "SttEngine",
+    "Word",
+    "load_checkpoint",
+]
+
 logger = logging.getLogger("kyutai_stt.engine")
 
 END_OF_WORD_ID = 0
-
-
-class CheckpointError(RuntimeError):
-    """The checkpoint cannot be found or does not describe a streaming STT model."""
 
 
 @dataclass
@@ -79,44 +88,6 @@ def _extra_heads_in_weights(weights: Path) -> dict[str, int]:
     if not heads:
         return {}
     return {"extra_heads_num_heads": len(heads), "extra_heads_dim": next(iter(heads.values()))}
-
-
-def checkpoint_info(source: str) -> loaders.CheckpointInfo:
-    """CheckpointInfo for a local directory (config.json naming the files) or a Hugging Face repo id."""
-    directory = Path(source).expanduser()
-    if directory.is_dir():
-        config_path = directory / "config.json"
-        if not config_path.is_file():
-            raise CheckpointError(f"{directory} has no config.json")
-        config = json.loads(config_path.read_text())
-        names = {key: config.get(key) for key in ("moshi_name", "mimi_name", "tokenizer_name")}
-        missing = [key for key, name in names.items() if not name or not (directory / name).is_file()]
-        if missing:
-            raise CheckpointError(f"{config_path}: missing or absent files for {', '.join(missing)}")
-        mimi_config_name = config.get("mimi_config_name")
-        return loaders.CheckpointInfo.from_hf_repo(
-            str(directory),
-            moshi_weights=directory / names["moshi_name"],
-            mimi_weights=directory / names["mimi_name"],
-            tokenizer=directory / names["tokenizer_name"],
-            config_path=config_path,
-            mimi_config_path=directory / mimi_config_name if mimi_config_name else None,
-        )
-    if source.count("/") != 1:
-        raise CheckpointError(f"{source!r} is neither a local checkpoint directory nor a repo id")
-    return loaders.CheckpointInfo.from_hf_repo(source)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
 
 
 def load_checkpoint(
@@ -180,14 +151,30 @@ class SlotState:
     unended_word: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Word:
+    """A word is complete; `start_time` in seconds of the client's audio."""
+
+    text: str
+    start_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class EndWord:
+    """The last word ended at `stop_time`."""
+
+    stop_time: float
+
+
 @dataclass
 class SlotOutput:
     """What one step produced for one slot."""
 
-    messages: list[dict[str, Any]]
+    step: int  # steps run for this stream, this one included
+    words: list[Word | EndWord]
     text_token: int | None  # None while the LM's own delay is not yet filled
     codes: torch.Tensor  # [K] audio codes fed to the LM this step
-    prs: list[float]
+    prs: list[float]  # per end-of-speech head, the probability of a pause (empty without heads)
 
 
 @dataclass
@@ -245,6 +232,7 @@ class SttEngine:
     def frame_rate(self) -> float:
         return self.checkpoint.frame_rate
 
+    @property
     def streams_in_use(self) -> int:
         return sum(1 for slot in self.slots if slot is not None)
 
@@ -313,31 +301,30 @@ class SttEngine:
                 continue
             slot.steps += 1
             token = int(tokens_cpu[index])
-            messages: list[dict[str, Any]] = []
+            words: list[Word | EndWord] = []
             text_token: int | None = None
             if token >= 0:  # negative: LMGen's own delay is not filled yet for this slot
                 text_token = token
                 slot.outputs += 1
-                messages.extend(self._text_messages(slot, token))
+                words = self._words(slot, token)
             prs = [float(p) for p in prs_cpu[index]]
-            messages.append(protocol.step(slot.steps, prs, 0))
-            outputs[index] = SlotOutput(messages, text_token, codes_cpu[index], prs)
+            outputs[index] = SlotOutput(slot.steps, words, text_token, codes_cpu[index], prs)
         stats = StepStats(self.max_streams, len(frames), time.perf_counter() - started)
         return outputs, stats
 
     def _time(self, outputs: int) -> float:
         return max(0.0, outputs / self.frame_rate - self.time_offset)
 
-    def _text_messages(self, slot: SlotState, token: int) -> list[dict[str, Any]]:
+    def _words(self, slot: SlotState, token: int) -> list[Word | EndWord]:
         """moshi-server's word rules (rust/moshi-core asr.rs), on one slot's new text token."""
-        messages: list[dict[str, Any]] = []
+        events: list[Word | EndWord] = []
         padding = self.checkpoint.padding_token_id
         if token in (padding, END_OF_WORD_ID):
             if slot.word_tokens:
                 text = self.checkpoint.tokenizer.decode(slot.word_tokens)
                 slot.word_tokens = []
                 if text.strip():
-                    messages.append(protocol.word(text.strip(), slot.last_stop_time))
+                    events.append(Word(text.strip(), slot.last_stop_time))
                     slot.unended_word = True
         elif token > padding and token < self._vocabulary_size:
             # (ids past the tokenizer's vocabulary can only come from a mismatched checkpoint)
@@ -346,6 +333,6 @@ class SttEngine:
             stop_time = self._time(slot.outputs)
             if slot.unended_word:
                 slot.unended_word = False
-                messages.append(protocol.end_word(stop_time))
+                events.append(EndWord(stop_time))
             slot.last_stop_time = stop_time
-        return messages
+        return events

@@ -8,7 +8,7 @@ client → server: `Audio {pcm: [float]}` (mono, 24 kHz, any length), `Marker {i
 server → client: `Ready`, `Word {text, start_time}`, `EndWord {stop_time}`,
                  `Step {step_idx, prs, buffered_pcm}`, `Marker {id}`, `Error {message}`
 
-Authentication: the `kyutai-api-key` header, or the `auth_id` query parameter.
+Authentication, framing and close codes: `kyutai_common.protocol`.
 """
 
 from __future__ import annotations
@@ -17,21 +17,41 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import numpy as np
+from kyutai_common.protocol import (
+    API_KEY_HEADER,
+    API_KEY_QUERY,
+    CLOSE_CLIENT_ERROR,
+    CLOSE_ENGINE_ERROR,
+    CLOSE_FULL,
+    CLOSE_NORMAL,
+    FRAME_RATE,
+    FRAME_SAMPLES,
+    NO_FREE_CHANNELS,
+    SAMPLE_RATE,
+    ProtocolError,
+    pack,
+    unpack,
+)
+
+__all__ = [
+    "API_KEY_HEADER",
+    "API_KEY_QUERY",
+    "CLOSE_CLIENT_ERROR",
+    "CLOSE_ENGINE_ERROR",
+    "CLOSE_FULL",
+    "CLOSE_NORMAL",
+    "FRAME_RATE",
+    "FRAME_SAMPLES",
+    "NO_FREE_CHANNELS",
+    "SAMPLE_RATE",
+    "ProtocolError",
+    "pack",
+    "unpack",
+]
 
 PATH = "/api/asr-streaming"
-API_KEY_HEADER = "kyutai-api-key"
-API_KEY_QUERY = "auth_id"
-SAMPLE_RATE = 24_000
-FRAME_RATE = 12.5
-FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one model step
-NO_FREE_CHANNELS = "no free channels"  # moshi-server's wording when it is full; clients match it
 MAX_AUDIO_SAMPLES = SAMPLE_RATE * 10  # one message carries at most 10 s: larger is a client bug
-
-
-class ProtocolError(ValueError):
-    """A message that does not follow the protocol (the stream that sent it is ended)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,28 +64,10 @@ class MarkerIn:
     id: int
 
 
-def pack(message: dict[str, Any]) -> bytes:
-    """Encode one message; floats as float32 as moshi-server and Kyutai's clients do."""
-    packed = msgpack.packb(message, use_bin_type=True, use_single_float=True)
-    assert isinstance(packed, bytes)
-    return packed
-
-
-def unpack(data: bytes | str) -> dict[str, Any]:
-    """Decode one message into a dict with a string `type`; raises ProtocolError otherwise."""
-    if isinstance(data, str):
-        raise ProtocolError("expected a binary msgpack message, got a text frame")
-    try:
-        message = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise ProtocolError(f"not a msgpack message: {exc}") from exc
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise ProtocolError("a message must be a map with a string 'type'")
-    return message
-
-
 def parse_client_message(data: bytes | str) -> AudioIn | MarkerIn | None:
     """Validate a client message. Returns None for messages that carry nothing to do (`Init`)."""
+    if isinstance(data, str):
+        raise ProtocolError("expected a binary msgpack message, got a text frame")
     message = unpack(data)
     kind = message["type"]
     if kind == "Audio":
@@ -106,7 +108,7 @@ def parse_client_message(data: bytes | str) -> AudioIn | MarkerIn | None:
     raise ProtocolError(f"unknown message type {kind!r}")
 
 
-# server → client (plain dicts: they are packed as they are)
+# messages to send (plain dicts: they are packed as they are)
 
 
 def ready() -> dict[str, Any]:
@@ -126,6 +128,7 @@ def step(step_idx: int, prs: list[float], buffered_pcm: int) -> dict[str, Any]:
 
 
 def marker(marker_id: int) -> dict[str, Any]:
+    """`Marker {id}`: the same map both ways (the server echoes a client's marker)."""
     return {"type": "Marker", "id": int(marker_id)}
 
 
@@ -137,10 +140,6 @@ def audio(pcm: np.ndarray | list[float]) -> dict[str, Any]:
     """A client `Audio` message (float32 samples sent as a msgpack float list, as Kyutai's clients do)."""
     samples = np.asarray(pcm, dtype=np.float32)
     return {"type": "Audio", "pcm": samples.tolist()}
-
-
-def marker_in(marker_id: int) -> dict[str, Any]:
-    return {"type": "Marker", "id": int(marker_id)}
 
 
 def frames_for(seconds: float) -> int:

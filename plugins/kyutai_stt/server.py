@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import protocol
-from .engine import SttEngine, load_checkpoint
+from .engine import EndWord, SttEngine, Word, load_checkpoint
 from .settings import EngineSettings
 
 logger = logging.getLogger("kyutai_stt.server")
@@ -83,7 +83,8 @@ class Stream:
     pending_since: float = 0.0  # when the oldest waiting frame arrived (monotonic)
     steps: int = 0
     markers: deque[tuple[int, int]] = field(default_factory=deque)  # (step to reach, marker id)
-    out: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+    # Messages to send; an int ends the stream with that WebSocket close code.
+    out: asyncio.Queue[dict[str, Any] | int] = field(default_factory=asyncio.Queue)
     closed: bool = False
 
     def add_audio(self, pcm: np.ndarray) -> None:
@@ -189,7 +190,7 @@ class SttServer:
             logger.warning("no free slot (%d streams)", self.engine.max_streams)
             with contextlib.suppress(ConnectionClosed):
                 await websocket.send(protocol.pack(protocol.error(protocol.NO_FREE_CHANNELS)))
-                await websocket.close(1013, protocol.NO_FREE_CHANNELS)
+                await websocket.close(protocol.CLOSE_FULL, protocol.NO_FREE_CHANNELS)
             return
         self.metrics.connections.labels("accepted").inc()
         stream = Stream(slot=slot, frame_size=self.engine.frame_size)
@@ -212,20 +213,21 @@ class SttServer:
             else:
                 self.engine.close_slot(slot)
             logger.info("stream on slot %d ended after %d steps", slot, stream.steps)
-            stream.out.put_nowait(None)
+            stream.out.put_nowait(protocol.CLOSE_NORMAL)
             with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
                 await asyncio.wait_for(sender, timeout=2.0)
             sender.cancel()
             with contextlib.suppress(ConnectionClosed):
                 await websocket.close()
 
-    def _fail(self, stream: Stream, kind: str, message: str) -> None:
-        """End one stream with an Error its client can act on; the sender then closes it."""
+    def _fail(self, stream: Stream, kind: str, message: str, close_code: int = protocol.CLOSE_CLIENT_ERROR) -> None:
+        """End one stream with an Error its client can act on; the close code after it says
+        whether the client caused it (the default) or the engine did."""
         self.metrics.errors.labels(kind).inc()
         logger.info("ending stream on slot %d: %s", stream.slot, message)
         stream.closed = True
         stream.out.put_nowait(protocol.error(message))
-        stream.out.put_nowait(None)
+        stream.out.put_nowait(close_code)
 
     async def _receive_loop(self, websocket: ServerConnection, stream: Stream) -> None:
         max_buffered = int(MAX_BUFFERED_SECONDS * protocol.SAMPLE_RATE)
@@ -258,10 +260,10 @@ class SttServer:
     async def _send_loop(self, websocket: ServerConnection, stream: Stream) -> None:
         while True:
             message = await stream.out.get()
-            if message is None:
+            if isinstance(message, int):
                 # Ending the connection also ends the receive loop, which frees the slot.
                 with contextlib.suppress(ConnectionClosed):
-                    await websocket.close()
+                    await websocket.close(message)
                 return
             try:
                 await websocket.send(protocol.pack(message))
@@ -309,7 +311,7 @@ class SttServer:
                 # A failing step fails every stream in it, never the server.
                 logger.exception("model step failed")
                 for stream, _ in batch.values():
-                    self._fail(stream, "model", "model step failed")
+                    self._fail(stream, "model", "model step failed", protocol.CLOSE_ENGINE_ERROR)
                 continue
             self.metrics.step_seconds.observe(stats.seconds)
             if stats.seconds > budget:
@@ -319,23 +321,22 @@ class SttServer:
                 if stream.closed:
                     continue
                 stream.steps += 1
-                for message in output.messages:
-                    if message["type"] == "Step":
-                        message["buffered_pcm"] = stream.buffered_samples
-                    stream.out.put_nowait(message)
+                for event in output.words:
+                    if isinstance(event, Word):
+                        stream.out.put_nowait(protocol.word(event.text, event.start_time))
+                    elif isinstance(event, EndWord):
+                        stream.out.put_nowait(protocol.end_word(event.stop_time))
+                stream.out.put_nowait(protocol.step(output.step, output.prs, stream.buffered_samples))
                 self._emit_markers(stream)
                 if stream.out.qsize() > self.settings.max_pending_messages:
                     self._fail(stream, "slow_client", "client reads too slowly")
 
 
-async def run(settings: EngineSettings) -> None:
-    """Load, warm up, then serve until cancelled."""
-    torch.set_grad_enabled(False)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    logger.info("loading %s", settings.checkpoint)
-    checkpoint = await asyncio.to_thread(
-        load_checkpoint,
+def build_server(settings: EngineSettings) -> SttServer:
+    """The one way to build a server from settings: load, warm up (blocking: call off the loop).
+    `start()` it in the event loop that will serve it."""
+    logger.info("loading %s (max_streams %d)", settings.checkpoint, settings.max_streams)
+    checkpoint = load_checkpoint(
         settings.checkpoint,
         settings.device,
         settings.dtype,
@@ -351,9 +352,17 @@ async def run(settings: EngineSettings) -> None:
     if not checkpoint.has_pause_heads:
         logger.warning("checkpoint has no end-of-speech heads: Step.prs is empty, use a VAD for end of turn")
     started = time.perf_counter()
-    await asyncio.to_thread(engine.warmup, settings.warmup_steps)
+    engine.warmup(settings.warmup_steps)
     logger.info("warmed up %d slots in %.2f s", settings.max_streams, time.perf_counter() - started)
-    server = SttServer(settings, engine)
+    return SttServer(settings, engine)
+
+
+async def run(settings: EngineSettings) -> None:
+    """Load, warm up, then serve until cancelled."""
+    torch.set_grad_enabled(False)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    server = await asyncio.to_thread(build_server, settings)
     await server.start()
     try:
         await asyncio.Future()

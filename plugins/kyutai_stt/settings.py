@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from kyutai_common.settings import EngineSettingsBase, PluginSettingsBase
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-class EngineSettings(BaseSettings):
+class EngineSettings(EngineSettingsBase):
     """`python -m kyutai_stt.server`: one process per GPU (CPU when none)."""
 
     model_config = SettingsConfigDict(env_prefix="KYUTAI_STT_", extra="ignore")
 
-    # A Hugging Face repo id, or a local directory in the same layout (config.json naming the files).
     # The -candle repo is the same model as kyutai/stt-1b-en_fr plus the four end-of-speech heads.
     checkpoint: str = "kyutai/stt-1b-en_fr-candle"
-    device: str = "auto"  # "auto": cuda when present, else cpu
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    max_streams: int = Field(default=32, ge=1, le=1024)  # batch size: one slot per live stream
+    port: int = 8088
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)  # 0: greedy, reproducible transcripts
     # Feed the checkpoint's `audio_silence_prefix_seconds` of silence at the start of each stream
     # (what Kyutai's reference script does); word times stay relative to the client's first sample.
@@ -34,29 +30,15 @@ class EngineSettings(BaseSettings):
     batch_wait_ms: float = Field(default=80.0, ge=0.0, le=200.0)
     warmup_steps: int = Field(default=2, ge=0)
     torch_threads: int = Field(default=0, ge=0)  # 0: torch's default; CPU servers sharing a host set it
-    host: str = "127.0.0.1"
-    port: int = 8088
-    # Keys accepted in the `kyutai-api-key` header or `auth_id` query; Kyutai's clients send
-    # "public_token". An empty list accepts any client (loopback development only).
-    api_keys: list[str] = Field(default_factory=lambda: ["public_token"])
     # A client whose unsent messages pile up past this is too slow: its stream is ended.
     max_pending_messages: int = Field(default=2000, ge=10)
     # A connected stream that sends nothing for this long is ended (moshi-server uses 120 s).
     idle_timeout_s: float = Field(default=120.0, gt=0)
-    log_level: str = "INFO"
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value != "auto" and not (value == "cpu" or value.startswith("cuda")):
-            raise ValueError("device is auto, cpu or cuda[:N]")
-        return value
 
 
-class PluginSettings(BaseSettings):
+class PluginSettings(PluginSettingsBase):
     """Defaults of the LiveKit STT plugin, in each agent job (constructor arguments override them)."""
 
     model_config = SettingsConfigDict(env_prefix="KYUTAI_STT_", extra="ignore")
 
     url: str = "ws://127.0.0.1:8088"
-    api_key: str = "public_token"

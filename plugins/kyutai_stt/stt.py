@@ -21,15 +21,13 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import msgpack
 import numpy as np
-import websockets
+from kyutai_common.client import connect, received_error
 from livekit import rtc
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectionError,
     APIConnectOptions,
-    APIStatusError,
     APITimeoutError,
     stt,
     utils,
@@ -38,19 +36,15 @@ from livekit.agents.language import LanguageCode
 from livekit.agents.types import NOT_GIVEN, NotGivenOr, TimedString
 from livekit.agents.utils import AudioBuffer, is_given
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed
 
+from . import protocol
 from .log import logger
 from .models import FRAME_SECONDS, EndOfTurnOptions, PauseAverage, SttLanguage
+from .protocol import FRAME_SAMPLES, SAMPLE_RATE
 from .settings import PluginSettings
 
-# The wire format, as in `protocol` (not imported: that module pulls numpy-heavy validation the
-# plugin does not need, and the plugin must also work against Kyutai's own server).
-PATH = "/api/asr-streaming"
-API_KEY_HEADER = "kyutai-api-key"
-SAMPLE_RATE = 24_000
-FRAME_SAMPLES = 1920
-NO_FREE_CHANNELS = "no free channels"
+ENGINE = "Kyutai STT server"
 END_MARKER_TIMEOUT_S = 5.0  # at end of input, the longest wait for the last words
 
 
@@ -71,14 +65,16 @@ class STT(stt.STT):
         url: NotGivenOr[str] = NOT_GIVEN,
         api_key: NotGivenOr[str] = NOT_GIVEN,
         language: SttLanguage = "fr",
-        end_of_turn: EndOfTurnOptions | None = None,
+        end_of_turn: NotGivenOr[EndOfTurnOptions] = NOT_GIVEN,
+        settings: NotGivenOr[PluginSettings] = NOT_GIVEN,
     ) -> None:
+        """Arguments not given come from `settings` (default: `PluginSettings()`, the environment)."""
         super().__init__(
             capabilities=stt.STTCapabilities(
                 streaming=True, interim_results=True, aligned_transcript="word", offline_recognize=True
             )
         )
-        settings = PluginSettings()
+        settings = settings if is_given(settings) else PluginSettings()
         resolved_url = url if is_given(url) else settings.url
         resolved_key = api_key if is_given(api_key) else settings.api_key
         if not resolved_url.startswith(("ws://", "wss://")):
@@ -87,7 +83,7 @@ class STT(stt.STT):
             url=resolved_url.rstrip("/"),
             api_key=resolved_key,
             language=language,
-            end_of_turn=end_of_turn or EndOfTurnOptions(),
+            end_of_turn=end_of_turn if is_given(end_of_turn) else EndOfTurnOptions(),
         )
 
     @property
@@ -212,40 +208,26 @@ class SpeechStream(stt.SpeechStream):
                 await conn.ws.close()
 
     async def _connect(self) -> ClientConnection:
-        url = f"{self._opts.url}{PATH}"
         timeout = self._conn_options.timeout
+        url = f"{self._opts.url}{protocol.PATH}"
+        ws = await connect(url, self._opts.api_key, timeout, engine=ENGINE, max_size=2**22)
         try:
             async with asyncio.timeout(timeout):
-                ws = await websockets.connect(
-                    url,
-                    additional_headers={API_KEY_HEADER: self._opts.api_key},
-                    open_timeout=None,
-                    max_size=2**22,
-                )
-        except TimeoutError as exc:
-            raise APITimeoutError(f"Kyutai STT server at {self._opts.url} did not answer in {timeout} s") from exc
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            raise APIStatusError(
-                f"Kyutai STT server refused the stream (HTTP {status})", status_code=status
-            ) from exc
-        except (OSError, InvalidHandshake, InvalidURI) as exc:
-            raise APIConnectionError(f"cannot reach the Kyutai STT server at {self._opts.url}: {exc}") from exc
-        try:
-            async with asyncio.timeout(timeout):
-                first = msgpack.unpackb(await ws.recv(), raw=False)
+                first = protocol.unpack(await ws.recv())  # type: ignore[arg-type]
         except TimeoutError as exc:
             await ws.close()
-            raise APITimeoutError("Kyutai STT server accepted the connection but sent no Ready") from exc
+            raise APITimeoutError(f"{ENGINE} accepted the connection but sent no Ready") from exc
         except ConnectionClosed as exc:
-            raise APIConnectionError("Kyutai STT server closed the connection before Ready") from exc
-        if isinstance(first, dict) and first.get("type") == "Ready":
+            raise APIConnectionError(f"{ENGINE} closed the connection before Ready") from exc
+        except protocol.ProtocolError as exc:
+            await ws.close()
+            raise APIConnectionError(f"{ENGINE}: not a Kyutai STT server at this address") from exc
+        if first["type"] == "Ready":
             return ws
-        await ws.close()
-        raise _server_error(first)
+        raise await received_error(ws, ENGINE, str(first.get("message", first)))
 
     async def _send(self, conn: _Connection, message: dict[str, Any]) -> None:
-        data = msgpack.packb(message, use_bin_type=True, use_single_float=True)
+        data = protocol.pack(message)
         async with conn.send_lock:
             try:
                 await conn.ws.send(data)
@@ -256,7 +238,7 @@ class SpeechStream(stt.SpeechStream):
 
     async def _send_audio(self, conn: _Connection, samples: np.ndarray) -> None:
         conn.sent_samples += samples.size
-        await self._send(conn, {"type": "Audio", "pcm": samples.tolist()})
+        await self._send(conn, protocol.audio(samples))
 
     async def _send_loop(self, conn: _Connection) -> None:
         async for item in self._input_ch:
@@ -299,7 +281,7 @@ class SpeechStream(stt.SpeechStream):
         conn.markers[marker_id] = kind
         conn.flushing = True
         frames = self._opts.end_of_turn.flush_frames
-        await self._send(conn, {"type": "Marker", "id": marker_id})
+        await self._send(conn, protocol.marker(marker_id))
         conn.inserted.append((conn.sent_samples / SAMPLE_RATE, frames * FRAME_SECONDS))
         await self._send_audio(conn, np.zeros(frames * FRAME_SAMPLES, dtype=np.float32))
 
@@ -312,10 +294,10 @@ class SpeechStream(stt.SpeechStream):
                     return
                 raise APIConnectionError("the Kyutai STT server closed the stream") from exc
             try:
-                message = msgpack.unpackb(raw, raw=False)
-                kind = message["type"]
-            except (ValueError, TypeError, KeyError, msgpack.ExtraData) as exc:
-                raise APIConnectionError("the Kyutai STT server sent an unreadable message") from exc
+                message = protocol.unpack(raw)  # type: ignore[arg-type]
+            except protocol.ProtocolError as exc:
+                raise APIConnectionError(f"the {ENGINE} sent an unreadable message") from exc
+            kind = message["type"]
             if kind == "Word":
                 self._on_word(conn, str(message["text"]), float(message["start_time"]))
             elif kind == "EndWord":
@@ -326,7 +308,8 @@ class SpeechStream(stt.SpeechStream):
                 if self._on_marker(conn, int(message["id"])):
                     return
             elif kind == "Error":
-                raise _server_error(message)
+                conn.closing = True  # the engine closes the stream next: the sender must not report that
+                raise await received_error(conn.ws, ENGINE, str(message.get("message", "")), conn.request_id)
 
     def _word_time(self, conn: _Connection, server_time: float) -> float:
         return conn.audio_time(server_time) + self.start_time_offset
@@ -335,23 +318,11 @@ class SpeechStream(stt.SpeechStream):
         start = self._word_time(conn, server_start)
         if not conn.speaking:
             conn.speaking = True
-            self._event_ch.send_nowait(
-                stt.SpeechEvent(
-                    type=stt.SpeechEventType.START_OF_SPEECH,
-                    request_id=conn.request_id,
-                    speech_start_time=start,
-                )
-            )
+            self._emit(conn, stt.SpeechEventType.START_OF_SPEECH, speech_start_time=start)
         conn.words.append(_timed(text, start, start, self.start_time_offset))
         conn.last_word_sample = conn.sent_samples
         conn.last_word_step = conn.steps
-        self._event_ch.send_nowait(
-            stt.SpeechEvent(
-                type=stt.SpeechEventType.INTERIM_TRANSCRIPT,
-                request_id=conn.request_id,
-                alternatives=[self._speech_data(conn)],
-            )
-        )
+        self._emit(conn, stt.SpeechEventType.INTERIM_TRANSCRIPT, alternatives=[self._speech_data(conn)])
 
     def _on_end_word(self, conn: _Connection, server_stop: float) -> None:
         if conn.words:
@@ -398,35 +369,22 @@ class SpeechStream(stt.SpeechStream):
 
     def _finish_segment(self, conn: _Connection) -> None:
         if conn.words:
-            self._event_ch.send_nowait(
-                stt.SpeechEvent(
-                    type=stt.SpeechEventType.FINAL_TRANSCRIPT,
-                    request_id=conn.request_id,
-                    alternatives=[self._speech_data(conn)],
-                )
-            )
+            self._emit(conn, stt.SpeechEventType.FINAL_TRANSCRIPT, alternatives=[self._speech_data(conn)])
         if conn.speaking:
-            self._event_ch.send_nowait(
-                stt.SpeechEvent(
-                    type=stt.SpeechEventType.END_OF_SPEECH,
-                    request_id=conn.request_id,
-                    speech_end_time=float(conn.words[-1].end_time) if conn.words else None,  # type: ignore[arg-type]
-                )
-            )
+            end_time = float(conn.words[-1].end_time) if conn.words else None  # type: ignore[arg-type]
+            self._emit(conn, stt.SpeechEventType.END_OF_SPEECH, speech_end_time=end_time)
         conn.words = []
         conn.speaking = False
         self._pause.value = 0.0
 
     def _report_usage(self, conn: _Connection) -> None:
         if conn.usage_samples:
-            self._event_ch.send_nowait(
-                stt.SpeechEvent(
-                    type=stt.SpeechEventType.RECOGNITION_USAGE,
-                    request_id=conn.request_id,
-                    recognition_usage=stt.RecognitionUsage(audio_duration=conn.usage_samples / SAMPLE_RATE),
-                )
-            )
+            usage = stt.RecognitionUsage(audio_duration=conn.usage_samples / SAMPLE_RATE)
+            self._emit(conn, stt.SpeechEventType.RECOGNITION_USAGE, recognition_usage=usage)
             conn.usage_samples = 0
+
+    def _emit(self, conn: _Connection, kind: stt.SpeechEventType, **fields: Any) -> None:
+        self._event_ch.send_nowait(stt.SpeechEvent(type=kind, request_id=conn.request_id, **fields))
 
     def _speech_data(self, conn: _Connection) -> stt.SpeechData:
         words = list(conn.words)
@@ -452,10 +410,3 @@ def _to_mono_float(frame: rtc.AudioFrame) -> np.ndarray:
     if frame.num_channels > 1:
         samples = samples.reshape(-1, frame.num_channels).mean(axis=1)
     return (samples.astype(np.float32) / 32768.0).astype(np.float32)
-
-
-def _server_error(message: Any) -> APIStatusError:
-    text = str(message.get("message", message)) if isinstance(message, dict) else repr(message)
-    if text == NO_FREE_CHANNELS:
-        return APIStatusError("Kyutai STT server is full (no free channels)", status_code=503, retryable=True)
-    return APIStatusError(f"Kyutai STT server error: {text}", status_code=500, retryable=True)

@@ -20,7 +20,7 @@ from moshi.models.lm import LMModel
 from moshi.models.tts import TTSModel
 from safetensors.torch import save_file
 
-from kyutai_tiny.common import (
+from .common import (
     save_state_dict,
     tiny_mimi_config,
     tokenizer_size,

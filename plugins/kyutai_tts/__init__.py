@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kyutai_tts.tts import TTS, ChunkedStream, SynthesizeStream
+    from .tts import TTS, ChunkedStream, SynthesizeStream
 
 __all__ = ["TTS", "ChunkedStream", "SynthesizeStream"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from kyutai_tts import tts
+        from . import tts
 
         return getattr(tts, name)
-    raise AttributeError(name)
+    raise AttributeError(f"module 'kyutai_tts' has no attribute {name!r}")

@@ -40,14 +40,19 @@ logger = logging.getLogger("kyutai_tts.engine")
 
 
 class EngineError(Exception):
-    """Base of the engine's typed errors; the message is safe to send to a client."""
+    """Base of the engine's typed errors; the message is safe to send to a client. Raised as
+    itself, the engine failed (another try may work)."""
 
 
 class EngineFull(EngineError):
-    pass
+    """Every slot is taken."""
 
 
-class VoiceError(EngineError):
+class RequestError(EngineError):
+    """The stream asked for something the engine cannot do; asking again fails again."""
+
+
+class VoiceError(RequestError):
     pass
 
 
@@ -61,7 +66,7 @@ class StreamSink(Protocol):
 
     def finished(self) -> None: ...
 
-    def failed(self, message: str) -> None: ...
+    def failed(self, error: EngineError) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +138,7 @@ class TTSEngine:
         self,
         tts_model: TTSModel,
         *,
-        capacity: int,
+        max_streams: int,
         default_voice: torch.Tensor | None,
         default_cfg_alpha: float | None,
         top_k: int = 250,
@@ -149,7 +154,7 @@ class TTSEngine:
         self.lm = tts_model.lm
         self.mimi = tts_model.mimi
         self.machine = tts_model.machine
-        self.capacity = capacity
+        self.max_streams = max_streams
         self.top_k = top_k
         self.top_k_text = top_k_text
         self.padding_between = padding_between
@@ -161,7 +166,7 @@ class TTSEngine:
             # As `TTSModel.generate` does: generate only the codebooks Mimi decodes.
             self.lm.dep_q = tts_model.n_q
         self.max_delay = max(self.lm.delays)
-        self._slots = [_Slot(index) for index in range(capacity)]
+        self._slots = [_Slot(index) for index in range(max_streams)]
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._next_stream_id = 1
@@ -180,7 +185,7 @@ class TTSEngine:
         self.default_attributes = voice_attributes(tts_model, default_voice, default_cfg_alpha)
         assert self.lm.condition_provider is not None
         with torch.no_grad():
-            batch_conditions = self.lm.condition_provider.prepare_and_provide([self.default_attributes] * capacity)
+            batch_conditions = self.lm.condition_provider.prepare_and_provide([self.default_attributes] * max_streams)
         self.default_conditioning = self.conditioning_for(default_voice, default_cfg_alpha)
         self.lm_gen = LMGen(
             self.lm,
@@ -196,21 +201,21 @@ class TTSEngine:
             # what matters, so ask for output at every step.
             support_out_of_sync=True,
         )
-        self.lm_gen.streaming_forever(capacity)
-        self.mimi.streaming_forever(capacity)
+        self.lm_gen.streaming_forever(max_streams)
+        self.mimi.streaming_forever(max_streams)
         state = self.lm_gen._streaming_state
         assert state is not None
         if state.graphed_depth is not None:
             # Per-slot sampling runs Python inside the depformer loop: not CUDA-graphable.
             state.graphed_depth.disable = True
         self._input_tokens = torch.full(
-            (capacity, self.lm.n_q - self.lm.dep_q, 1),
+            (max_streams, self.lm.n_q - self.lm.dep_q, 1),
             self.machine.token_ids.zero,
             dtype=torch.long,
             device=self.device,
         )
         self._no_depformer = torch.full(
-            (capacity, self.lm.dep_q, 1), self.machine.token_ids.zero, dtype=torch.long, device=self.device
+            (max_streams, self.lm.dep_q, 1), self.machine.token_ids.zero, dtype=torch.long, device=self.device
         )
         # Per step: which rows execute and which of them sample (text / audio).
         self._exec_rows: list[int] = []
@@ -260,7 +265,7 @@ class TTSEngine:
 
     def state_bytes(self) -> int:
         """Bytes of all per-stream streaming state (KV caches, conv buffers, conditioning):
-        what each extra slot costs, divided by `capacity`. The weights are not included."""
+        what each extra slot costs, divided by `max_streams`. The weights are not included."""
         seen: set[int] = set()
         total = 0
 
@@ -285,7 +290,7 @@ class TTSEngine:
         return self._thread is not None and self._thread.is_alive()
 
     @property
-    def active_streams(self) -> int:
+    def streams_in_use(self) -> int:
         with self._lock:
             return sum(1 for slot in self._slots if slot.busy)
 
@@ -298,7 +303,7 @@ class TTSEngine:
         with self._lock:
             slot = next((slot for slot in self._slots if not slot.busy), None)
             if slot is None:
-                raise EngineFull(f"no free channels ({self.capacity} streams busy)")
+                raise EngineFull(f"no free channels ({self.max_streams} streams busy)")
             stream_id = self._next_stream_id
             self._next_stream_id += 1
             slot.stream_id = stream_id
@@ -334,8 +339,8 @@ class TTSEngine:
     @torch.no_grad()
     def warmup(self, steps: int = 3) -> None:
         """Runs full-batch steps (and Mimi decodes) so kernels, caches and allocations are ready."""
-        everything = torch.ones(self.capacity, dtype=torch.bool, device=self.device)
-        self._exec_rows, self._audio_rows = list(range(self.capacity)), []
+        everything = torch.ones(self.max_streams, dtype=torch.bool, device=self.device)
+        self._exec_rows, self._audio_rows = list(range(self.max_streams)), []
         for slot in self._slots:
             slot.temperature = 0.0
         self.lm_gen.set_exec_mask(everything)
@@ -378,7 +383,7 @@ class TTSEngine:
             logger.exception("engine thread crashed")
             for slot in self._slots:
                 if slot.sink is not None:
-                    self._fail(slot, "engine failure")
+                    self._fail(slot, EngineError("engine failure"))
             raise
 
     def _handle(self, slot: _Slot, kind: str, payload: Any) -> None:
@@ -400,10 +405,10 @@ class TTSEngine:
             elif kind == "close":
                 self._free(slot)
         except EngineError as exc:
-            self._fail(slot, str(exc))
+            self._fail(slot, exc)
 
     def _reset_rows(self, slots: list[_Slot]) -> None:
-        mask = torch.zeros(self.capacity, dtype=torch.bool)
+        mask = torch.zeros(self.max_streams, dtype=torch.bool)
         for slot in slots:
             mask[slot.index] = True
         mask = mask.to(self.device)
@@ -426,7 +431,7 @@ class TTSEngine:
 
     def _push_text(self, slot: _Slot, text: str) -> None:
         if slot.complete:
-            raise EngineError("text after Eos")
+            raise RequestError("text after Eos")
         assert slot.state is not None
         entries = script_to_entries(
             self.tts.tokenizer,
@@ -467,7 +472,7 @@ class TTSEngine:
     @torch.no_grad()
     def _step(self, runnable: list[_Slot]) -> None:
         started = time.perf_counter()
-        exec_mask = torch.zeros(self.capacity, dtype=torch.bool)
+        exec_mask = torch.zeros(self.max_streams, dtype=torch.bool)
         for slot in runnable:
             exec_mask[slot.index] = True
         self._exec_rows = [slot.index for slot in runnable]
@@ -488,7 +493,7 @@ class TTSEngine:
                 decoding.append(slot)
         pcm: np.ndarray | None = None
         if decoding:
-            mimi_mask = torch.zeros(self.capacity, dtype=torch.bool)
+            mimi_mask = torch.zeros(self.max_streams, dtype=torch.bool)
             for slot in decoding:
                 mimi_mask[slot.index] = True
             self.mimi.set_exec_mask(mimi_mask.to(self.device))
@@ -540,13 +545,13 @@ class TTSEngine:
                     sink.finished()
                 return
         if slot.offset >= self.max_steps:
-            self._fail(slot, f"the text is too long (over {self.max_steps} steps)")
+            self._fail(slot, RequestError(f"the text is too long (over {self.max_steps} steps)"))
 
-    def _fail(self, slot: _Slot, message: str) -> None:
+    def _fail(self, slot: _Slot, error: EngineError) -> None:
         sink = slot.sink
         self._free(slot)
         if sink is not None:
-            sink.failed(message)
+            sink.failed(error)
 
     def _free(self, slot: _Slot) -> None:
         with self._lock:
@@ -562,8 +567,8 @@ class TTSEngine:
         them for that slot alone (text, then each audio codebook), and moved to the device once."""
         text_k = min(self.top_k_text, self.lm.text_linear.out_features)
         audio_k = min(self.top_k, self.lm.card)
-        text = torch.ones(self.capacity, text_k)
-        audio = torch.ones(self.capacity, self.lm.dep_q, audio_k)
+        text = torch.ones(self.max_streams, text_k)
+        audio = torch.ones(self.max_streams, self.lm.dep_q, audio_k)
         audio_rows = set(self._audio_rows)
         for slot in runnable:
             if slot.temperature > 0.0 and slot.generator is not None:

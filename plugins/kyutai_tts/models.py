@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from kyutai_tts.settings import DEFAULT_FRENCH_VOICE
+from .settings import DEFAULT_FRENCH_VOICE
 
 SAMPLE_RATE = 24_000
 NUM_CHANNELS = 1

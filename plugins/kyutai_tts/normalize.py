@@ -12,72 +12,18 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_UNITS = (
-    "zéro un deux trois quatre cinq six sept huit neuf dix onze douze treize quatorze quinze seize "
-    "dix-sept dix-huit dix-neuf"
-).split()
-_TENS = {2: "vingt", 3: "trente", 4: "quarante", 5: "cinquante", 6: "soixante", 8: "quatre-vingt"}
-
-
-def _below_100(n: int, feminine: bool) -> str:
-    if n == 1 and feminine:
-        return "une"
-    if n < 20:
-        return _UNITS[n]
-    tens, unit = divmod(n, 10)
-    if tens in (7, 9):  # soixante-dix…, quatre-vingt-dix…
-        base, rest = ("soixante", 10 + unit) if tens == 7 else ("quatre-vingt", 10 + unit)
-        if tens == 7 and unit == 1:
-            return "soixante et onze"
-        return f"{base}-{_UNITS[rest]}"
-    if tens == 8:
-        if unit == 0:
-            return "quatre-vingts"
-        return f"quatre-vingt-{_below_100(unit, feminine)}"
-    if unit == 0:
-        return _TENS[tens]
-    if unit == 1:
-        return f"{_TENS[tens]} et {'une' if feminine else 'un'}"
-    return f"{_TENS[tens]}-{_UNITS[unit]}"
-
-
-def _below_1000(n: int, feminine: bool, final: bool) -> str:
-    hundreds, rest = divmod(n, 100)
-    parts: list[str] = []
-    if hundreds:
-        if hundreds == 1:
-            parts.append("cent")
-        else:
-            # "deux cents" takes an s only when nothing follows (and not before "mille").
-            plural = rest == 0 and final
-            parts.append(f"{_UNITS[hundreds]} cent{'s' if plural else ''}")
-    if rest or not hundreds:
-        parts.append(_below_100(rest, feminine))
-    words = " ".join(parts)
-    if not final and words.endswith("quatre-vingts"):
-        words = words[:-1]  # "quatre-vingt mille"
-    return words
+from num2words import num2words
 
 
 def number_to_words(n: int, feminine: bool = False) -> str:
-    """A whole number in French words (traditional spelling): 71 → "soixante et onze"."""
-    if n < 0:
-        return f"moins {number_to_words(-n, feminine)}"
-    if n < 1000:
-        return _below_1000(n, feminine, final=True)
-    parts: list[str] = []
-    for size, name in ((10**9, "milliard"), (10**6, "million")):
-        count, n = divmod(n, size)
-        if count:
-            parts.append(f"{number_to_words(count)} {name}{'s' if count > 1 else ''}")
-    thousands, n = divmod(n, 1000)
-    if thousands == 1:
-        parts.append("mille")
-    elif thousands:
-        parts.append(f"{_below_1000(thousands, False, final=False)} mille")
-    if n:
-        parts.append(_below_1000(n, feminine, final=True))
-    return " ".join(parts)
+    """A whole number in French words (traditional spelling): 71 → "soixante et onze".
+
+    `feminine` agrees a final "un" with a feminine noun: "vingt et une heures".
+    """
+    words: str = num2words(n, lang="fr")
+    if feminine and (words == "un" or words.endswith((" un", "-un"))):
+        words = words[:-2] + "une"
+    return words
 
 
 def _digits_after_comma(digits: str) -> str:
@@ -239,18 +185,10 @@ def _date(day: str, month: str, year: str | None) -> str | None:
 
 def _ordinal(number: str, suffix: str) -> str:
     n = int(number)
-    if n == 1:
-        return "première" if suffix in ("re", "ère") else "premier"
-    words = number_to_words(n)
-    if words.endswith("cinq"):
-        words += "u"
-    elif words.endswith("neuf"):
-        words = words[:-1] + "v"
-    elif words.endswith("e"):
-        words = words[:-1]
-    if words.endswith("un"):
-        words += "i"  # vingt et unième
-    return words + "ième"
+    if n == 1 and suffix in ("re", "ère"):
+        return "première"
+    ordinal: str = num2words(n, lang="fr", to="ordinal")
+    return ordinal
 
 
 class FrenchNormalizer:

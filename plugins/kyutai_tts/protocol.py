@@ -9,6 +9,8 @@ client → server: `Text {text}`, `Voice {embeddings, shape}`, `Eos`
                  b"\\0" as `Eos`; so do we)
 server → client: `Ready`, `Audio {pcm}` (float32 mono at 24 kHz), `Text {text, start_s, stop_s}`,
                  `Error {message}`
+
+Authentication, framing and close codes: `kyutai_common.protocol`.
 """
 
 from __future__ import annotations
@@ -18,19 +20,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
+from kyutai_common.protocol import (
+    API_KEY_HEADER,
+    API_KEY_QUERY,
+    CLOSE_CLIENT_ERROR,
+    CLOSE_ENGINE_ERROR,
+    CLOSE_FULL,
+    CLOSE_NORMAL,
+    FRAME_RATE,
+    FRAME_SAMPLES,
+    NO_FREE_CHANNELS,
+    SAMPLE_RATE,
+    ProtocolError,
+    pack,
+    unpack,
+)
+
+__all__ = [
+    "API_KEY_HEADER",
+    "API_KEY_QUERY",
+    "CLOSE_CLIENT_ERROR",
+    "CLOSE_ENGINE_ERROR",
+    "CLOSE_FULL",
+    "CLOSE_NORMAL",
+    "FRAME_RATE",
+    "FRAME_SAMPLES",
+    "NO_FREE_CHANNELS",
+    "SAMPLE_RATE",
+    "ProtocolError",
+]
 
 PATH = "/api/tts_streaming"
-API_KEY_HEADER = "kyutai-api-key"
-SAMPLE_RATE = 24_000
-FRAME_RATE = 12.5
-FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one model step
 PCM_FORMAT = "PcmMessagePack"
 EOS_BINARY = b"\0"
-
-
-class ProtocolError(ValueError):
-    """A message or query that does not follow the protocol."""
 
 
 # client → server
@@ -101,19 +123,7 @@ def encode(message: ClientMessage | ServerMessage) -> bytes:
             body = {"type": "Error", "message": text}
         case _:
             raise ProtocolError(f"not a protocol message: {type(message).__name__}")
-    packed = msgpack.packb(body, use_bin_type=True, use_single_float=True)
-    assert isinstance(packed, bytes)
-    return packed
-
-
-def _unpack(data: bytes) -> Mapping[str, Any]:
-    try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise ProtocolError(f"not a msgpack message: {exc}") from exc
-    if not isinstance(body, Mapping) or not isinstance(body.get("type"), str):
-        raise ProtocolError("a message is a msgpack map with a string `type`")
-    return body
+    return pack(body)
 
 
 def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -129,7 +139,7 @@ def decode_client(data: bytes | str) -> ClientMessage:
         return TextIn(data)
     if data == EOS_BINARY:
         return EosIn()
-    body = _unpack(data)
+    body = unpack(data)
     match body["type"]:
         case "Text":
             return TextIn(_field(body, "text", str))
@@ -150,7 +160,7 @@ def decode_client(data: bytes | str) -> ClientMessage:
 
 
 def decode_server(data: bytes) -> ServerMessage:
-    body = _unpack(data)
+    body = unpack(data)
     match body["type"]:
         case "Ready":
             return Ready()

@@ -13,19 +13,18 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
+from kyutai_common.checkpoint import checkpoint_info, resolve_device, resolve_dtype
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from kyutai_tts import protocol
-from kyutai_tts.engine import Conditioning, EngineError, EngineFull, StreamHandle, TTSEngine
-from kyutai_tts.settings import EngineSettings
-from kyutai_tts.voices import VoiceBank
+from . import protocol
+from .engine import Conditioning, EngineError, EngineFull, RequestError, StreamHandle, TTSEngine
+from .settings import EngineSettings
+from .voices import VoiceBank
 
 logger = logging.getLogger("kyutai_tts.server")
 
@@ -33,11 +32,11 @@ logger = logging.getLogger("kyutai_tts.server")
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.streams_active = Gauge("kyutai_tts_streams_active", "Streams holding a slot", registry=self.registry)
-        self.capacity = Gauge("kyutai_tts_capacity", "Slots in the batch", registry=self.registry)
+        self.streams_in_use = Gauge("kyutai_tts_streams_in_use", "Streams holding a slot", registry=self.registry)
+        self.max_streams = Gauge("kyutai_tts_max_streams", "Slots in the batch", registry=self.registry)
         self.streams = Counter("kyutai_tts_streams_total", "Streams opened", registry=self.registry)
         self.rejected = Counter("kyutai_tts_rejected_total", "Connections refused", ["reason"], registry=self.registry)
-        for reason in ("auth", "bad_request", "full"):
+        for reason in ("auth", "bad_request", "full", "engine"):
             self.rejected.labels(reason)  # exported at 0 from the start
         self.step_seconds = Histogram(
             "kyutai_tts_step_seconds",
@@ -63,15 +62,25 @@ class Metrics:
         self.batch_streams.observe(streams)
 
 
+def close_code(error: Exception) -> int:
+    """Whose fault an error is, as the WebSocket close code after its `Error` (see kyutai_common.protocol)."""
+    if isinstance(error, EngineFull):
+        return protocol.CLOSE_FULL
+    if isinstance(error, RequestError | protocol.ProtocolError):
+        return protocol.CLOSE_CLIENT_ERROR
+    return protocol.CLOSE_ENGINE_ERROR
+
+
 @dataclass
 class _Sink:
-    """Hands the engine thread's output to this connection's event loop."""
+    """Hands the engine thread's domain events to this connection's event loop, as protocol messages."""
 
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[protocol.ServerMessage | None] = field(default_factory=asyncio.Queue)
+    # Messages to send; an int ends the stream with that WebSocket close code.
+    queue: asyncio.Queue[protocol.ServerMessage | int] = field(default_factory=asyncio.Queue)
     first_audio_at: float | None = None
 
-    def _put(self, message: protocol.ServerMessage | None) -> None:
+    def _put(self, message: protocol.ServerMessage | int) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed: the connection is gone anyway
             self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
 
@@ -84,11 +93,11 @@ class _Sink:
         self._put(protocol.TextOut(text, start_s, stop_s))
 
     def finished(self) -> None:
-        self._put(None)
+        self._put(protocol.CLOSE_NORMAL)
 
-    def failed(self, message: str) -> None:
-        self._put(protocol.ErrorOut(message))
-        self._put(None)
+    def failed(self, error: Exception) -> None:
+        self._put(protocol.ErrorOut(str(error)))
+        self._put(close_code(error))
 
 
 class TTSService:
@@ -100,7 +109,7 @@ class TTSService:
         self.settings = settings
         self.model_name = model_name
         self.metrics = Metrics()
-        self.metrics.capacity.set(engine.capacity)
+        self.metrics.max_streams.set(engine.max_streams)
         engine.on_step = self.metrics.on_step
         self._conditionings: dict[tuple[str, float | None], Conditioning] = {}
 
@@ -114,7 +123,7 @@ class TTSService:
 
     def authorised(self, websocket: WebSocket) -> bool:
         keys = self.settings.api_keys
-        offered = websocket.headers.get(protocol.API_KEY_HEADER) or websocket.query_params.get("auth_id")
+        offered = websocket.headers.get(protocol.API_KEY_HEADER) or websocket.query_params.get(protocol.API_KEY_QUERY)
         return not keys or offered in keys
 
     async def handle(self, websocket: WebSocket) -> None:
@@ -129,29 +138,29 @@ class TTSService:
             conditioning = await self.conditioning(query.voice, cfg_alpha)
         except (protocol.ProtocolError, EngineError) as exc:
             self.metrics.rejected.labels("bad_request").inc()
-            await self._refuse(websocket, str(exc))
+            await self._refuse(websocket, exc)
             return
         sink = _Sink(asyncio.get_running_loop())
         temperature = query.temperature if query.temperature is not None else self.settings.temperature
         try:
             handle = self.engine.open(sink, temperature=temperature, seed=query.seed, conditioning=conditioning)
-        except EngineFull as exc:
-            self.metrics.rejected.labels("full").inc()
-            await self._refuse(websocket, str(exc))
+        except EngineError as exc:
+            self.metrics.rejected.labels("full" if isinstance(exc, EngineFull) else "engine").inc()
+            await self._refuse(websocket, exc)
             return
         self.metrics.streams.inc()
-        self.metrics.streams_active.inc()
+        self.metrics.streams_in_use.inc()
         try:
             await websocket.send_bytes(protocol.encode(protocol.Ready()))
             await self._serve(websocket, handle, sink, cfg_alpha)
         finally:
             handle.close()  # frees the slot at the next step, whatever ended the connection
-            self.metrics.streams_active.dec()
+            self.metrics.streams_in_use.dec()
 
-    async def _refuse(self, websocket: WebSocket, message: str) -> None:
+    async def _refuse(self, websocket: WebSocket, error: Exception) -> None:
         with contextlib.suppress(Exception):
-            await websocket.send_bytes(protocol.encode(protocol.ErrorOut(message)))
-            await websocket.close()
+            await websocket.send_bytes(protocol.encode(protocol.ErrorOut(str(error))))
+            await websocket.close(code=close_code(error))
 
     async def _serve(self, websocket: WebSocket, handle: StreamHandle, sink: _Sink, cfg_alpha: float) -> None:
         first_word_at: list[float] = []
@@ -167,8 +176,8 @@ class TTSService:
                             return  # the client went away: stop the stream now
                         continue  # a bad message: its Error is queued, send it
                 message = await getter
-                if message is None:
-                    await websocket.close()
+                if isinstance(message, int):
+                    await websocket.close(code=message)
                     return
                 if isinstance(message, protocol.Audio) and first_word_at and sink.first_audio_at is not None:
                     self.metrics.first_audio_seconds.observe(max(0.0, sink.first_audio_at - first_word_at[0]))
@@ -191,7 +200,7 @@ class TTSService:
                     frame = await websocket.receive()
             except TimeoutError:
                 handle.close()
-                sink.failed(f"no text for {self.settings.idle_timeout_s:g} s")
+                sink.failed(RequestError(f"no text for {self.settings.idle_timeout_s:g} s"))
                 return False
             except (WebSocketDisconnect, RuntimeError):
                 return True
@@ -215,7 +224,7 @@ class TTSService:
                     ended = True
             except (protocol.ProtocolError, EngineError) as exc:
                 handle.close()
-                sink.failed(str(exc))
+                sink.failed(exc)
                 return False
 
 
@@ -230,8 +239,8 @@ def create_app(service: TTSService) -> FastAPI:
             content={
                 "status": "ok" if alive else "engine stopped",
                 "model": service.model_name,
-                "capacity": service.engine.capacity,
-                "active_streams": service.engine.active_streams,
+                "max_streams": service.engine.max_streams,
+                "streams_in_use": service.engine.streams_in_use,
             },
         )
 
@@ -246,53 +255,22 @@ def create_app(service: TTSService) -> FastAPI:
     return app
 
 
-# ----- loading ---------------------------------------------------------------------------------
-
-
-def _device(settings: EngineSettings) -> str:
-    if settings.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return settings.device
-
-
-def _dtype(settings: EngineSettings, device: str) -> torch.dtype:
-    if settings.dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[settings.dtype]
-
-
-def load_checkpoint(settings: EngineSettings) -> Any:
-    """A `CheckpointInfo` from a hub repo id or a local directory in the same layout."""
-    import json
-
-    from moshi.models import loaders
-
-    path = Path(settings.checkpoint)
-    if not path.is_dir():
-        return loaders.CheckpointInfo.from_hf_repo(settings.checkpoint)
-    config = json.loads((path / "config.json").read_text())
-    mimi_config = config.get("mimi_config_name")
-    return loaders.CheckpointInfo.from_hf_repo(
-        str(path),
-        moshi_weights=path / config["moshi_name"],
-        mimi_weights=path / config["mimi_name"],
-        tokenizer=path / config["tokenizer_name"],
-        config_path=path / "config.json",
-        mimi_config_path=path / mimi_config if mimi_config else None,
-    )
+# ----- start-up ---------------------------------------------------------------------------------
 
 
 def build_service(settings: EngineSettings) -> TTSService:
+    """The one way to build the service from settings: load, warm up, start the engine thread
+    (blocking: call off the loop). `running_service` also stops it."""
     from moshi.models.tts import TTSModel
 
-    device = _device(settings)
-    info = load_checkpoint(settings)
+    device = resolve_device(settings.device)
+    info = checkpoint_info(settings.checkpoint)
     n_q = settings.n_q or int((info.raw_config or {}).get("dep_q", 32))
     tts_model = TTSModel.from_checkpoint_info(
         info,
         n_q=n_q,
         device=device,
-        dtype=_dtype(settings, device),
+        dtype=resolve_dtype(settings.dtype, device),
         voice_repo=settings.voice_repo,
         max_padding=settings.max_padding,
         initial_padding=settings.initial_padding,
@@ -304,7 +282,7 @@ def build_service(settings: EngineSettings) -> TTSService:
     default_voice = voices.embedding(settings.default_voice)
     engine = TTSEngine(
         tts_model,
-        capacity=settings.capacity,
+        max_streams=settings.max_streams,
         default_voice=default_voice,
         default_cfg_alpha=settings.cfg_alpha,
         top_k=settings.top_k,
@@ -331,7 +309,7 @@ def main() -> None:
 
     settings = EngineSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logger.info("loading %s (capacity %d)", settings.checkpoint, settings.capacity)
+    logger.info("loading %s (max_streams %d)", settings.checkpoint, settings.max_streams)
     with running_service(settings) as service:
         logger.info("ready on %s:%d%s", settings.host, settings.port, protocol.PATH)
         uvicorn.run(

@@ -3,33 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from kyutai_common.settings import EngineSettingsBase, PluginSettingsBase
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
 
 # Kyutai's French voice used by Unmute in production (in kyutai/tts-voices).
 DEFAULT_FRENCH_VOICE = "unmute-prod-website/fabieng-enhanced-v2.wav"
 
 
-class EngineSettings(BaseSettings):
+class EngineSettings(EngineSettingsBase):
     """`python -m kyutai_tts.server`: one process per GPU (CPU when none)."""
 
-    model_config = SettingsConfigDict(env_prefix="KYUTAI_TTS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="KYUTAI_TTS_", extra="ignore", populate_by_name=True)
 
-    # A Hugging Face repo id, or a local directory in the same layout (config.json naming the files).
     checkpoint: str = "kyutai/tts-1.6b-en_fr"
+    port: int = 8089
+    # KYUTAI_TTS_CAPACITY is this setting's former name, still read.
+    max_streams: int = Field(
+        default=32,
+        ge=1,
+        le=512,
+        validation_alias=AliasChoices("max_streams", "KYUTAI_TTS_MAX_STREAMS", "KYUTAI_TTS_CAPACITY"),
+    )
     # Voices: a local folder of `<voice>.wav.<sig>@<epoch>.safetensors` files, searched first, then
     # the Hugging Face voice repo (served from the local HF cache when HF_HUB_OFFLINE=1).
     voice_dir: Path | None = None
     voice_repo: str = "kyutai/tts-voices"
     allow_hub_voices: bool = True  # False: only voices of voice_dir (no hub lookups at all)
     default_voice: str = DEFAULT_FRENCH_VOICE
-    device: str = "auto"  # "auto": cuda when present, else cpu
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     # Audio codebooks generated: fewer is faster, more is better audio (Kyutai serves 24 of 32).
     n_q: int | None = Field(default=None, ge=1)
-    capacity: int = Field(default=32, ge=1, le=512)
     # Guidance as the CFG-distilled checkpoint defines it (one of its listed values).
     cfg_alpha: float = 2.0
     temperature: float = Field(default=0.6, ge=0.0, le=5.0)
@@ -44,34 +48,19 @@ class EngineSettings(BaseSettings):
     warmup_steps: int = Field(default=3, ge=1)
     # A client that sends nothing for this long before its Eos holds a slot for nothing: drop it.
     idle_timeout_s: float = Field(default=30.0, gt=0)
-    host: str = "127.0.0.1"
-    port: int = 8089
-    # Keys accepted in the `kyutai-api-key` header; moshi-server's clients send "public_token".
-    # An empty list accepts any client (loopback development only).
-    api_keys: list[str] = Field(default_factory=lambda: ["public_token"])
-    log_level: str = "INFO"
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value != "auto" and not (value == "cpu" or value.startswith("cuda")):
-            raise ValueError("device is auto, cpu or cuda[:N]")
-        return value
 
 
-class PluginSettings(BaseSettings):
-    """The LiveKit TTS plugin, in each agent job."""
+class PluginSettings(PluginSettingsBase):
+    """Defaults of the LiveKit TTS plugin, in each agent job (constructor arguments override them)."""
 
     model_config = SettingsConfigDict(env_prefix="KYUTAI_TTS_", extra="ignore")
 
     url: str = "ws://127.0.0.1:8089"
-    api_key: str = "public_token"
     voice: str = DEFAULT_FRENCH_VOICE
     # Per-gym voices: gym id → voice name in kyutai/tts-voices, or a local embedding file
     # (`<path>.safetensors`, sent to the engine as a Voice message).
     gym_voices: dict[str, str] = Field(default_factory=dict)
     cfg_alpha: float | None = None  # None: the engine's default
     temperature: float | None = None
-    connect_timeout_s: float = Field(default=5.0, gt=0)
     # No audio for this long while words are pending means the engine is stuck.
     audio_timeout_s: float = Field(default=10.0, gt=0)

@@ -17,25 +17,27 @@ from urllib.parse import urlencode
 
 import numpy as np
 import websockets
+from kyutai_common.client import CLOSE_WAIT_S, connect, received_error
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectionError,
     APIConnectOptions,
     APIError,
-    APIStatusError,
     APITimeoutError,
     tts,
     utils,
 )
-from livekit.agents.types import TimedString
+from livekit.agents.types import NOT_GIVEN, NotGivenOr, TimedString
+from livekit.agents.utils import is_given
 from websockets.asyncio.client import ClientConnection
 
-from kyutai_tts import protocol
-from kyutai_tts.models import NUM_CHANNELS, SAMPLE_RATE
-from kyutai_tts.normalize import FrenchNormalizer
-from kyutai_tts.settings import PluginSettings
+from . import protocol
+from .models import NUM_CHANNELS, SAMPLE_RATE
+from .normalize import FrenchNormalizer
+from .settings import PluginSettings
 
 ChunkedStream = tts.ChunkedStream
+ENGINE = "Kyutai TTS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,29 +56,30 @@ class TTS(tts.TTS):
     def __init__(
         self,
         *,
-        url: str | None = None,
-        api_key: str | None = None,
-        voice: str | None = None,
-        cfg_alpha: float | None = None,
-        temperature: float | None = None,
+        url: NotGivenOr[str] = NOT_GIVEN,
+        api_key: NotGivenOr[str] = NOT_GIVEN,
+        voice: NotGivenOr[str] = NOT_GIVEN,
+        cfg_alpha: NotGivenOr[float | None] = NOT_GIVEN,
+        temperature: NotGivenOr[float | None] = NOT_GIVEN,
         seed: int | None = None,
         normalize: bool = True,
-        settings: PluginSettings | None = None,
+        settings: NotGivenOr[PluginSettings] = NOT_GIVEN,
     ) -> None:
-        """`voice` is a kyutai/tts-voices name or a local `.safetensors` embedding file;
-        None values come from `PluginSettings` (environment)."""
+        """`voice` is a kyutai/tts-voices name or a local `.safetensors` embedding file.
+        Arguments not given come from `settings` (default: `PluginSettings()`, the environment);
+        `cfg_alpha` / `temperature` None: the engine's default."""
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=True, aligned_transcript=True),
             sample_rate=SAMPLE_RATE,
             num_channels=NUM_CHANNELS,
         )
-        settings = settings or PluginSettings()
+        settings = settings if is_given(settings) else PluginSettings()
         self._opts = _Options(
-            url=(url or settings.url).rstrip("/"),
-            api_key=api_key if api_key is not None else settings.api_key,
-            voice=voice or settings.voice,
-            cfg_alpha=cfg_alpha if cfg_alpha is not None else settings.cfg_alpha,
-            temperature=temperature if temperature is not None else settings.temperature,
+            url=(url if is_given(url) else settings.url).rstrip("/"),
+            api_key=api_key if is_given(api_key) else settings.api_key,
+            voice=voice if is_given(voice) else settings.voice,
+            cfg_alpha=cfg_alpha if is_given(cfg_alpha) else settings.cfg_alpha,
+            temperature=temperature if is_given(temperature) else settings.temperature,
             seed=seed,
             normalize=normalize,
             audio_timeout_s=settings.audio_timeout_s,
@@ -84,9 +87,9 @@ class TTS(tts.TTS):
         self._voice_message: protocol.VoiceIn | None = None
 
     @classmethod
-    def for_gym(cls, gym_id: str, settings: PluginSettings | None = None, **kwargs: object) -> TTS:
+    def for_gym(cls, gym_id: str, settings: NotGivenOr[PluginSettings] = NOT_GIVEN, **kwargs: object) -> TTS:
         """The gym's own voice when its settings name one, else the French default."""
-        settings = settings or PluginSettings()
+        settings = settings if is_given(settings) else PluginSettings()
         return cls(voice=settings.gym_voices.get(gym_id, settings.voice), settings=settings, **kwargs)  # type: ignore[arg-type]
 
     @property
@@ -98,13 +101,17 @@ class TTS(tts.TTS):
         return "kyutai"
 
     def update_options(
-        self, *, voice: str | None = None, cfg_alpha: float | None = None, temperature: float | None = None
+        self,
+        *,
+        voice: NotGivenOr[str] = NOT_GIVEN,
+        cfg_alpha: NotGivenOr[float | None] = NOT_GIVEN,
+        temperature: NotGivenOr[float | None] = NOT_GIVEN,
     ) -> None:
         self._opts = replace(
             self._opts,
-            voice=voice or self._opts.voice,
-            cfg_alpha=cfg_alpha if cfg_alpha is not None else self._opts.cfg_alpha,
-            temperature=temperature if temperature is not None else self._opts.temperature,
+            voice=voice if is_given(voice) else self._opts.voice,
+            cfg_alpha=cfg_alpha if is_given(cfg_alpha) else self._opts.cfg_alpha,
+            temperature=temperature if is_given(temperature) else self._opts.temperature,
         )
         self._voice_message = None
 
@@ -182,7 +189,9 @@ class SynthesizeStream(tts.SynthesizeStream):
     async def _open_segment(self, output_emitter: tts.AudioEmitter) -> _Segment:
         url, voice = self._kyutai._stream_request()
         segment_id = utils.shortuuid()
-        ws = await _connect(url, self._kyutai._opts.api_key, self._conn_options.timeout, segment_id)
+        ws = await connect(
+            url, self._kyutai._opts.api_key, self._conn_options.timeout, engine=ENGINE, request_id=segment_id
+        )
         segment = _Segment(self, ws, output_emitter, segment_id)
         try:
             await segment.start(voice)
@@ -190,23 +199,6 @@ class SynthesizeStream(tts.SynthesizeStream):
             await segment.abort()
             raise
         return segment
-
-
-async def _connect(url: str, api_key: str, timeout_s: float, request_id: str) -> ClientConnection:
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await websockets.connect(
-                url, additional_headers={protocol.API_KEY_HEADER: api_key}, open_timeout=None
-            )
-    except TimeoutError as exc:
-        raise APITimeoutError("Kyutai TTS: connection timed out") from exc
-    except websockets.InvalidStatus as exc:
-        status = exc.response.status_code
-        raise APIStatusError(
-            f"Kyutai TTS refused the connection (HTTP {status})", status_code=status, request_id=request_id
-        ) from exc
-    except (OSError, websockets.WebSocketException) as exc:
-        raise APIConnectionError(f"Kyutai TTS unreachable at {url.split('?')[0]}") from exc
 
 
 class _Segment:
@@ -237,7 +229,7 @@ class _Segment:
         except websockets.ConnectionClosed as exc:
             raise APIConnectionError("Kyutai TTS closed the connection before Ready") from exc
         if isinstance(first, protocol.ErrorOut):
-            raise _engine_error(first.message, self._segment_id)
+            raise await received_error(self._ws, ENGINE, first.message, self._segment_id)
         if not isinstance(first, protocol.Ready):
             raise APIConnectionError(f"Kyutai TTS: expected Ready, got {type(first).__name__}")
         if voice is not None:
@@ -286,6 +278,9 @@ class _Segment:
         try:
             await self._ws.send(protocol.encode(message))
         except websockets.ConnectionClosed as exc:
+            if self._receiver is not None:
+                # An engine Error closes the stream: let the receiver turn it into its error first.
+                await asyncio.wait({self._receiver}, timeout=CLOSE_WAIT_S + 0.5)
             self._raise_if_receiver_failed()
             raise APIConnectionError("Kyutai TTS connection lost while sending text") from exc
 
@@ -316,14 +311,7 @@ class _Segment:
                     TimedString(f"{message.text} ", start_time=message.start_s, end_time=message.stop_s)
                 )
             elif isinstance(message, protocol.ErrorOut):
-                raise _engine_error(message.message, self._segment_id)
-
-
-def _engine_error(message: str, request_id: str) -> APIError:
-    if "no free channels" in message:
-        # The engine is full right now: worth retrying (LiveKit does, per APIConnectOptions).
-        return APIStatusError(f"Kyutai TTS is full: {message}", status_code=503, request_id=request_id)
-    return APIStatusError(f"Kyutai TTS error: {message}", status_code=400, request_id=request_id)
+                raise await received_error(self._ws, ENGINE, message.message, self._segment_id)
 
 
 class _PlainWords:

@@ -13,8 +13,9 @@ import threading
 from pathlib import Path
 
 import torch
-from kyutai_tts.engine import Conditioning, TTSEngine, VoiceError, load_voice_file
 from moshi.models.tts import TTSModel
+
+from .engine import Conditioning, TTSEngine, VoiceError, load_voice_file
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-/]*$")
 

@@ -22,8 +22,7 @@ import torch
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 torch.set_num_threads(1)
 
-from kyutai_stt.engine import SttEngine, load_checkpoint  # noqa: E402
-from kyutai_stt.server import SttServer  # noqa: E402
+from kyutai_stt.server import SttServer, build_server  # noqa: E402
 from kyutai_stt.settings import EngineSettings  # noqa: E402
 from kyutai_tiny.common import synthetic_speech  # noqa: E402
 from kyutai_tiny.stt import write_tiny_stt  # noqa: E402
@@ -53,12 +52,12 @@ def free_port() -> int:
 
 async def start_server(checkpoint_dir: Path, max_streams: int = MAX_STREAMS, **overrides: Any) -> SttServer:
     settings = EngineSettings(
-        checkpoint=str(checkpoint_dir), max_streams=max_streams, device="cpu", **({"port": 0} | overrides)
+        checkpoint=str(checkpoint_dir),
+        max_streams=max_streams,
+        device="cpu",
+        **({"port": 0, "warmup_steps": 1} | overrides),
     )
-    checkpoint = load_checkpoint(settings.checkpoint, settings.device, settings.dtype)
-    engine = SttEngine(checkpoint, settings.max_streams, silence_prefix=settings.silence_prefix)
-    engine.warmup(1)
-    server = SttServer(settings, engine)
+    server = build_server(settings)
     await server.start()
     return server
 

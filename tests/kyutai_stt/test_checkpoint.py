@@ -42,7 +42,7 @@ def test_a_checkpoint_without_heads_loads_and_steps_with_empty_prs(tiny_stt_no_h
     slot = engine.open_slot()
     assert slot is not None
     output = engine.step({slot: torch.zeros(engine.frame_size).numpy()})[0][slot]
-    assert output.messages[-1]["type"] == "Step" and output.messages[-1]["prs"] == []
+    assert output.step == 1 and output.prs == [] and output.words == []
 
 
 def test_broken_checkpoints_are_clear_errors(tiny_stt_dir: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 import websockets
+from kyutai_stt import protocol
 from kyutai_stt.server import SttServer
 from kyutai_tiny.stt import TOKENIZER_NAME
 from websockets.exceptions import InvalidStatus
@@ -148,7 +149,9 @@ async def test_a_full_server_answers_an_error_at_once_and_a_freed_slot_is_reused
 
     async with websockets.connect(url) as extra:
         answer = msgpack.unpackb(await asyncio.wait_for(extra.recv(), timeout=1.0))
+        await asyncio.wait_for(extra.wait_closed(), timeout=2.0)
     assert answer == {"type": "Error", "message": "no free channels"}
+    assert extra.close_code == protocol.CLOSE_FULL
 
     # A member walks away mid-sentence: the kiosk closes, the slot comes back.
     await kiosks[0].send(pack({"type": "Audio", "pcm": speech(0.5).tolist()}))
@@ -181,6 +184,8 @@ async def test_bad_input_ends_that_stream_only(stt_server: SttServer, bad_messag
         await faulty.send(pack(bad_message))
         error = msgpack.unpackb(await asyncio.wait_for(faulty.recv(), timeout=2.0))
         assert error["type"] == "Error" and expected in error["message"]
+        await asyncio.wait_for(faulty.wait_closed(), timeout=2.0)
+        assert faulty.close_code == protocol.CLOSE_CLIENT_ERROR  # the client's fault: not worth a retry
 
         await neighbour.send(pack({"type": "Audio", "pcm": speech(0.2).tolist()}))
         step = msgpack.unpackb(await asyncio.wait_for(neighbour.recv(), timeout=2.0))
@@ -298,6 +303,7 @@ async def test_a_failing_model_step_ends_only_the_streams_in_it(tiny_stt_dir: Pa
             error = msgpack.unpackb(await asyncio.wait_for(unlucky.recv(), timeout=3))
             assert error == {"type": "Error", "message": "model step failed"}
             await asyncio.wait_for(unlucky.wait_closed(), timeout=3)
+            assert unlucky.close_code == protocol.CLOSE_ENGINE_ERROR  # the engine's fault: worth a retry
         await wait_for_streams(server, 0)
         async with websockets.connect(url) as next_member:
             await next_member.recv()

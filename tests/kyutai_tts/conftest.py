@@ -57,8 +57,8 @@ class RecordingSink:
     def finished(self) -> None:
         self.done.set()
 
-    def failed(self, message: str) -> None:
-        self.error = message
+    def failed(self, error: Exception) -> None:
+        self.error = str(error)
         self.done.set()
 
     @property
@@ -70,10 +70,10 @@ class RecordingSink:
 def make_engine(tiny_tts: TinyTTS) -> Iterator[object]:
     engines: list[TTSEngine] = []
 
-    def _make(capacity: int = 4, cfg_alpha: float = 2.0) -> TTSEngine:
+    def _make(max_streams: int = 4, cfg_alpha: float = 2.0) -> TTSEngine:
         engine = TTSEngine(
             tiny_tts.load(),
-            capacity=capacity,
+            max_streams=max_streams,
             default_voice=load_voice_file(tiny_tts.voice_path(DEFAULT_VOICE)),
             default_cfg_alpha=cfg_alpha,
         )
@@ -125,7 +125,7 @@ async def server(tiny_tts: TinyTTS) -> AsyncIterator[tuple[str, TTSService]]:
         checkpoint=str(tiny_tts.directory),
         voice_dir=tiny_tts.voice_dir,
         default_voice=DEFAULT_VOICE,
-        capacity=2,
+        max_streams=2,
         api_keys=[API_KEY],
         warmup_steps=1,
         allow_hub_voices=False,
@@ -149,5 +149,5 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 
 async def wait_idle(service: TTSService) -> None:
-    await until(lambda: service.engine.active_streams == 0)
-    assert service.engine.active_streams == 0
+    await until(lambda: service.engine.streams_in_use == 0)
+    assert service.engine.streams_in_use == 0

@@ -47,7 +47,7 @@ def assert_same_as_reference(sink: RecordingSink, reference: tuple[np.ndarray, n
 
 
 def test_one_stream_fed_word_by_word_equals_moshi_generate(make_engine, tiny_tts: TinyTTS) -> None:
-    engine: TTSEngine = make_engine(capacity=4)
+    engine: TTSEngine = make_engine(max_streams=4)
     sink = RecordingSink()
     handle = engine.open(sink, temperature=0.6, seed=1234)
     feed(handle, FRENCH_ANSWER).join()
@@ -64,7 +64,7 @@ def test_one_stream_fed_word_by_word_equals_moshi_generate(make_engine, tiny_tts
 
 
 def test_four_streams_started_at_different_times_each_equal_their_reference(make_engine, tiny_tts: TinyTTS) -> None:
-    engine: TTSEngine = make_engine(capacity=4)
+    engine: TTSEngine = make_engine(max_streams=4)
     texts = [
         FRENCH_ANSWER,
         "Ta séance de musculation commence dans dix minutes.",
@@ -101,7 +101,7 @@ def test_four_streams_started_at_different_times_each_equal_their_reference(make
 
 
 def test_first_audio_leaves_before_the_last_word_arrives(make_engine) -> None:
-    engine: TTSEngine = make_engine(capacity=2)
+    engine: TTSEngine = make_engine(max_streams=2)
     sink = RecordingSink()
     handle = engine.open(sink, temperature=0.6, seed=5)
     words = FRENCH_ANSWER.split()
@@ -119,7 +119,7 @@ def test_first_audio_leaves_before_the_last_word_arrives(make_engine) -> None:
 
 
 def test_closing_a_stream_stops_it_within_a_frame_and_leaves_others_unchanged(make_engine, tiny_tts: TinyTTS) -> None:
-    engine: TTSEngine = make_engine(capacity=3)
+    engine: TTSEngine = make_engine(max_streams=3)
     keep = [RecordingSink(), RecordingSink()]
     cancelled = RecordingSink()
     handles = [engine.open(sink, temperature=0.6, seed=20 + i) for i, sink in enumerate(keep)]
@@ -130,9 +130,9 @@ def test_closing_a_stream_stops_it_within_a_frame_and_leaves_others_unchanged(ma
     frames_at_close = len(cancelled.pcm)
     victim.close()
     deadline = time.monotonic() + 5
-    while engine.active_streams > 2 and time.monotonic() < deadline:
+    while engine.streams_in_use > 2 and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert engine.active_streams <= 2  # the slot is free again
+    assert engine.streams_in_use <= 2  # the slot is free again
     assert len(cancelled.pcm) <= frames_at_close + 1  # at most the frame already in flight
     steps_after_close = engine.total_steps
     for feeder in feeders:
@@ -150,7 +150,7 @@ def test_closing_a_stream_stops_it_within_a_frame_and_leaves_others_unchanged(ma
 
 
 def test_a_full_engine_refuses_at_once_and_a_closed_stream_frees_its_slot(make_engine) -> None:
-    engine: TTSEngine = make_engine(capacity=2)
+    engine: TTSEngine = make_engine(max_streams=2)
     first = engine.open(RecordingSink(), temperature=0.6)
     engine.open(RecordingSink(), temperature=0.6)
     started = time.monotonic()
@@ -159,13 +159,13 @@ def test_a_full_engine_refuses_at_once_and_a_closed_stream_frees_its_slot(make_e
     assert time.monotonic() - started < 0.1
     first.close()
     deadline = time.monotonic() + 5
-    while engine.active_streams == 2 and time.monotonic() < deadline:
+    while engine.streams_in_use == 2 and time.monotonic() < deadline:
         time.sleep(0.001)
     engine.open(RecordingSink(), temperature=0.6)  # no exception: the slot was freed
 
 
 def test_bad_voices_and_guidance_are_typed_errors(make_engine) -> None:
-    engine: TTSEngine = make_engine(capacity=1)
+    engine: TTSEngine = make_engine(max_streams=1)
     with pytest.raises(VoiceError, match="cfg_alpha"):
         engine.conditioning_for(None, 2.7)
     with pytest.raises(VoiceError, match=r"\[1, C, T\]"):
@@ -175,8 +175,8 @@ def test_bad_voices_and_guidance_are_typed_errors(make_engine) -> None:
 
 
 def test_each_extra_stream_costs_its_streaming_state_never_the_weights(make_engine) -> None:
-    one: TTSEngine = make_engine(capacity=1)
-    four: TTSEngine = make_engine(capacity=4)
+    one: TTSEngine = make_engine(max_streams=1)
+    four: TTSEngine = make_engine(max_streams=4)
     per_stream = one.state_bytes()
     assert per_stream > 0
     assert four.state_bytes() == pytest.approx(4 * per_stream, rel=0.01)  # a few shared scalars aside
@@ -184,7 +184,7 @@ def test_each_extra_stream_costs_its_streaming_state_never_the_weights(make_engi
 
 def test_streams_joining_and_leaving_around_a_long_answer_leave_it_unchanged(make_engine, tiny_tts: TinyTTS) -> None:
     """Churn: short answers start, finish or are dropped in the slots beside a long one."""
-    engine: TTSEngine = make_engine(capacity=3)
+    engine: TTSEngine = make_engine(max_streams=3)
     long_text = FRENCH_ANSWER + " " + FRENCH_ANSWER
     main = RecordingSink()
     main_feeder = feed(engine.open(main, temperature=0.6, seed=77), long_text, pause_s=0.01)

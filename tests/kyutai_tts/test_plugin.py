@@ -91,11 +91,11 @@ async def test_an_interruption_closes_the_stream_and_frees_the_engine_at_once(se
     stream.push_text(FRENCH_ANSWER + " " + FRENCH_ANSWER + " ")
     first = await asyncio.wait_for(stream.__anext__(), 30)
     assert first.frame.samples_per_channel > 0
-    assert service.engine.active_streams == 1
+    assert service.engine.streams_in_use == 1
     started = time.monotonic()
     await stream.aclose()  # barge-in: the member talks over the agent
-    await until(lambda: service.engine.active_streams == 0, timeout_s=2)
-    assert service.engine.active_streams == 0
+    await until(lambda: service.engine.streams_in_use == 0, timeout_s=2)
+    assert service.engine.streams_in_use == 0
     assert time.monotonic() - started < 0.5
 
 

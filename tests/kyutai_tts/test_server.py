@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 import time
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 import websockets
 from kyutai_tiny.tts import DEFAULT_VOICE, OTHER_VOICE, TinyTTS
+from kyutai_tts import protocol
 from kyutai_tts.engine import load_voice_file
+from websockets.asyncio.client import ClientConnection
 
 from .conftest import API_KEY, FRENCH_ANSWER, free_port, reference_generate, until, wait_idle
 
@@ -111,8 +114,8 @@ async def test_a_full_server_answers_error_at_once_and_a_dropped_connection_free
         pass
     steps_before = service.engine.total_steps
     await first.close()  # the member interrupted the agent: the kiosk's session drops the stream
-    await until(lambda: service.engine.active_streams == 1)
-    assert service.engine.active_streams == 1
+    await until(lambda: service.engine.streams_in_use == 1)
+    assert service.engine.streams_in_use == 1
     assert service.engine.total_steps - steps_before <= 3  # gone within a frame or so of the close
     async with websockets.connect(tts_url(base), additional_headers=headers) as fourth:
         assert msgpack.unpackb(await fourth.recv())["type"] == "Ready"
@@ -159,13 +162,23 @@ async def test_bad_requests_get_a_clear_error(server, query: dict[str, str], err
     assert message["type"] == "Error" and error in message["message"]
 
 
+async def read_until_closed(ws: ClientConnection) -> list[dict[str, Any]]:
+    """Every message up to the close; a stream ended by an Error closes with a code other than 1000."""
+    messages = []
+    with contextlib.suppress(websockets.ConnectionClosedError):
+        async for raw in ws:
+            messages.append(msgpack.unpackb(raw))
+    return messages
+
+
 async def test_a_malformed_message_ends_the_stream_with_an_error(server) -> None:
     base, service = server
     async with websockets.connect(tts_url(base), additional_headers={"kyutai-api-key": API_KEY}) as ws:
         assert msgpack.unpackb(await ws.recv())["type"] == "Ready"
         await ws.send(b"\x92\x01")  # msgpack, but not a map with a type
-        messages = [msgpack.unpackb(raw) async for raw in ws]
+        messages = await read_until_closed(ws)
     assert messages[-1]["type"] == "Error"
+    assert ws.close_code == protocol.CLOSE_CLIENT_ERROR  # the client's fault: not worth a retry
     await wait_idle(service)
 
 
@@ -176,10 +189,11 @@ async def test_a_client_that_goes_quiet_before_eos_loses_its_slot(server) -> Non
         async with websockets.connect(tts_url(base), additional_headers={"kyutai-api-key": API_KEY}) as ws:
             assert msgpack.unpackb(await ws.recv())["type"] == "Ready"
             await ws.send(msgpack.packb({"type": "Text", "text": "Bonjour"}))
-            messages = [msgpack.unpackb(raw) async for raw in ws]
+            messages = await read_until_closed(ws)
     finally:
         service.settings.idle_timeout_s = 30.0
     assert messages[-1] == {"type": "Error", "message": "no text for 0.3 s"}
+    assert ws.close_code == protocol.CLOSE_CLIENT_ERROR
     await wait_idle(service)
 
 
@@ -189,7 +203,7 @@ async def test_health_and_metrics(server) -> None:
     async with httpx.AsyncClient() as client:
         health = (await client.get(f"{http}/api/health")).json()
         metrics = (await client.get(f"{http}/metrics")).text
-    assert health["status"] == "ok" and health["capacity"] == 2
+    assert health["status"] == "ok" and health["max_streams"] == 2
     assert "kyutai_tts_step_seconds_bucket" in metrics
     assert 'kyutai_tts_rejected_total{reason="full"}' in metrics
 
@@ -204,7 +218,7 @@ async def test_the_server_command_serves_a_local_checkpoint(tiny_tts: TinyTTS) -
         "KYUTAI_TTS_DEFAULT_VOICE": DEFAULT_VOICE,
         "KYUTAI_TTS_ALLOW_HUB_VOICES": "false",
         "KYUTAI_TTS_PORT": str(port),
-        "KYUTAI_TTS_CAPACITY": "2",
+        "KYUTAI_TTS_MAX_STREAMS": "2",
         "KYUTAI_TTS_API_KEYS": '["public_token"]',
         "OMP_NUM_THREADS": "1",
     }

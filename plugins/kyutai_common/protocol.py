@@ -1,0 +1,52 @@
+"""The parts of Kyutai's streaming protocols (those of its Rust `moshi-server`) that STT and TTS share.
+
+One msgpack map per WebSocket binary message, tagged by its `type` field; the API key in the
+`kyutai-api-key` header or the `auth_id` query parameter.
+
+How a stream ended is told by the WebSocket close code that follows an `Error` (moshi-server's
+`Error` carries only a message, so the maps stay exactly Kyutai's):
+- `CLOSE_CLIENT_ERROR` (1008, policy violation): the client broke the protocol or its limits;
+  sending the same again fails again.
+- `CLOSE_ENGINE_ERROR` (1011, internal error): the engine failed; another try may work.
+- `CLOSE_FULL` (1013, try again later): no free slot (`Error {message: "no free channels"}`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+API_KEY_HEADER = "kyutai-api-key"
+API_KEY_QUERY = "auth_id"
+SAMPLE_RATE = 24_000
+FRAME_RATE = 12.5
+FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one model step
+NO_FREE_CHANNELS = "no free channels"  # moshi-server's wording when it is full; clients match it
+
+CLOSE_NORMAL = 1000
+CLOSE_CLIENT_ERROR = 1008
+CLOSE_ENGINE_ERROR = 1011
+CLOSE_FULL = 1013
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol (the stream that sent it is ended)."""
+
+
+def pack(message: dict[str, Any]) -> bytes:
+    """Encode one message; floats as float32, as moshi-server and Kyutai's clients send them."""
+    packed = msgpack.packb(message, use_bin_type=True, use_single_float=True)
+    assert isinstance(packed, bytes)
+    return packed
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    """Decode one message into a dict with a string `type`; raises ProtocolError otherwise."""
+    try:
+        message = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ProtocolError(f"not a msgpack message: {exc}") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("a message must be a msgpack map with a string 'type'")
+    return message

@@ -1,0 +1,38 @@
+"""Settings both engine servers and both plugins declare alike (each package adds its own)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings
+
+
+class EngineSettingsBase(BaseSettings):
+    """One engine server process per GPU (CPU when none); subclasses set the env prefix and port."""
+
+    # A Hugging Face repo id, or a local directory in the same layout (config.json naming the files).
+    checkpoint: str
+    device: str = "auto"  # "auto": cuda when present, else cpu
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    max_streams: int = Field(default=32, ge=1, le=1024)  # batch size: one slot per live stream
+    host: str = "127.0.0.1"
+    port: int
+    # Keys accepted in the `kyutai-api-key` header or `auth_id` query; Kyutai's clients send
+    # "public_token". An empty list accepts any client (loopback development only).
+    api_keys: list[str] = Field(default_factory=lambda: ["public_token"])
+    log_level: str = "INFO"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value != "auto" and not (value == "cpu" or value.startswith("cuda")):
+            raise ValueError("device is auto, cpu or cuda[:N]")
+        return value
+
+
+class PluginSettingsBase(BaseSettings):
+    """Defaults of a LiveKit plugin in each agent job (constructor arguments override them)."""
+
+    url: str
+    api_key: str = "public_token"
