@@ -11,12 +11,31 @@ import contextlib
 
 import websockets
 from livekit.agents import APIConnectionError, APIStatusError, APITimeoutError
+from livekit.agents.types import NotGivenOr
+from livekit.agents.utils import is_given
 from websockets.asyncio.client import ClientConnection
 
 from .protocol import API_KEY_HEADER, CLOSE_CLIENT_ERROR, CLOSE_FULL, NO_FREE_CHANNELS
+from .settings import PluginSettingsBase
 
 # After an Error the engine closes the stream at once; its close code tells whose fault it was.
 CLOSE_WAIT_S = 1.0
+
+
+def endpoint(url: NotGivenOr[str], api_key: NotGivenOr[str], settings: PluginSettingsBase) -> tuple[str, str]:
+    """The engine's address and key: as given, else from the plugin's settings."""
+    resolved = url if is_given(url) else settings.url
+    if not resolved.startswith(("ws://", "wss://")):
+        raise ValueError(f"url must be a ws:// or wss:// address of a Kyutai engine server, got {resolved!r}")
+    return resolved.rstrip("/"), api_key if is_given(api_key) else settings.api_key
+
+
+class KyutaiProvider:
+    """Mixed into both plugins: the provider LiveKit's metrics and logs report."""
+
+    @property
+    def provider(self) -> str:
+        return "kyutai"
 
 
 async def connect(

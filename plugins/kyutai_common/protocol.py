@@ -17,6 +17,22 @@ from typing import Any
 
 import msgpack
 
+__all__ = [
+    "API_KEY_HEADER",
+    "API_KEY_QUERY",
+    "CLOSE_CLIENT_ERROR",
+    "CLOSE_ENGINE_ERROR",
+    "CLOSE_FULL",
+    "CLOSE_NORMAL",
+    "FRAME_RATE",
+    "FRAME_SAMPLES",
+    "NO_FREE_CHANNELS",
+    "SAMPLE_RATE",
+    "ProtocolError",
+    "pack",
+    "unpack",
+]
+
 API_KEY_HEADER = "kyutai-api-key"
 API_KEY_QUERY = "auth_id"
 SAMPLE_RATE = 24_000

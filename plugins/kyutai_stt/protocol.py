@@ -18,37 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from kyutai_common.protocol import (
-    API_KEY_HEADER,
-    API_KEY_QUERY,
-    CLOSE_CLIENT_ERROR,
-    CLOSE_ENGINE_ERROR,
-    CLOSE_FULL,
-    CLOSE_NORMAL,
-    FRAME_RATE,
-    FRAME_SAMPLES,
-    NO_FREE_CHANNELS,
-    SAMPLE_RATE,
-    ProtocolError,
-    pack,
-    unpack,
-)
 
-__all__ = [
-    "API_KEY_HEADER",
-    "API_KEY_QUERY",
-    "CLOSE_CLIENT_ERROR",
-    "CLOSE_ENGINE_ERROR",
-    "CLOSE_FULL",
-    "CLOSE_NORMAL",
-    "FRAME_RATE",
-    "FRAME_SAMPLES",
-    "NO_FREE_CHANNELS",
-    "SAMPLE_RATE",
-    "ProtocolError",
-    "pack",
-    "unpack",
-]
+# The shared wire (keys, frame sizes, close codes, pack/unpack), extended here: one namespace for both.
+from kyutai_common.protocol import *  # noqa: F403
+from kyutai_common.protocol import FRAME_RATE, SAMPLE_RATE, ProtocolError, unpack
 
 PATH = "/api/asr-streaming"
 MAX_AUDIO_SAMPLES = SAMPLE_RATE * 10  # one message carries at most 10 s: larger is a client bug

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from kyutai_common.client import connect, received_error
+from kyutai_common.client import KyutaiProvider, connect, endpoint, received_error
 from livekit import rtc
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
@@ -56,7 +56,7 @@ class _STTOptions:
     end_of_turn: EndOfTurnOptions
 
 
-class STT(stt.STT):
+class STT(KyutaiProvider, stt.STT):
     """Kyutai streaming STT through a Kyutai engine server (`python -m kyutai_stt.server`)."""
 
     def __init__(
@@ -74,13 +74,9 @@ class STT(stt.STT):
                 streaming=True, interim_results=True, aligned_transcript="word", offline_recognize=True
             )
         )
-        settings = settings if is_given(settings) else PluginSettings()
-        resolved_url = url if is_given(url) else settings.url
-        resolved_key = api_key if is_given(api_key) else settings.api_key
-        if not resolved_url.startswith(("ws://", "wss://")):
-            raise ValueError("url must be a ws:// or wss:// address of a Kyutai STT server")
+        resolved_url, resolved_key = endpoint(url, api_key, settings if is_given(settings) else PluginSettings())
         self._opts = _STTOptions(
-            url=resolved_url.rstrip("/"),
+            url=resolved_url,
             api_key=resolved_key,
             language=language,
             end_of_turn=end_of_turn if is_given(end_of_turn) else EndOfTurnOptions(),
@@ -89,10 +85,6 @@ class STT(stt.STT):
     @property
     def model(self) -> str:
         return "kyutai/stt-1b-en_fr"
-
-    @property
-    def provider(self) -> str:
-        return "kyutai"
 
     def stream(
         self,

@@ -20,35 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kyutai_common.protocol import (
-    API_KEY_HEADER,
-    API_KEY_QUERY,
-    CLOSE_CLIENT_ERROR,
-    CLOSE_ENGINE_ERROR,
-    CLOSE_FULL,
-    CLOSE_NORMAL,
-    FRAME_RATE,
-    FRAME_SAMPLES,
-    NO_FREE_CHANNELS,
-    SAMPLE_RATE,
-    ProtocolError,
-    pack,
-    unpack,
-)
-
-__all__ = [
-    "API_KEY_HEADER",
-    "API_KEY_QUERY",
-    "CLOSE_CLIENT_ERROR",
-    "CLOSE_ENGINE_ERROR",
-    "CLOSE_FULL",
-    "CLOSE_NORMAL",
-    "FRAME_RATE",
-    "FRAME_SAMPLES",
-    "NO_FREE_CHANNELS",
-    "SAMPLE_RATE",
-    "ProtocolError",
-]
+# The shared wire (keys, frame sizes, close codes, pack/unpack), extended here: one namespace for both.
+from kyutai_common.protocol import *  # noqa: F403
+from kyutai_common.protocol import ProtocolError, pack, unpack
 
 PATH = "/api/tts_streaming"
 PCM_FORMAT = "PcmMessagePack"

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 import websockets
-from kyutai_common.client import CLOSE_WAIT_S, connect, received_error
+from kyutai_common.client import CLOSE_WAIT_S, KyutaiProvider, connect, endpoint, received_error
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectionError,
@@ -52,7 +52,7 @@ class _Options:
     audio_timeout_s: float
 
 
-class TTS(tts.TTS):
+class TTS(KyutaiProvider, tts.TTS):
     def __init__(
         self,
         *,
@@ -74,9 +74,10 @@ class TTS(tts.TTS):
             num_channels=NUM_CHANNELS,
         )
         settings = settings if is_given(settings) else PluginSettings()
+        resolved_url, resolved_key = endpoint(url, api_key, settings)
         self._opts = _Options(
-            url=(url if is_given(url) else settings.url).rstrip("/"),
-            api_key=api_key if is_given(api_key) else settings.api_key,
+            url=resolved_url,
+            api_key=resolved_key,
             voice=voice if is_given(voice) else settings.voice,
             cfg_alpha=cfg_alpha if is_given(cfg_alpha) else settings.cfg_alpha,
             temperature=temperature if is_given(temperature) else settings.temperature,
@@ -95,10 +96,6 @@ class TTS(tts.TTS):
     @property
     def model(self) -> str:
         return "kyutai-tts"
-
-    @property
-    def provider(self) -> str:
-        return "kyutai"
 
     def update_options(
         self,
