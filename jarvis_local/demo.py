@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -121,7 +122,7 @@ async def typed_turns(kiosk: SimulatedKiosk, t_agent: float) -> None:
         seen = len(kiosk.transcripts)
         asked = await kiosk.send_chat(question)
         say(f"member types: « {question} »")
-        answer = await poll(lambda n=seen: kiosk.transcripts[n:], 30)  # type: ignore[misc]
+        answer = await poll(lambda: kiosk.transcripts[seen:], 30)  # noqa: B023 (awaited within this iteration)
         if not answer:
             raise SystemExit("no answer within 30 s: see .data/agent.log")
         say(f"JARVIS: « {answer[0][1]} » ({ms(asked, answer[0][0])})")
@@ -143,7 +144,7 @@ async def spoken_turns(kiosk: SimulatedKiosk, t_agent: float) -> None:
         turn = await kiosk.hear_answer(await kiosk.say(synthesize_french(sentence), sentence), 30)
         if turn.first_answer is None:
             raise SystemExit("JARVIS did not answer out loud within 30 s: see .data/agent.log")
-        await poll(lambda t=turn.first_answer: kiosk.heard.stopped_after(t, 0.6), 30)  # type: ignore[misc]
+        await poll(functools.partial(kiosk.heard.stopped_after, turn.first_answer, 0.6), 30)
         heard = " / ".join(text for _t, text in kiosk.member_transcripts[seen_member:]) or "…"
         answer = " ".join(text for _t, text in kiosk.transcripts[seen_agent:]) or "…"
         say(f"  STT heard: « {heard} »")

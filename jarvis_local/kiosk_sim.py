@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import shutil
 import subprocess
 import tempfile
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -63,19 +64,29 @@ async def open_session(
 
 
 @overload
+async def poll(
+    probe: Callable[[], Awaitable[T | None]], timeout_s: float = ..., *, every_s: float = ..., what: str
+) -> T: ...
+@overload
+async def poll(
+    probe: Callable[[], Awaitable[T | None]], timeout_s: float = ..., *, every_s: float = ..., what: None = None
+) -> T | None: ...
+@overload
 async def poll(probe: Callable[[], T | None], timeout_s: float = ..., *, every_s: float = ..., what: str) -> T: ...
 @overload
 async def poll(
     probe: Callable[[], T | None], timeout_s: float = ..., *, every_s: float = ..., what: None = None
 ) -> T | None: ...
 async def poll(
-    probe: Callable[[], T | None], timeout_s: float = 30.0, *, every_s: float = 0.02, what: str | None = None
-) -> T | None:
-    """Calls ``probe`` until it returns something truthy, and returns that. At the deadline: None,
-    or, when ``what`` names the wait, an AssertionError saying so (what a test wants)."""
+    probe: Callable[[], Any], timeout_s: float = 30.0, *, every_s: float = 0.02, what: str | None = None
+) -> Any:
+    """Calls ``probe`` (plain or async) until it returns something truthy, and returns that. At the
+    deadline: None, or, when ``what`` names the wait, an AssertionError saying so (what a test wants)."""
     deadline = time.perf_counter() + timeout_s
     while True:
         value = probe()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.perf_counter() >= deadline:

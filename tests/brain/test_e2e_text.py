@@ -125,9 +125,6 @@ async def test_kiosk_chats_with_jarvis_and_gets_the_squat_video(
         )
         return rows[0] if rows and rows[0]["outcome"] else None
 
-    deadline = time.monotonic() + 30
-    while (ended := await summary()) is None:
-        assert time.monotonic() < deadline, "no session summary 30 s after the kiosk left"
-        await asyncio.sleep(0.2)
+    ended = await poll(summary, 30, every_s=0.2, what="the session summary after the kiosk left")
     assert ended["outcome"] == "completed" and ended["summary"].startswith("Vidéo")
     assert ended["sentiment"] == "neutral" and ended["duration_s"] > 0
