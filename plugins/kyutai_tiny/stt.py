@@ -127,8 +127,8 @@ def _silence_codes(mimi: MimiModel, seed: int) -> set[int]:
 def _shape_heads(lm: LMModel, mimi: MimiModel, seed: int) -> None:
     """Give the random LM a silence feature and heads that read it.
 
-    One model dimension is reserved: only the first-codebook embeddings of silence carry it
-    (strongly), so it survives the residual stream to the output. The padding row of the text
+    One model dimension is reserved: only the first-codebook embeddings of silence and of the
+    start of the stream carry it (strongly), so it survives the residual stream to the output. The padding row of the text
     head and class 0 of every extra head read it; other text rows are random and sharpened so
     that the argmax follows the audio on speech.
     """
@@ -139,6 +139,11 @@ def _shape_heads(lm: LMModel, mimi: MimiModel, seed: int) -> None:
     for emb_weight in [*embeddings, lm.text_emb.weight]:
         emb_weight[:, feature] = 0.0
     embeddings[0][silent, feature] = 8.0
+    # A stream's first step reads only moshi's start-of-sequence tokens (its first frame's codes
+    # are never read). A trained STT answers padding there; a random start token gives a junk
+    # word at the start of every stream, so the start reads as silence too. (Only the first
+    # codebook's start token: the delayed codebooks also read it on the second step, on speech.)
+    embeddings[0][lm.initial_token_id, feature] = 8.0
 
     text_weight: torch.Tensor = lm.text_linear.weight
     weight = text_weight.float()

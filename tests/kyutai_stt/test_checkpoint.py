@@ -64,3 +64,25 @@ def test_the_tiny_checkpoint_is_rebuilt_identically(tmp_path: Path, tiny_stt_dir
     again = write_tiny_stt(tmp_path / "again").parent
     for name in ("config.json", json.loads((again / "config.json").read_text())["tokenizer_name"]):
         assert (again / name).read_bytes() == (tiny_stt_dir / name).read_bytes()
+
+
+def test_the_tiny_model_hears_nothing_in_silence_from_the_first_frame(tiny_stt_dir: Path) -> None:
+    """Real Kyutai STT answers padding on silence, the stream's start included: a word there would
+    be a member's turn nobody said (it cut JARVIS's greeting short in the voice tests)."""
+    from kyutai_tiny.common import synthetic_speech
+
+    checkpoint = load_checkpoint(str(tiny_stt_dir), "cpu")
+    engine = SttEngine(checkpoint, max_streams=1)
+    slot = engine.open_slot()
+    assert slot is not None
+    frame = engine.frame_size
+    silence = torch.zeros(frame * 25).numpy()
+    tokens: list[int | None] = []
+    words = []
+    for audio in (silence, synthetic_speech(2.0, 24000, 42), silence):
+        for start in range(0, len(audio) - frame + 1, frame):
+            output = engine.step({slot: audio[start : start + frame]})[0][slot]
+            tokens.append(output.text_token)
+            words += output.words
+    assert set(tokens[:25]) <= {None, checkpoint.padding_token_id}, tokens[:25]
+    assert words, "the tiny model heard no word in speech either"
