@@ -24,6 +24,7 @@ __all__ = [
     "CLOSE_ENGINE_ERROR",
     "CLOSE_FULL",
     "CLOSE_NORMAL",
+    "DRAINING",
     "FRAME_RATE",
     "FRAME_SAMPLES",
     "NO_FREE_CHANNELS",
@@ -39,6 +40,8 @@ SAMPLE_RATE = 24_000
 FRAME_RATE = 12.5
 FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one model step
 NO_FREE_CHANNELS = "no free channels"  # moshi-server's wording when it is full; clients match it
+# A draining engine (SIGTERM) refuses as a full one does, so every client retries elsewhere.
+DRAINING = f"{NO_FREE_CHANNELS}: draining"
 
 CLOSE_NORMAL = 1000
 CLOSE_CLIENT_ERROR = 1008

@@ -22,6 +22,10 @@ class EngineSettingsBase(BaseSettings):
     # "public_token". An empty list accepts any client (loopback development only).
     api_keys: list[str] = Field(default_factory=lambda: ["public_token"])
     log_level: str = "INFO"
+    # SIGTERM drains: health says "draining" (503), new streams are refused with close 1013 (the
+    # plugins then pick another replica), live streams may finish for up to this long, then the
+    # process exits 0. Keep it below the unit's TimeoutStopSec (deploy/systemd) or systemd kills first.
+    drain_timeout_s: float = Field(default=30.0, ge=0.0, le=3600.0)
 
     @field_validator("device")
     @classmethod

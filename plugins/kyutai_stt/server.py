@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +117,8 @@ class SttServer:
         self._server: Server | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
+        self.draining = False  # SIGTERM: refuse new streams, let live ones finish (see drain)
+        self._stream_ended = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -148,6 +151,19 @@ class SttServer:
                 await self._loop_task
         self._executor.shutdown(wait=True)
 
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new streams and wait, up to `timeout_s`, for the live ones to end; True if they all did.
+        The listener stays open meanwhile so health answers "draining" and new streams get 1013."""
+        self.draining = True
+        logger.info("draining: %d live stream(s), waiting up to %g s", len(self.streams), timeout_s)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self.streams:
+                    self._stream_ended.clear()
+                    await self._stream_ended.wait()
+        logger.info("drained: %d live stream(s) left", len(self.streams))
+        return not self.streams
+
     async def _run_in_model_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -157,12 +173,14 @@ class SttServer:
         path, _, query = request.path.partition("?")
         if path == "/api/health":
             body = {
-                "status": "ok",
+                "status": "draining" if self.draining else "ok",
                 "streams_in_use": len(self.streams),
                 "max_streams": self.engine.max_streams,
                 "pause_heads": self.engine.checkpoint.has_pause_heads,
             }
-            response = connection.respond(HTTPStatus.OK, json.dumps(body) + "\n")
+            # 503 while draining: load balancers and the workers' engine poll drop this replica.
+            status = HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK
+            response = connection.respond(status, json.dumps(body) + "\n")
             response.headers["Content-Type"] = "application/json"
             return response
         if path == "/metrics":
@@ -184,6 +202,13 @@ class SttServer:
     # WebSocket side: one stream per connection
 
     async def _handle(self, websocket: ServerConnection) -> None:
+        if self.draining:
+            # Refused as a full engine is: the plugins retry on another replica.
+            self.metrics.connections.labels("draining").inc()
+            with contextlib.suppress(ConnectionClosed):
+                await websocket.send(protocol.pack(protocol.error(protocol.DRAINING)))
+                await websocket.close(protocol.CLOSE_FULL, protocol.DRAINING)
+            return
         slot = await self._run_in_model_thread(self.engine.open_slot)
         if slot is None:
             self.metrics.connections.labels("full").inc()
@@ -208,6 +233,7 @@ class SttServer:
             stream.closed = True
             self.streams.pop(slot, None)
             self.metrics.streams_in_use.set(len(self.streams))
+            self._stream_ended.set()
             if not self._closing:
                 await self._run_in_model_thread(self.engine.close_slot, slot)
             else:
@@ -364,9 +390,24 @@ async def run(settings: EngineSettings) -> None:
         torch.set_num_threads(settings.torch_threads)
     server = await asyncio.to_thread(build_server, settings)
     await server.start()
+    done = asyncio.Event()
+    drain_task: asyncio.Task[bool] | None = None
+
+    def on_sigterm() -> None:
+        nonlocal drain_task
+        if drain_task is None:
+            drain_task = asyncio.create_task(server.drain(settings.drain_timeout_s))
+            drain_task.add_done_callback(lambda _: done.set())
+        else:  # a second SIGTERM: stop now, cutting what is still live
+            logger.warning("second SIGTERM: stopping with %d live stream(s)", len(server.streams))
+            done.set()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
-        await asyncio.Future()
+        await done.wait()
     finally:
+        loop.remove_signal_handler(signal.SIGTERM)
         await server.stop()
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 
 import numpy as np
 import torch
+import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from kyutai_common.checkpoint import checkpoint_info, resolve_device, resolve_dtype
@@ -36,7 +39,7 @@ class Metrics:
         self.max_streams = Gauge("kyutai_tts_max_streams", "Slots in the batch", registry=self.registry)
         self.streams = Counter("kyutai_tts_streams_total", "Streams opened", registry=self.registry)
         self.rejected = Counter("kyutai_tts_rejected_total", "Connections refused", ["reason"], registry=self.registry)
-        for reason in ("auth", "bad_request", "full", "engine"):
+        for reason in ("auth", "bad_request", "full", "engine", "draining"):
             self.rejected.labels(reason)  # exported at 0 from the start
         self.step_seconds = Histogram(
             "kyutai_tts_step_seconds",
@@ -112,6 +115,8 @@ class TTSService:
         self.metrics.max_streams.set(engine.max_streams)
         engine.on_step = self.metrics.on_step
         self._conditionings: dict[tuple[str, float | None], Conditioning] = {}
+        self.draining = False  # SIGTERM: refuse new streams, let live ones finish (see DrainingServer)
+        self.live_streams = 0  # connections holding a stream, counted here: the engine frees slots a step later
 
     async def conditioning(self, voice: str | None, cfg_alpha: float | None) -> Conditioning:
         key = (voice or self.settings.default_voice, cfg_alpha)
@@ -132,6 +137,11 @@ class TTSService:
             await websocket.close(code=1008)  # before accept: the client sees HTTP 403
             return
         await websocket.accept()
+        if self.draining:
+            # Refused as a full engine is: the plugins retry on another replica.
+            self.metrics.rejected.labels("draining").inc()
+            await self._refuse(websocket, EngineFull(protocol.DRAINING))
+            return
         try:
             query = protocol.StreamQuery.parse(dict(websocket.query_params))
             cfg_alpha = query.cfg_alpha if query.cfg_alpha is not None else self.settings.cfg_alpha
@@ -150,12 +160,14 @@ class TTSService:
             return
         self.metrics.streams.inc()
         self.metrics.streams_in_use.inc()
+        self.live_streams += 1
         try:
             await websocket.send_bytes(protocol.encode(protocol.Ready()))
             await self._serve(websocket, handle, sink, cfg_alpha)
         finally:
             handle.close()  # frees the slot at the next step, whatever ended the connection
             self.metrics.streams_in_use.dec()
+            self.live_streams -= 1
 
     async def _refuse(self, websocket: WebSocket, error: Exception) -> None:
         with contextlib.suppress(Exception):
@@ -234,10 +246,12 @@ def create_app(service: TTSService) -> FastAPI:
     @app.get("/api/health")
     async def health() -> JSONResponse:
         alive = service.engine.alive
+        # 503 while draining too: load balancers and the workers' engine poll drop this replica.
+        status = "engine stopped" if not alive else "draining" if service.draining else "ok"
         return JSONResponse(
-            status_code=200 if alive else 503,
+            status_code=200 if status == "ok" else 503,
             content={
-                "status": "ok" if alive else "engine stopped",
+                "status": status,
                 "model": service.model_name,
                 "max_streams": service.engine.max_streams,
                 "streams_in_use": service.engine.streams_in_use,
@@ -304,17 +318,54 @@ def running_service(settings: EngineSettings) -> Iterator[TTSService]:
         service.engine.stop()
 
 
-def main() -> None:
-    import uvicorn
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but SIGTERM drains first: uvicorn's own shutdown closes every WebSocket at once
+    (1012) and then re-raises SIGTERM, so the process would neither finish live streams nor exit 0.
 
+    The signal handler only sets a flag; the drain runs in uvicorn's 100 ms tick, on the loop.
+    """
+
+    def __init__(self, config: uvicorn.Config, service: TTSService, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.service = service
+        self.drain_timeout_s = drain_timeout_s
+        self._sigterms = 0
+        self._drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM:
+            super().handle_exit(sig, frame)
+            return
+        self._sigterms += 1
+        if self._sigterms > 1:  # a second SIGTERM: stop now, cutting what is still live
+            self.should_exit = True
+            self.force_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._sigterms and self._drain_deadline is None:
+            self.service.draining = True
+            self._drain_deadline = time.monotonic() + self.drain_timeout_s
+            logger.info(
+                "draining: %d live stream(s), waiting up to %g s", self.service.live_streams, self.drain_timeout_s
+            )
+        if self._drain_deadline is not None and (
+            self.service.live_streams == 0 or time.monotonic() >= self._drain_deadline or self.force_exit
+        ):
+            logger.info("drained: %d live stream(s) left", self.service.live_streams)
+            return True
+        return await super().on_tick(counter)
+
+
+def main() -> None:
     settings = EngineSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logger.info("loading %s (max_streams %d)", settings.checkpoint, settings.max_streams)
     with running_service(settings) as service:
         logger.info("ready on %s:%d%s", settings.host, settings.port, protocol.PATH)
-        uvicorn.run(
+        config = uvicorn.Config(
             create_app(service), host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio"
         )
+        DrainingServer(config, service, settings.drain_timeout_s).run()
 
 
 if __name__ == "__main__":
