@@ -1,12 +1,23 @@
-"""TTS engine benchmark: `python -m bench.tts [--quick] [--real-size]`.
+"""TTS engine benchmark: `python -m bench.tts [--quick] [--capacity C] [--real-size]`.
 
-For 1, 2, 4, 8, 16, 32 concurrent streams (quick: 1 and 32), one engine with that many slots
-speaks the same French answer on every stream, words fed as an LLM would. Reports per level:
-step time (one batched LM step + Mimi decode), real-time factor (step time / 80 ms of audio
-each stream gets per step), time to first audio after the first word, and memory per extra
-stream (the engine's per-slot streaming state; `mem_mb` is the process's measured growth, noisy on
-CPU). Tiny random weights by default; `--real-size` builds random weights with the shapes of
-kyutai/tts-1.6b-en_fr (meant for a GPU). Never fails on timing.
+One engine of fixed capacity C (`--capacity`, default 32 slots), as deployed: it computes all C
+slots at every step whatever the number of live streams. For each level of ACTIVE streams (1, 2,
+4, 8, 16, 32 clipped to C, doubling on up to C when it is larger; quick: the smallest and the
+largest) that many streams speak the same French answer, words fed as an LLM would. Each row
+(`streams` = `active`) reports, over the steps that ran every active stream (`steps_measured` of
+`steps_total`; when there is none, every step and `fallback: true`, also said on stderr): step
+time (one batched LM step + Mimi decode), real-time factor (step p50 / 80 ms of audio each
+stream gets per step), `batch_fill_pct` (live slots / C over those steps), time to first audio
+after the first word, and the per-slot streaming state (`mem_mb` is the process's measured
+growth, noisy on CPU).
+
+Top level, as `bench/capacity.py` defines them: `active_stream_cost_ms` (slope of step_ms_p50
+over active at fixed C), `idle_slot_cost_ms` (1 active on C slots against the same stream on an
+engine of capacity 1, per idle slot), `skip_idle_slots_saves_pct` at 1 and C/4 active (what an
+engine sized to the live streams saves per step; a level missing from the sweep is run for it).
+Tiny random weights by default; `--real-size` builds random weights with the shapes of
+kyutai/tts-1.6b-en_fr (meant for a GPU, e.g. `--capacity 256`). Timings are noisy on a shared
+CPU; the bench never fails on timing.
 """
 
 from __future__ import annotations
@@ -28,6 +39,15 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 import numpy as np
 import torch
 
+from bench.capacity import (
+    DEFAULT_CAPACITY,
+    active_levels,
+    fill_pct,
+    measured_steps,
+    skip_idle_entry,
+    skip_idle_points,
+    summary,
+)
 from bench.common import emit, percentile, progress
 
 ANSWER = (
@@ -102,7 +122,8 @@ def _write_checkpoint(directory: Path, real_size: bool) -> Any:
     )
 
 
-def run_level(tiny: Any, streams: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+def run_level(tiny: Any, capacity: int, active: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """One engine of `capacity` slots speaking the answer on `active` streams at once."""
     from kyutai_tiny.tts import DEFAULT_VOICE
     from kyutai_tts.engine import TTSEngine, load_voice_file
 
@@ -110,12 +131,15 @@ def run_level(tiny: Any, streams: int, device: str, dtype: torch.dtype) -> dict[
     model = tiny.load(device=device, dtype=dtype)
     before = _memory_mb(device)
     engine = TTSEngine(
-        model, max_streams=streams, default_voice=load_voice_file(tiny.voice_path(DEFAULT_VOICE)), default_cfg_alpha=2.0
+        model,
+        max_streams=capacity,
+        default_voice=load_voice_file(tiny.voice_path(DEFAULT_VOICE)),
+        default_cfg_alpha=2.0,
     )
     engine.warmup(2)
     state_mb = engine.state_bytes() / 2**20
     engine.start()
-    sinks = [_Sink() for _ in range(streams)]
+    sinks = [_Sink() for _ in range(active)]
     words = ANSWER.split()
     try:
         handles = []
@@ -137,13 +161,20 @@ def run_level(tiny: Any, streams: int, device: str, dtype: torch.dtype) -> dict[
         memory = _memory_mb(device) - before
     finally:
         engine.stop()
-    full_steps = [t for t, n in zip(engine.step_times_s, engine.batch_sizes, strict=True) if n == streams]
-    steps_ms = [1000 * t for t in (full_steps or list(engine.step_times_s))]
+    # batch_sizes holds the slots each step ran: the streams with words to speak at that step.
+    records = list(zip(engine.batch_sizes, engine.step_times_s, strict=True))
+    step_s, actives, fallback = measured_steps(records, active)
+    if fallback:
+        progress(f"  no step ran all {active} streams: every step measured (fallback)")
+    steps_ms = [1000 * t for t in step_s]
     ttfa_ms = [1000 * (s.first_audio_at - s.started_at) for s in sinks if s.first_audio_at is not None]
     errors = [s.error for s in sinks if s.error]
     step_p50 = percentile(steps_ms, 50)
     row = {
-        "streams": streams,
+        "streams": active,
+        "capacity": capacity,
+        "active": active,
+        "batch_fill_pct": fill_pct(actives, capacity),
         "step_ms_p50": round(step_p50, 3),
         "step_ms_p99": round(percentile(steps_ms, 99), 3),
         "rtf": round(step_p50 / (1000 * FRAME_S), 4),
@@ -151,9 +182,12 @@ def run_level(tiny: Any, streams: int, device: str, dtype: torch.dtype) -> dict[
         "ttfa_ms_p95": round(percentile(ttfa_ms, 95), 1),
         "mem_mb": round(memory, 1),
         "state_mb": round(state_mb, 3),
-        # Streaming state is allocated per slot: each extra stream costs this much.
-        "mem_per_stream_mb": round(state_mb / streams, 3),
+        # Streaming state is allocated per slot, for every slot of the capacity.
+        "mem_per_stream_mb": round(state_mb / capacity, 3),
         "steps_measured": len(steps_ms),
+        "steps_total": len(records),
+        # True: no step ran every stream, so every step of the level was measured.
+        "fallback": fallback,
         "audio_s_per_stream": round(float(np.mean([s.frames for s in sinks])) * FRAME_S, 2),
         "errors": len(errors),
     }
@@ -211,32 +245,51 @@ async def _plugin_first_frame_ms(tiny: Any, device: str, runs: int = 3) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="only 1 and 32 streams")
+    parser.add_argument("--quick", action="store_true", help="only 1 and `capacity` active streams")
+    parser.add_argument(
+        "--capacity", type=int, default=DEFAULT_CAPACITY, help="slots of the engine, fixed for every level"
+    )
+    parser.add_argument("--levels", help="comma-separated active stream counts, e.g. 1,64,256")
     parser.add_argument("--real-size", action="store_true", help="random weights with the real model's shapes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    levels = [1, 32] if args.quick else [1, 2, 4, 8, 16, 32]
+    capacity = args.capacity
+    levels = active_levels(capacity, args.quick, args.levels)
     results: list[dict[str, Any]] = []
+    skip_idle: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-tts-") as tmp:
         progress(f"writing {'real-size' if args.real_size else 'tiny'} random-weight checkpoint")
         tiny = _write_checkpoint(Path(tmp), args.real_size)
-        for streams in levels:
-            progress(f"{streams} stream(s)…")
-            row = run_level(tiny, streams, args.device, dtype)
+        for active in levels:
+            progress(f"{active} active stream(s) on {capacity} slots…")
+            row = run_level(tiny, capacity, active, args.device, dtype)
             progress(f"  {row}")
             results.append(row)
+        for active in skip_idle_points(capacity):
+            full = next((row for row in results if row["active"] == active), None)
+            if full is None:
+                progress(f"{active} active stream(s) on {capacity} slots (for the idle-slot cost)…")
+                full = run_level(tiny, capacity, active, args.device, dtype)
+            progress(f"{active} active stream(s) on {active} slots (a batch of only the live slots)…")
+            sized = run_level(tiny, active, active, args.device, dtype)
+            skip_idle.append(skip_idle_entry(capacity, active, full["step_ms_p50"], sized["step_ms_p50"]))
+            skip_idle[-1]["sized_ttfa_ms_p50"] = sized["ttfa_ms_p50"]
+            skip_idle[-1]["errors"] = full["errors"] + sized["errors"]
+            progress(f"  {skip_idle[-1]}")
         progress("plugin over the server: first word sent → first frame out")
         plugin_ms = asyncio.run(_plugin_first_frame_ms(tiny, args.device))
     single = results[0]
-    realtime = [row["streams"] for row in results if row["rtf"] < 1.0]
+    realtime = [row["active"] for row in results if row["rtf"] < 1.0]
     emit(
         "tts",
         weights="real-size-random" if args.real_size else "tiny",
         quick=args.quick,
         results=results,
+        **summary(capacity, results, skip_idle),
+        # The step with the most active streams against one active, at the same capacity.
         step_ratio_max_vs_1=round(results[-1]["step_ms_p50"] / max(single["step_ms_p50"], 1e-9), 2),
         max_realtime_streams=max(realtime) if realtime else 0,
         plugin_first_frame_ms_p50=round(percentile(plugin_ms, 50), 1),
