@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, NoDecode
 
 
 class EngineSettingsBase(BaseSettings):
@@ -39,4 +39,18 @@ class PluginSettingsBase(BaseSettings):
     """Defaults of a LiveKit plugin in each agent job (constructor arguments override them)."""
 
     url: str
+    # Engine replicas, comma-separated (KYUTAI_STT_URLS="ws://gpu-1:8088,ws://gpu-2:8088"): each new
+    # stream goes to the one with the most free slots, and moves to another if its engine fails.
+    # Empty: `url` alone, a list of one.
+    urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_key: str = "public_token"
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
+    def replica_urls(self) -> list[str]:
+        return list(self.urls) or [self.url]

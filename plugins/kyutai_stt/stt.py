@@ -18,16 +18,27 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from kyutai_common.client import KyutaiProvider, connect, endpoint, received_error
+from kyutai_common.client import (
+    KyutaiProvider,
+    ReplicaPool,
+    can_fail_over,
+    connect,
+    endpoints,
+    log_failover,
+    received_error,
+)
 from livekit import rtc
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectionError,
     APIConnectOptions,
+    APIError,
     APITimeoutError,
     stt,
     utils,
@@ -46,11 +57,14 @@ from .settings import PluginSettings
 
 ENGINE = "Kyutai STT server"
 END_MARKER_TIMEOUT_S = 5.0  # at end of input, the longest wait for the last words
+# The member audio kept since the last final, replayed to another replica when the engine fails
+# mid-turn (a turn is a few seconds; longer, its start is lost rather than memory held).
+MAX_REPLAY_S = 30.0
 
 
 @dataclass
 class _STTOptions:
-    url: str
+    urls: list[str]
     api_key: str
     language: SttLanguage
     end_of_turn: EndOfTurnOptions
@@ -63,20 +77,25 @@ class STT(KyutaiProvider, stt.STT):
         self,
         *,
         url: NotGivenOr[str] = NOT_GIVEN,
+        urls: NotGivenOr[Sequence[str]] = NOT_GIVEN,
         api_key: NotGivenOr[str] = NOT_GIVEN,
         language: SttLanguage = "fr",
         end_of_turn: NotGivenOr[EndOfTurnOptions] = NOT_GIVEN,
         settings: NotGivenOr[PluginSettings] = NOT_GIVEN,
     ) -> None:
-        """Arguments not given come from `settings` (default: `PluginSettings()`, the environment)."""
+        """Arguments not given come from `settings` (default: `PluginSettings()`, the environment).
+        `urls`: engine replicas (instead of one `url`); each stream picks the one with most room."""
         super().__init__(
             capabilities=stt.STTCapabilities(
                 streaming=True, interim_results=True, aligned_transcript="word", offline_recognize=True
             )
         )
-        resolved_url, resolved_key = endpoint(url, api_key, settings if is_given(settings) else PluginSettings())
+        resolved_urls, resolved_key = endpoints(
+            url, urls, api_key, settings if is_given(settings) else PluginSettings()
+        )
+        self._pool = ReplicaPool(resolved_urls, engine=ENGINE)
         self._opts = _STTOptions(
-            url=resolved_url,
+            urls=resolved_urls,
             api_key=resolved_key,
             language=language,
             end_of_turn=end_of_turn if is_given(end_of_turn) else EndOfTurnOptions(),
@@ -95,7 +114,7 @@ class STT(KyutaiProvider, stt.STT):
         opts = self._opts
         if is_given(language):
             opts = replace(opts, language=_language(language))
-        return SpeechStream(stt=self, opts=opts, conn_options=conn_options)
+        return SpeechStream(stt=self, opts=opts, conn_options=conn_options, pool=self._pool)
 
     async def _recognize_impl(
         self,
@@ -138,6 +157,8 @@ class _Connection:
     """What one connection to the server knows; a reconnection starts afresh."""
 
     ws: ClientConnection
+    url: str = ""
+    base_samples: int = 0  # the member's sample at which this connection's audio starts (a replay)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sent_samples: int = 0  # everything sent, flush silence included: the server's time axis
@@ -148,12 +169,14 @@ class _Connection:
     last_word_sample: int = 0  # sent_samples when the last word arrived
     last_word_step: int = 0
     markers: dict[int, str] = field(default_factory=dict)  # marker id -> "turn" | "flush" | "end"
+    marker_at: dict[int, int] = field(default_factory=dict)  # marker id -> member samples sent before it
     next_marker: int = 1
     flushing: bool = False
     closing: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     usage_samples: int = 0  # member audio not yet reported as usage
     has_heads: bool | None = None
+    lost_at: float | None = None  # when the previous replica was lost (a failover's first word clears it)
 
     def audio_time(self, server_time: float) -> float:
         """Server time (which counts the flush silence we inserted) -> time in the member's audio."""
@@ -161,12 +184,45 @@ class _Connection:
         return max(0.0, server_time - inserted)
 
 
+class _ReplayBuffer:
+    """The member audio sent since the last final, by member sample index, at most `max_samples`."""
+
+    def __init__(self, max_samples: int) -> None:
+        self._chunks: deque[tuple[int, np.ndarray]] = deque()
+        self._max = max_samples
+        self.start = 0  # member sample index of the first sample kept
+        self.end = 0  # member samples sent in all
+
+    def append(self, samples: np.ndarray) -> None:
+        self._chunks.append((self.end, samples))
+        self.end += samples.size
+        while self._chunks and self.end - self._chunks[0][0] > self._max:
+            self._chunks.popleft()
+        self.start = self._chunks[0][0] if self._chunks else self.end
+
+    def drop_before(self, index: int) -> None:
+        """A final covers the audio up to `index`: no replica needs to hear it again."""
+        while self._chunks and self._chunks[0][0] + self._chunks[0][1].size <= index:
+            self._chunks.popleft()
+        self.start = self._chunks[0][0] if self._chunks else self.end
+
+    def samples(self) -> np.ndarray:
+        return np.concatenate([c for _, c in self._chunks]) if self._chunks else np.zeros(0, np.float32)
+
+
 class SpeechStream(stt.SpeechStream):
-    def __init__(self, *, stt: STT, opts: _STTOptions, conn_options: APIConnectOptions) -> None:
+    def __init__(self, *, stt: STT, opts: _STTOptions, conn_options: APIConnectOptions, pool: ReplicaPool) -> None:
         super().__init__(stt=stt, conn_options=conn_options, sample_rate=SAMPLE_RATE)
         self._opts = opts
+        self._pool = pool
         self._pause = PauseAverage(opts.end_of_turn.attack_s, opts.end_of_turn.release_s)
         self._warned_no_heads = False
+        self._stream_id = uuid.uuid4().hex[:12]
+        self._replay = _ReplayBuffer(int(MAX_REPLAY_S * SAMPLE_RATE))
+        self._failovers = 0  # since the last final: bounded, so a sick fleet ends in an error
+        self._time_base: float | None = None
+        # Kill to first word again, per mid-stream failover (seconds): what tests and logs report.
+        self.failover_gaps: list[float] = []
 
     @property
     def language(self) -> SttLanguage:
@@ -178,8 +234,48 @@ class SpeechStream(stt.SpeechStream):
         return self._pause.value
 
     async def _run(self) -> None:
-        conn = _Connection(ws=await self._connect())
-        self._pause.value = 0.0
+        if self._time_base is None:
+            # Word times count member audio across replicas; LiveKit's retry loop shifts
+            # start_time_offset by wall time instead, which a replay would count twice.
+            self._time_base = self.start_time_offset
+        previous: _Connection | None = None
+        while True:
+            try:
+                conn = await self._open(previous)
+            except BaseException:
+                if previous is not None and (previous.words or previous.speaking):
+                    # No replica took the turn over: close it with what was heard (LiveKit's
+                    # retry starts anew), so the session never waits on its END_OF_SPEECH.
+                    self._finish_segment(previous)
+                    self._report_usage(previous)
+                    self._replay.drop_before(self._replay.end)
+                raise
+            failing_over = False
+            try:
+                await self._serve(conn)
+                return
+            except APIError as exc:
+                if not can_fail_over(exc) or self._failovers >= len(self._pool):
+                    raise
+                # Another replica hears the turn again from the last final (immediately: the
+                # member is speaking; APIConnectOptions' pauses are for when none is left).
+                failing_over = True
+                self._failovers += 1
+                self._pool.mark_down(conn.url, type(exc).__name__)
+                log_failover(ENGINE, conn.url, self._stream_id, f"lost mid-stream: {exc}")
+                conn.lost_at = time.monotonic()
+                previous = conn
+            finally:
+                conn.closing = True
+                if not failing_over and (conn.words or conn.speaking):
+                    # The connection is gone mid-turn: close the turn with what was heard, so the
+                    # session never waits on an END_OF_SPEECH that will not come (a retry starts anew).
+                    self._finish_segment(conn)
+                    self._report_usage(conn)
+                with contextlib.suppress(Exception):
+                    await conn.ws.close()
+
+    async def _serve(self, conn: _Connection) -> None:
         sender = asyncio.create_task(self._send_loop(conn), name="kyutai_stt.send")
         receiver = asyncio.create_task(self._receive_loop(conn), name="kyutai_stt.receive")
         try:
@@ -189,19 +285,30 @@ class SpeechStream(stt.SpeechStream):
             if receiver not in done:
                 await receiver
         finally:
-            conn.closing = True
             await utils.aio.cancel_and_wait(sender, receiver)
-            if conn.words or conn.speaking:
-                # The connection is gone mid-turn: close the turn with what was heard, so the
-                # session never waits on an END_OF_SPEECH that will not come (a retry starts anew).
-                self._finish_segment(conn)
-                self._report_usage(conn)
-            with contextlib.suppress(Exception):
-                await conn.ws.close()
 
-    async def _connect(self) -> ClientConnection:
+    async def _open(self, previous: _Connection | None) -> _Connection:
+        """A connection to the replica with most room; after a failure, the turn's audio replayed."""
+        url, ws = await self._pool.open(self._connect, self._conn_options, stream_id=self._stream_id)
+        conn = _Connection(ws=ws, url=url, base_samples=self._replay.start)
+        if previous is None:
+            self._pause.value = 0.0
+            return conn
+        # The member's turn so far: its words come again from the new replica (the interim
+        # transcript restarts from the last final; START_OF_SPEECH is not repeated).
+        conn.speaking = previous.speaking
+        conn.usage_samples = previous.usage_samples
+        conn.lost_at = previous.lost_at
+        audio = self._replay.samples()
+        for start in range(0, audio.size, FRAME_SAMPLES):
+            await self._send_audio(conn, audio[start : start + FRAME_SAMPLES])
+        if any(kind != "end" for kind in previous.markers.values()):
+            await self._flush(conn, "turn")  # the turn had ended: end it again, at once
+        return conn
+
+    async def _connect(self, replica: str) -> ClientConnection:
         timeout = self._conn_options.timeout
-        url = f"{self._opts.url}{protocol.PATH}"
+        url = f"{replica}{protocol.PATH}"
         ws = await connect(url, self._opts.api_key, timeout, engine=ENGINE, max_size=2**22)
         try:
             async with asyncio.timeout(timeout):
@@ -242,6 +349,7 @@ class SpeechStream(stt.SpeechStream):
             if samples.size == 0:
                 continue  # an empty frame carries nothing to transcribe
             conn.usage_samples += samples.size
+            self._replay.append(samples)  # before sending: a frame lost with the engine is replayed
             await self._send_audio(conn, samples)
             if conn.has_heads is not True and conn.speaking and not conn.flushing:
                 # No pause heads (moshi-server then sends no Step at all): the turn ends after a
@@ -271,6 +379,7 @@ class SpeechStream(stt.SpeechStream):
         marker_id = conn.next_marker
         conn.next_marker += 1
         conn.markers[marker_id] = kind
+        conn.marker_at[marker_id] = self._replay.end
         conn.flushing = True
         frames = self._opts.end_of_turn.flush_frames
         await self._send(conn, protocol.marker(marker_id))
@@ -304,13 +413,17 @@ class SpeechStream(stt.SpeechStream):
                 raise await received_error(conn.ws, ENGINE, str(message.get("message", "")), conn.request_id)
 
     def _word_time(self, conn: _Connection, server_time: float) -> float:
-        return conn.audio_time(server_time) + self.start_time_offset
+        base = self.start_time_offset if self._time_base is None else self._time_base
+        return conn.audio_time(server_time) + conn.base_samples / SAMPLE_RATE + base
 
     def _on_word(self, conn: _Connection, text: str, server_start: float) -> None:
         start = self._word_time(conn, server_start)
         if not conn.speaking:
             conn.speaking = True
             self._emit(conn, stt.SpeechEventType.START_OF_SPEECH, speech_start_time=start)
+        if conn.lost_at is not None:
+            self.failover_gaps.append(time.monotonic() - conn.lost_at)
+            conn.lost_at = None
         conn.words.append(_timed(text, start, start, self.start_time_offset))
         conn.last_word_sample = conn.sent_samples
         conn.last_word_step = conn.steps
@@ -352,6 +465,8 @@ class SpeechStream(stt.SpeechStream):
         if kind is None:
             return False
         conn.flushing = bool(conn.markers)
+        self._replay.drop_before(conn.marker_at.pop(marker_id, 0))
+        self._failovers = 0
         self._finish_segment(conn)
         self._report_usage(conn)
         if kind == "end":

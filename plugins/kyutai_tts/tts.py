@@ -11,13 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlencode
 
 import numpy as np
 import websockets
-from kyutai_common.client import CLOSE_WAIT_S, KyutaiProvider, connect, endpoint, received_error
+from kyutai_common.client import (
+    KyutaiProvider,
+    ReplicaPool,
+    can_fail_over,
+    connect,
+    endpoints,
+    log_failover,
+    received_error,
+)
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectionError,
@@ -42,7 +51,7 @@ ENGINE = "Kyutai TTS"
 
 @dataclass(frozen=True, slots=True)
 class _Options:
-    url: str
+    urls: tuple[str, ...]
     api_key: str
     voice: str
     cfg_alpha: float | None
@@ -57,6 +66,7 @@ class TTS(KyutaiProvider, tts.TTS):
         self,
         *,
         url: NotGivenOr[str] = NOT_GIVEN,
+        urls: NotGivenOr[Sequence[str]] = NOT_GIVEN,
         api_key: NotGivenOr[str] = NOT_GIVEN,
         voice: NotGivenOr[str] = NOT_GIVEN,
         cfg_alpha: NotGivenOr[float | None] = NOT_GIVEN,
@@ -66,6 +76,8 @@ class TTS(KyutaiProvider, tts.TTS):
         settings: NotGivenOr[PluginSettings] = NOT_GIVEN,
     ) -> None:
         """`voice` is a kyutai/tts-voices name or a local `.safetensors` embedding file.
+        `urls`: engine replicas (instead of one `url`): each segment goes to the one with most room,
+        and moves to another, from the first word not yet played, if its engine fails.
         Arguments not given come from `settings` (default: `PluginSettings()`, the environment);
         `cfg_alpha` / `temperature` None: the engine's default."""
         super().__init__(
@@ -74,9 +86,10 @@ class TTS(KyutaiProvider, tts.TTS):
             num_channels=NUM_CHANNELS,
         )
         settings = settings if is_given(settings) else PluginSettings()
-        resolved_url, resolved_key = endpoint(url, api_key, settings)
+        resolved_urls, resolved_key = endpoints(url, urls, api_key, settings)
+        self._pool = ReplicaPool(resolved_urls, engine=ENGINE)
         self._opts = _Options(
-            url=resolved_url,
+            urls=tuple(resolved_urls),
             api_key=resolved_key,
             voice=voice if is_given(voice) else settings.voice,
             cfg_alpha=cfg_alpha if is_given(cfg_alpha) else settings.cfg_alpha,
@@ -120,9 +133,10 @@ class TTS(KyutaiProvider, tts.TTS):
     def stream(self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS) -> SynthesizeStream:
         return SynthesizeStream(tts=self, conn_options=conn_options)
 
-    def _stream_request(self) -> tuple[str, protocol.VoiceIn | None]:
-        """The stream URL and, for a local voice file, the Voice message to send first."""
+    def _stream_request(self, replica: str | None = None) -> tuple[str, protocol.VoiceIn | None]:
+        """A replica's (default: the first) stream URL and, for a local voice file, the Voice to send first."""
         opts = self._opts
+        replica = replica or opts.urls[0]
         local_voice = opts.voice.endswith(".safetensors")
         query = protocol.StreamQuery(
             voice=None if local_voice else opts.voice,
@@ -130,7 +144,7 @@ class TTS(KyutaiProvider, tts.TTS):
             seed=opts.seed,
             temperature=opts.temperature,
         )
-        url = f"{opts.url}{protocol.PATH}?{urlencode(query.to_params())}"
+        url = f"{replica}{protocol.PATH}?{urlencode(query.to_params())}"
         if local_voice and self._voice_message is None:
             self._voice_message = _voice_message(Path(opts.voice))
         return url, self._voice_message if local_voice else None
@@ -184,55 +198,79 @@ class SynthesizeStream(tts.SynthesizeStream):
                 await segment.abort()
 
     async def _open_segment(self, output_emitter: tts.AudioEmitter) -> _Segment:
-        url, voice = self._kyutai._stream_request()
         segment_id = utils.shortuuid()
+        url, ws = await self._kyutai._pool.open(
+            lambda replica: self._open_link(replica, segment_id), self._conn_options, stream_id=segment_id
+        )
+        segment = _Segment(self, ws, url, output_emitter, segment_id)
+        segment.start()
+        return segment
+
+    async def _open_link(self, replica: str, segment_id: str) -> ClientConnection:
+        """One engine stream, Ready (and the voice sent): what a segment speaks through."""
+        url, voice = self._kyutai._stream_request(replica)
         ws = await connect(
             url, self._kyutai._opts.api_key, self._conn_options.timeout, engine=ENGINE, request_id=segment_id
         )
-        segment = _Segment(self, ws, output_emitter, segment_id)
         try:
-            await segment.start(voice)
+            try:
+                raw = await asyncio.wait_for(ws.recv(), self._conn_options.timeout)
+                first = protocol.decode_server(raw if isinstance(raw, bytes) else raw.encode())
+            except protocol.ProtocolError as exc:
+                raise APIConnectionError("Kyutai TTS: not a TTS engine at this address") from exc
+            except TimeoutError as exc:
+                raise APITimeoutError("Kyutai TTS: no Ready from the engine") from exc
+            except websockets.ConnectionClosed as exc:
+                raise APIConnectionError("Kyutai TTS closed the connection before Ready") from exc
+            if isinstance(first, protocol.ErrorOut):
+                raise await received_error(ws, ENGINE, first.message, segment_id)
+            if not isinstance(first, protocol.Ready):
+                raise APIConnectionError(f"Kyutai TTS: expected Ready, got {type(first).__name__}")
+            if voice is not None:
+                await ws.send(protocol.encode(voice))
         except BaseException:
-            await segment.abort()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 1.0)
             raise
-        return segment
+        return ws
 
 
 class _Segment:
-    """One engine stream: words out, audio and timestamps in, concurrently."""
+    """One segment of speech: words out, audio and timestamps in, concurrently, through one engine
+    stream at a time. If that engine fails mid-segment, another replica takes over from the first
+    word whose audio has not been pushed to the emitter in full (known from the Text timestamps):
+    the member hears at most the start of that word twice, and no word is lost."""
 
     def __init__(
-        self, stream: SynthesizeStream, ws: ClientConnection, emitter: tts.AudioEmitter, segment_id: str
+        self, stream: SynthesizeStream, ws: ClientConnection, url: str, emitter: tts.AudioEmitter, segment_id: str
     ) -> None:
         self._stream = stream
         self._ws = ws
+        self._url = url
         self._emitter = emitter
         self._segment_id = segment_id
         self._words: FrenchNormalizer | _PlainWords = (
             FrenchNormalizer() if stream._kyutai._opts.normalize else _PlainWords()
         )
         self._receiver: asyncio.Task[None] | None = None
-        self._sent_words = 0
+        # Sends and a failover's re-sends take turns: a word is recorded and sent under the lock.
+        self._lock = asyncio.Lock()
+        self._sent: list[str] = []  # every word sent, as the engine counts them (one Text out each)
+        self._eos = False
+        self._stops: list[float] = []  # per word timed so far: where its audio ends, segment seconds
+        self._pushed_s = 0.0  # segment audio pushed to the emitter
+        self._shown = 0  # words whose timed transcript went to the emitter
+        self._link_first_word = 0  # the word the current engine stream started from
+        self._link_words = 0  # Text timestamps received on the current engine stream
+        self._link_offset_s = 0.0  # segment seconds at which the current engine stream's audio starts
+        self._lost_at: float | None = None
+        # Engine lost to audio again, per mid-segment failover (seconds): what tests and logs report.
+        self.failover_gaps: list[float] = []
+        self.resumed_from: list[int] = []  # the word index each failover resumed from
 
-    async def start(self, voice: protocol.VoiceIn | None) -> None:
-        timeout = self._stream._conn_options.timeout
-        try:
-            raw = await asyncio.wait_for(self._ws.recv(), timeout)
-            first = protocol.decode_server(raw if isinstance(raw, bytes) else raw.encode())
-        except protocol.ProtocolError as exc:
-            raise APIConnectionError("Kyutai TTS: not a TTS engine at this address") from exc
-        except TimeoutError as exc:
-            raise APITimeoutError("Kyutai TTS: no Ready from the engine") from exc
-        except websockets.ConnectionClosed as exc:
-            raise APIConnectionError("Kyutai TTS closed the connection before Ready") from exc
-        if isinstance(first, protocol.ErrorOut):
-            raise await received_error(self._ws, ENGINE, first.message, self._segment_id)
-        if not isinstance(first, protocol.Ready):
-            raise APIConnectionError(f"Kyutai TTS: expected Ready, got {type(first).__name__}")
-        if voice is not None:
-            await self._send(voice)
+    def start(self) -> None:
         self._emitter.start_segment(segment_id=self._segment_id)
-        self._receiver = asyncio.create_task(self._receive(), name="kyutai_tts.receive")
+        self._receiver = asyncio.create_task(self._receive_all(), name="kyutai_tts.receive")
 
     async def push(self, text: str) -> None:
         for word in self._words.push(text):
@@ -243,14 +281,18 @@ class _Segment:
         if self._stream.first_word_sent_at is None:
             self._stream.first_word_sent_at = time.monotonic()
         self._stream._mark_started()
-        await self._send(protocol.TextIn(word))
-        self._sent_words += 1
+        async with self._lock:
+            for token in word.split():
+                self._sent.append(token)
+                await self._send(protocol.TextIn(token))
 
     async def finish(self) -> None:
         """End of the segment's text: send what is left, Eos, and wait for the last audio."""
         for word in self._words.flush():
             await self._send_word(word)
-        await self._send(protocol.EosIn())
+        async with self._lock:
+            self._eos = True
+            await self._send(protocol.EosIn())
         assert self._receiver is not None
         await self._receiver
         self._emitter.end_segment()
@@ -274,19 +316,64 @@ class _Segment:
     async def _send(self, message: protocol.ClientMessage) -> None:
         try:
             await self._ws.send(protocol.encode(message))
-        except websockets.ConnectionClosed as exc:
-            if self._receiver is not None:
-                # An engine Error closes the stream: let the receiver turn it into its error first.
-                await asyncio.wait({self._receiver}, timeout=CLOSE_WAIT_S + 0.5)
-            self._raise_if_receiver_failed()
-            raise APIConnectionError("Kyutai TTS connection lost while sending text") from exc
+        except websockets.ConnectionClosed:
+            # The receiver sees the same closure and either fails over (re-sending every word
+            # not yet played, this one included) or raises the engine's error.
+            pass
 
-    async def _receive(self) -> None:
+    async def _receive_all(self) -> None:
+        """Receive until the segment's audio is complete, moving to another replica if the engine fails."""
+        failovers = 0
+        while True:
+            try:
+                await self._receive(self._ws)
+                return
+            except APIError as exc:
+                if not can_fail_over(exc) or failovers >= len(self._stream._kyutai._pool):
+                    raise
+                failovers += 1
+                await self._fail_over(exc)
+
+    async def _fail_over(self, error: APIError) -> None:
+        pool = self._stream._kyutai._pool
+        options = self._stream._conn_options
+        self._lost_at = time.monotonic()
+        pool.mark_down(self._url, type(error).__name__)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._ws.close(), 0.2)
+        async with self._lock:
+            # The first word whose audio is not all out yet (its stop time unknown, or past the
+            # audio pushed): a new engine stream speaks from there.
+            resume = next((i for i, stop in enumerate(self._stops) if stop > self._pushed_s + 1e-3), len(self._stops))
+            log_failover(
+                ENGINE,
+                self._url,
+                self._segment_id,
+                f"lost mid-segment ({error}); resuming at word {resume} of {len(self._sent)}",
+            )
+            # LiveKit's retry loop cannot retry a segment whose audio has started: the pauses and
+            # attempts of APIConnectOptions are spent here instead.
+            url, ws = await pool.open(
+                lambda replica: self._stream._open_link(replica, self._segment_id),
+                options,
+                stream_id=self._segment_id,
+                rounds=options.max_retry + 1,
+            )
+            self._ws, self._url = ws, url
+            self._link_first_word, self._link_words, self._link_offset_s = resume, 0, self._pushed_s
+            del self._stops[resume:]
+            self.resumed_from.append(resume)
+            for token in self._sent[resume:]:
+                await self._send(protocol.TextIn(token))
+            if self._eos:
+                await self._send(protocol.EosIn())
+
+    async def _receive(self, ws: ClientConnection) -> None:
         timeout = self._stream._kyutai._opts.audio_timeout_s
         stream = self._stream
         while True:
             try:
-                raw = await asyncio.wait_for(self._ws.recv(), timeout if self._sent_words else None)
+                raw = await asyncio.wait_for(ws.recv(), timeout if self._sent else None)
             except TimeoutError as exc:
                 raise APITimeoutError("Kyutai TTS: no audio from the engine") from exc
             except websockets.ConnectionClosedOK:
@@ -297,18 +384,32 @@ class _Segment:
                 continue
             message = protocol.decode_server(raw)
             if isinstance(message, protocol.Audio):
+                now = time.monotonic()
                 if stream.first_audio_received_at is None:
-                    stream.first_audio_received_at = time.monotonic()
+                    stream.first_audio_received_at = now
+                if self._lost_at is not None:
+                    self.failover_gaps.append(now - self._lost_at)
+                    self._lost_at = None
                 pcm = np.asarray(message.pcm, dtype=np.float32)
                 self._emitter.push((np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes())
+                self._pushed_s += pcm.size / SAMPLE_RATE
                 if stream.first_frame_emitted_at is None:
                     stream.first_frame_emitted_at = time.monotonic()
             elif isinstance(message, protocol.TextOut):
-                self._emitter.push_timed_transcript(
-                    TimedString(f"{message.text} ", start_time=message.start_s, end_time=message.stop_s)
-                )
+                index = self._link_first_word + self._link_words
+                self._link_words += 1
+                start, stop = self._link_offset_s + message.start_s, self._link_offset_s + message.stop_s
+                if index < len(self._stops):
+                    self._stops[index] = stop
+                else:
+                    self._stops.append(stop)
+                if index >= self._shown:  # a word re-spoken after a failover is not shown twice
+                    self._shown = index + 1
+                    self._emitter.push_timed_transcript(
+                        TimedString(f"{message.text} ", start_time=start, end_time=stop)
+                    )
             elif isinstance(message, protocol.ErrorOut):
-                raise await received_error(self._ws, ENGINE, message.message, self._segment_id)
+                raise await received_error(ws, ENGINE, message.message, self._segment_id)
 
 
 class _PlainWords:
