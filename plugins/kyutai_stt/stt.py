@@ -221,8 +221,8 @@ class SpeechStream(stt.SpeechStream):
         self._replay = _ReplayBuffer(int(MAX_REPLAY_S * SAMPLE_RATE))
         self._failovers = 0  # since the last final: bounded, so a sick fleet ends in an error
         self._time_base: float | None = None
-        # Kill to first word again, per mid-stream failover (seconds): what tests and logs report.
-        self.failover_gaps: list[float] = []
+        # Per mid-stream failover: (replica lost, first word from the next one), monotonic seconds.
+        self.failovers: list[tuple[float, float]] = []
 
     @property
     def language(self) -> SttLanguage:
@@ -422,7 +422,7 @@ class SpeechStream(stt.SpeechStream):
             conn.speaking = True
             self._emit(conn, stt.SpeechEventType.START_OF_SPEECH, speech_start_time=start)
         if conn.lost_at is not None:
-            self.failover_gaps.append(time.monotonic() - conn.lost_at)
+            self.failovers.append((conn.lost_at, time.monotonic()))
             conn.lost_at = None
         conn.words.append(_timed(text, start, start, self.start_time_offset))
         conn.last_word_sample = conn.sent_samples

@@ -169,6 +169,12 @@ class SynthesizeStream(tts.SynthesizeStream):
         self.first_audio_received_at: float | None = None
         self.first_frame_emitted_at: float | None = None
         self.first_word_sent_at: float | None = None
+        # Per mid-segment failover: (engine lost, first audio from the next replica) in monotonic
+        # seconds, and the word it resumed from: what tests and benches report.
+        self.failovers: list[tuple[float, float]] = []
+        self.resumed_from: list[int] = []
+        # Every word sent to the engines and every word timed back, in order (for tests).
+        self.sent_words: list[str] = []
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         output_emitter.initialize(
@@ -264,9 +270,6 @@ class _Segment:
         self._link_words = 0  # Text timestamps received on the current engine stream
         self._link_offset_s = 0.0  # segment seconds at which the current engine stream's audio starts
         self._lost_at: float | None = None
-        # Engine lost to audio again, per mid-segment failover (seconds): what tests and logs report.
-        self.failover_gaps: list[float] = []
-        self.resumed_from: list[int] = []  # the word index each failover resumed from
 
     def start(self) -> None:
         self._emitter.start_segment(segment_id=self._segment_id)
@@ -284,6 +287,7 @@ class _Segment:
         async with self._lock:
             for token in word.split():
                 self._sent.append(token)
+                self._stream.sent_words.append(token)
                 await self._send(protocol.TextIn(token))
 
     async def finish(self) -> None:
@@ -362,7 +366,7 @@ class _Segment:
             self._ws, self._url = ws, url
             self._link_first_word, self._link_words, self._link_offset_s = resume, 0, self._pushed_s
             del self._stops[resume:]
-            self.resumed_from.append(resume)
+            self._stream.resumed_from.append(resume)
             for token in self._sent[resume:]:
                 await self._send(protocol.TextIn(token))
             if self._eos:
@@ -388,7 +392,7 @@ class _Segment:
                 if stream.first_audio_received_at is None:
                     stream.first_audio_received_at = now
                 if self._lost_at is not None:
-                    self.failover_gaps.append(now - self._lost_at)
+                    stream.failovers.append((self._lost_at, now))
                     self._lost_at = None
                 pcm = np.asarray(message.pcm, dtype=np.float32)
                 self._emitter.push((np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes())

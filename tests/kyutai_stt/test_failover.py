@@ -1,0 +1,128 @@
+"""STT replicas and failover (issue 16 item 3) against two real engine server processes.
+
+kill -9 the replica transcribing mid-sentence: the stream moves to the other one within 500 ms,
+replaying the member's audio since the last final, and the transcript is the one an unbroken
+stream gives. A full replica is passed over; with every replica down the stream fails with
+APIConnectionError once APIConnectOptions' retries are spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import websockets
+from kyutai_stt import STT
+from kyutai_stt.settings import PluginSettings
+from livekit.agents import APIConnectionError, APIConnectOptions
+from livekit.agents.stt import SpeechEvent, SpeechEventType
+
+from jarvis_local.stack import LocalStack
+
+from ..kyutai_common.replicas import engine_replicas, kill9, serving, streams_in_use
+from .conftest import speech
+from .test_plugin import to_frames
+
+FAILOVER_BOUND_S = 0.5
+RETRIES = APIConnectOptions(max_retry=2, retry_interval=0.2, timeout=3.0)
+AUDIO = np.concatenate([speech(3.0, seed=11), np.zeros(24000 * 2, np.float32)])
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, list[str]]]:
+    with engine_replicas(tmp_path_factory.mktemp("stt-replicas"), "stt", 2, max_streams=1) as started:
+        yield started
+
+
+def plugin(stack: LocalStack, urls: list[str]) -> STT:
+    return STT(settings=PluginSettings(urls=urls, api_key=stack.engine_api_key))
+
+
+async def transcribe(stream, on_event=None) -> list[SpeechEvent]:  # type: ignore[no-untyped-def]
+    """Real-time audio in (one 80 ms frame per 80 ms, as a kiosk's microphone), events out."""
+    events: list[SpeechEvent] = []
+
+    async def feed() -> None:
+        for frame in to_frames(AUDIO, 24000, 1920):
+            stream.push_frame(frame)
+            await asyncio.sleep(0.08)
+        stream.end_input()
+
+    async def consume() -> None:
+        async for event in stream:
+            events.append(event)
+            if on_event is not None:
+                await on_event(event)
+
+    await asyncio.wait_for(asyncio.gather(feed(), consume()), 60)
+    await stream.aclose()
+    return events
+
+
+def finals(events: list[SpeechEvent]) -> list[str]:
+    return [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
+
+
+async def test_a_full_replica_is_passed_over(replicas: tuple[LocalStack, list[str]]) -> None:
+    stack, urls = replicas
+    async with websockets.connect(
+        f"{urls[0]}/api/asr-streaming", additional_headers={"kyutai-api-key": stack.engine_api_key}
+    ) as holder:
+        await holder.recv()  # Ready: its one slot is taken
+        assert await streams_in_use(urls[0]) == 1
+        stream = plugin(stack, urls).stream(conn_options=RETRIES)
+        events = await transcribe(stream)
+    assert finals(events), "the other replica transcribed nothing"
+    assert stream.failovers == []
+
+
+async def test_an_engine_killed_mid_sentence_the_transcript_goes_on_from_the_other(
+    replicas: tuple[LocalStack, list[str]],
+) -> None:
+    stack, urls = replicas
+    reference = finals(await transcribe(plugin(stack, urls).stream(conn_options=RETRIES)))
+    assert reference, "the tiny model transcribed nothing: nothing to compare"
+
+    killed_at: list[float] = []
+    status: list[int] = []
+
+    async def kill_on_first_word(event: SpeechEvent) -> None:
+        if event.type == SpeechEventType.INTERIM_TRANSCRIPT and not killed_at:
+            victim = await serving(urls)
+            killed_at.append(time.monotonic())
+            status.append(await kill9(stack.engines[victim]))
+
+    stream = plugin(stack, urls).stream(conn_options=RETRIES)
+    events = await transcribe(stream, kill_on_first_word)
+
+    assert status == [-9], "the serving replica was not killed mid-sentence"
+    assert len(stream.failovers) == 1, f"failovers: {stream.failovers}"
+    lost, first_word = stream.failovers[0]
+    gap = first_word - killed_at[0]
+    print(
+        f"\nSTT failover: kill -9 -> first word from the other replica {1000 * gap:.0f} ms "
+        f"(engine loss seen {1000 * (lost - killed_at[0]):.0f} ms after the kill)"
+    )
+    assert gap < FAILOVER_BOUND_S
+    # The audio since the last final was heard again: the same words as an unbroken stream.
+    assert finals(events) == reference
+    kinds = [e.type for e in events if e.type != SpeechEventType.RECOGNITION_USAGE]
+    assert kinds.count(SpeechEventType.START_OF_SPEECH) == kinds.count(SpeechEventType.END_OF_SPEECH)
+
+
+async def test_every_replica_down_is_a_connection_error_after_the_retries(tmp_path: Path) -> None:
+    with engine_replicas(tmp_path, "stt", 2, max_streams=1) as (stack, urls):
+        for url in urls:
+            assert await kill9(stack.engines[url]) == -9
+        stream = plugin(stack, urls).stream(conn_options=RETRIES)
+        stream.push_frame(to_frames(speech(0.2), 24000, 4800)[0])
+        started = time.monotonic()
+        with pytest.raises(APIConnectionError):
+            async for _ in stream:
+                pass
+        await stream.aclose()
+        assert time.monotonic() - started >= 0.3  # LiveKit's retry schedule: 0.1 s, then 0.2 s
