@@ -89,6 +89,8 @@ class LocalStack:
     livekit_api_key: str = "devkey"
     livekit_api_secret: str = field(default_factory=lambda: secrets.token_hex(24))
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    # Each Kyutai engine process by its ws:// URL (tests kill replicas by it).
+    engines: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def pg_dsn(self) -> str:
@@ -278,16 +280,25 @@ class LocalStack:
 
         # Loading and warming a model up takes a while on a small CPU.
         _wait_for(healthy, f"{module} (log: {self.workdir / (name + '.log')})", 180, proc)
+        self.engines[f"ws://127.0.0.1:{port}"] = proc
         return f"ws://127.0.0.1:{port}"
 
-    def start_speech_engines(self, models: SpeechModels, streams: int = 32) -> dict[str, str]:
-        """The Kyutai STT and TTS engine servers; returns the plugins' environment to reach them."""
+    def start_speech_engines(self, models: SpeechModels, streams: int = 32, replicas: int = 1) -> dict[str, str]:
+        """The Kyutai STT and TTS engine servers (``replicas`` of each, the plugins spreading streams
+        over them); returns the plugins' environment to reach them."""
         stt_env, tts_env = models.engine_env()
-        stt_url = self._start_engine("kyutai-stt", "kyutai_stt.server", "KYUTAI_STT_",
-                                     {**stt_env, "KYUTAI_STT_MAX_STREAMS": str(streams)})
-        tts_url = self._start_engine("kyutai-tts", "kyutai_tts.server", "KYUTAI_TTS_",
-                                     {**tts_env, "KYUTAI_TTS_MAX_STREAMS": str(streams)})
-        env = {"KYUTAI_STT_URL": stt_url, "KYUTAI_TTS_URL": tts_url}
+        stt_urls = [
+            self._start_engine(f"kyutai-stt{'' if i == 0 else f'-{i}'}", "kyutai_stt.server", "KYUTAI_STT_",
+                               {**stt_env, "KYUTAI_STT_MAX_STREAMS": str(streams)})
+            for i in range(replicas)
+        ]
+        tts_urls = [
+            self._start_engine(f"kyutai-tts{'' if i == 0 else f'-{i}'}", "kyutai_tts.server", "KYUTAI_TTS_",
+                               {**tts_env, "KYUTAI_TTS_MAX_STREAMS": str(streams)})
+            for i in range(replicas)
+        ]
+        env = {"KYUTAI_STT_URL": stt_urls[0], "KYUTAI_TTS_URL": tts_urls[0],
+               "KYUTAI_STT_URLS": ",".join(stt_urls), "KYUTAI_TTS_URLS": ",".join(tts_urls)}
         if models.tts_default_voice:
             env["KYUTAI_TTS_VOICE"] = models.tts_default_voice
         return env

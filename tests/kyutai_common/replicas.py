@@ -59,3 +59,8 @@ async def kill9(process: subprocess.Popen[bytes]) -> int:
     """SIGKILL, as a crashed GPU box: returns the exit status (-9)."""
     process.send_signal(signal.SIGKILL)
     return await asyncio.to_thread(process.wait, 10)
+
+
+def engine_key(stack: LocalStack) -> str:
+    """The key the stack's engines accept (the engines' default one where the stack sets none)."""
+    return str(getattr(stack, "engine_api_key", "public_token"))

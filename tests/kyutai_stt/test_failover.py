@@ -23,7 +23,7 @@ from livekit.agents.stt import SpeechEvent, SpeechEventType
 
 from jarvis_local.stack import LocalStack
 
-from ..kyutai_common.replicas import engine_replicas, kill9, serving, streams_in_use
+from ..kyutai_common.replicas import engine_key, engine_replicas, kill9, serving, streams_in_use
 from .conftest import speech
 from .test_plugin import to_frames
 
@@ -39,7 +39,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSt
 
 
 def plugin(stack: LocalStack, urls: list[str]) -> STT:
-    return STT(settings=PluginSettings(urls=urls, api_key=stack.engine_api_key))
+    return STT(settings=PluginSettings(urls=urls, api_key=engine_key(stack)))
 
 
 async def transcribe(stream, on_event=None) -> list[SpeechEvent]:  # type: ignore[no-untyped-def]
@@ -70,7 +70,7 @@ def finals(events: list[SpeechEvent]) -> list[str]:
 async def test_a_full_replica_is_passed_over(replicas: tuple[LocalStack, list[str]]) -> None:
     stack, urls = replicas
     async with websockets.connect(
-        f"{urls[0]}/api/asr-streaming", additional_headers={"kyutai-api-key": stack.engine_api_key}
+        f"{urls[0]}/api/asr-streaming", additional_headers={"kyutai-api-key": engine_key(stack)}
     ) as holder:
         await holder.recv()  # Ready: its one slot is taken
         assert await streams_in_use(urls[0]) == 1

@@ -22,7 +22,7 @@ from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 
 from jarvis_local.stack import LocalStack
 
-from ..kyutai_common.replicas import engine_replicas, kill9, serving, streams_in_use
+from ..kyutai_common.replicas import engine_key, engine_replicas, kill9, serving, streams_in_use
 
 FAILOVER_BOUND_S = 0.5
 ANSWER = (
@@ -39,7 +39,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSt
 
 
 def plugin(stack: LocalStack, urls: list[str]) -> TTS:
-    settings = PluginSettings(urls=urls, api_key=stack.engine_api_key, voice=DEFAULT_VOICE)
+    settings = PluginSettings(urls=urls, api_key=engine_key(stack), voice=DEFAULT_VOICE)
     return TTS(settings=settings, seed=7)
 
 
@@ -48,7 +48,7 @@ async def test_a_full_replica_is_passed_over(replicas: tuple[LocalStack, list[st
     alive = list(urls)  # (before the kill test below)
     full = alive[0]
     async with websockets.connect(
-        f"{full}/api/tts_streaming?format=PcmMessagePack", additional_headers={"kyutai-api-key": stack.engine_api_key}
+        f"{full}/api/tts_streaming?format=PcmMessagePack", additional_headers={"kyutai-api-key": engine_key(stack)}
     ) as holder:
         await holder.recv()  # Ready: its one slot is taken
         assert await streams_in_use(full) == 1
