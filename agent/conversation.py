@@ -137,13 +137,23 @@ LLM_DOWN_APOLOGY = (
 )
 
 
+# Said when the speech plugins gave up (every engine replica failed, after APIConnectOptions'
+# retries): the member is asked to say it again rather than left in silence.
+SPEECH_DOWN_APOLOGY = "Désolé, j'ai un souci technique, peux-tu répéter ?"
+
+
 def _apologise_when_the_llm_is_down(session: AgentSession[Any]) -> None:
-    """When every LLM failed, the member hears a fixed apology instead of silence."""
+    """When every LLM failed, or the speech engines did, the member hears a fixed apology instead of silence."""
 
     def on_error(event: ErrorEvent) -> None:
         if isinstance(event.error, LLMError) and not event.error.recoverable:
             logger.error("all LLMs failed this turn; apologising")
             session.say(LLM_DOWN_APOLOGY)
+        elif isinstance(event.error, (lk_stt.STTError, lk_tts.TTSError)) and not event.error.recoverable:
+            # A TTS with no replica left may fail this too; a replica back within LiveKit's
+            # retries speaks it. The error names the kind only: no transcript text in logs.
+            logger.error("speech engines failed (%s); apologising", event.error.type)
+            session.say(SPEECH_DOWN_APOLOGY)
 
     session.on("error", on_error)
 
