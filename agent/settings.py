@@ -25,6 +25,10 @@ class AgentSettings(StoreSettings):
     # the next kiosk to another worker.
     max_sessions: int = 25
     load_threshold: float = 1.0
+    # The load also counts the engines (KYUTAI_STT_URL(S), KYUTAI_TTS_URL(S)): their /api/health
+    # is polled this often, and when every replica of STT or of TTS is full, draining or down the
+    # load is 1.0; else max(sessions / max_sessions, the fullest engine's fill). 0: sessions only.
+    engine_poll_s: float = Field(default=1.0, ge=0.0, le=60.0)
     # Prometheus metrics of the worker (0 = off).
     prometheus_port: int = 0
     # The conversation's LLM: JARVIS_LLM__PRIMARY__PROVIDER=groq|vllm, JARVIS_LLM__PRIMARY__MODEL,

@@ -12,6 +12,7 @@ from livekit.agents import AgentServer, AgentSession, JobContext
 
 from agent.context_loader import load_member_context
 from agent.conversation import start_conversation
+from agent.engine_load import EngineWatch
 from agent.metrics import ERRORS, SESSIONS_ACTIVE, TURN_METRICS_TOPIC, TurnLatency
 from agent.resources import SessionResources
 from agent.settings import AgentSettings
@@ -118,19 +119,40 @@ def _error_kind(event: Any) -> str:
     return type(getattr(event, "error", event)).__name__
 
 
+def engine_watch(settings: AgentSettings) -> EngineWatch | None:
+    """The engines this worker's sessions stream to (the plugins' own settings), when it speaks."""
+    if settings.speech.mode != "kyutai" or settings.engine_poll_s <= 0:
+        return None
+    import kyutai_stt.settings
+    import kyutai_tts.settings
+
+    engines = {
+        "stt": kyutai_stt.settings.PluginSettings().replica_urls(),
+        "tts": kyutai_tts.settings.PluginSettings().replica_urls(),
+    }
+    return EngineWatch(engines, interval_s=settings.engine_poll_s)
+
+
 def build_server(settings: AgentSettings | None = None) -> AgentServer:
     settings = settings or AgentSettings()
     max_sessions = max(1, settings.max_sessions)
+    engines = engine_watch(settings)
 
-    def session_load(server: AgentServer) -> float:
+    def worker_load(server: AgentServer) -> float:
         # Sessions, not host CPU: on a shared host the CPU reading says more about the
         # neighbours than about this worker's room for another kiosk.
-        return len(server.active_jobs) / max_sessions
+        load = len(server.active_jobs) / max_sessions
+        if engines is None:
+            return load
+        engines.start()  # here, not in build_server: only the main process (never a job) polls
+        # Full, draining or down engines make the worker full: LiveKit sends the kiosk elsewhere.
+        engine = engines.load()
+        return load if engine is None else max(load, engine)
 
     server = AgentServer(
         num_idle_processes=settings.num_idle_processes,
         load_threshold=settings.load_threshold,
-        load_fnc=session_load,
+        load_fnc=worker_load,
         prometheus_port=settings.prometheus_port or None,
         port=0,
     )

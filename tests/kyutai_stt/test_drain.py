@@ -54,7 +54,7 @@ async def engine(tiny_stt_dir: Path, tmp_path: Path, request: pytest.FixtureRequ
         NO_TORCH_COMPILE="1",
     )
     log = tmp_path / "stt.log"
-    with open(log, "wb") as out:
+    with open(log, "wb") as out:  # noqa: ASYNC230 (a local log file, opened once before the process starts)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kyutai_stt.server", env=env, stdout=out, stderr=out
         )
@@ -92,7 +92,7 @@ async def test_sigterm_lets_the_live_stream_finish_refuses_new_ones_and_exits_0(
         engine.process.send_signal(signal.SIGTERM)
 
         async with asyncio.timeout(5):
-            while (health := await engine.health()).status_code != 503:
+            while (health := await engine.health()).status_code != 503:  # noqa: ASYNC110 (an HTTP probe: no event to await)
                 await asyncio.sleep(0.05)
         assert health.json()["status"] == "draining" and health.json()["streams_in_use"] == 1
 
@@ -135,7 +135,7 @@ async def test_a_second_sigterm_stops_at_once(engine: EngineProcess) -> None:
         await next_of(live, "Ready")
         engine.process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(5):
-            while (await engine.health()).status_code != 503:
+            while (await engine.health()).status_code != 503:  # noqa: ASYNC110 (an HTTP probe: no event to await)
                 await asyncio.sleep(0.05)
         signalled_at = time.monotonic()
         engine.process.send_signal(signal.SIGTERM)
