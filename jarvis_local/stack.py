@@ -91,6 +91,8 @@ class LocalStack:
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     # Each Kyutai engine process by its ws:// URL (tests kill replicas by it).
     engines: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # How each engine was started (name, module, env prefix, env), by URL: restart_engine reuses it.
+    engine_specs: dict[str, tuple[str, str, str, dict[str, str]]] = field(default_factory=dict)
 
     @property
     def pg_dsn(self) -> str:
@@ -266,8 +268,8 @@ class LocalStack:
         )
         return token_url
 
-    def _start_engine(self, name: str, module: str, prefix: str, env: dict[str, str]) -> str:
-        port = free_port()
+    def _start_engine(self, name: str, module: str, prefix: str, env: dict[str, str], port: int = 0) -> str:
+        port = port or free_port()
         proc = self._spawn(
             name, ["-m", module],
             {f"{prefix}HOST": "127.0.0.1", f"{prefix}PORT": str(port), f"{prefix}TORCH_THREADS": "1",
@@ -281,7 +283,18 @@ class LocalStack:
         # Loading and warming a model up takes a while on a small CPU.
         _wait_for(healthy, f"{module} (log: {self.workdir / (name + '.log')})", 180, proc)
         self.engines[f"ws://127.0.0.1:{port}"] = proc
+        self.engine_specs[f"ws://127.0.0.1:{port}"] = (name, module, prefix, env)
         return f"ws://127.0.0.1:{port}"
+
+    def restart_engine(self, url: str, stop_timeout_s: float = 60.0) -> int:
+        """What a rolling upgrade does to one replica: SIGTERM (the engine drains), wait for it to
+        exit, start it again on the same port and wait until healthy. Returns the old exit code."""
+        proc = self.engines[url]
+        proc.terminate()
+        code = proc.wait(timeout=stop_timeout_s)
+        name, module, prefix, env = self.engine_specs[url]
+        self._start_engine(name, module, prefix, env, port=int(url.rsplit(":", 1)[1]))
+        return code
 
     def start_speech_engines(self, models: SpeechModels, streams: int = 32, replicas: int = 1) -> dict[str, str]:
         """The Kyutai STT and TTS engine servers (``replicas`` of each, the plugins spreading streams

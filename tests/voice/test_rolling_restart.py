@@ -1,0 +1,134 @@
+"""A rolling restart of the engines during a conversation loses no turn (issue 16, "Must show").
+
+Two replicas of STT and of TTS. Four kiosks talk to JARVIS while each engine replica in turn is
+sent SIGTERM (it drains: new streams go to the other replica, live ones finish or, at the drain
+bound, move over by the plugins' failover), exits 0, and is started again on its port. Turns are
+counted by bench.turns: lost = no answer before the next utterance or within 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.turns import LOST_AFTER_S, Utterance, next_starts, summarize_kiosks
+from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, poll, synthesize_french
+from jarvis_local.llm_standin import LLMStandIn, Say
+from jarvis_local.speech_models import tiny_models
+from jarvis_local.stack import LocalStack
+from tests.conftest import LYON_KEY
+
+pytestmark = pytest.mark.integration
+
+AGENT = "jarvis-rolling"
+KIOSKS = 4
+MIN_TURNS = 2  # each kiosk talks at least this often, and on until every replica was restarted
+MAX_TURNS = 16
+QUESTIONS = [
+    "Bonjour JARVIS, à quelle heure ouvre la salle demain ?",
+    "Et le cours de yoga, il reste de la place ?",
+    "Merci, tu peux me réserver une place ?",
+]
+# Live STT streams last the whole session, so an STT replica's drain ends at this bound and the
+# plugin moves the stream (replaying the audio since the last final). TTS streams are one answer
+# long: its drain ends when they do (30 s bound, the default).
+STT_DRAIN_S = "5"
+
+
+@pytest.fixture(scope="module")
+def engines_env(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    models = tiny_models(Path(tmp_path_factory.mktemp("tiny-speech-rolling")))
+    # The engines inherit the test's environment (LocalStack._spawn), restarts included.
+    previous = os.environ.get("KYUTAI_STT_DRAIN_TIMEOUT_S")
+    os.environ["KYUTAI_STT_DRAIN_TIMEOUT_S"] = STT_DRAIN_S
+    try:
+        # Six slots: one replica alone must carry all four sessions while the other restarts.
+        yield stack.start_speech_engines(models, streams=6, replicas=2)
+    finally:
+        if previous is None:
+            os.environ.pop("KYUTAI_STT_DRAIN_TIMEOUT_S", None)
+        else:
+            os.environ["KYUTAI_STT_DRAIN_TIMEOUT_S"] = previous
+
+
+@pytest.fixture(scope="module")
+async def token_url(stack: LocalStack, engines_env: dict[str, str]) -> AsyncIterator[str]:
+    async with LLMStandIn(lambda _request: Say("D'accord, c'est noté.")) as llm:
+        yield await asyncio.to_thread(stack.start_jarvis, AGENT, {**engines_env, **llm.worker_env}, "agent-rolling")
+
+
+async def converse(kiosk: SimulatedKiosk, restarted: asyncio.Event) -> list[tuple[float, float, float | None]]:
+    """Questions until MIN_TURNS are done and the restarts are over; (start, voice_end, first audio) each."""
+    said: list[tuple[float, float, float | None]] = []
+    while len(said) < MAX_TURNS and (len(said) < MIN_TURNS or not restarted.is_set()):
+        text = QUESTIONS[len(said) % len(QUESTIONS)]
+        pcm = await asyncio.to_thread(synthesize_french, text)
+        started = time.perf_counter()
+        turn = await kiosk.say(pcm, text)
+        first = await poll(lambda: kiosk.heard.first_speech_after(turn.voice_end), LOST_AFTER_S + 1, every_s=0.02)  # noqa: B023
+        if first is not None:  # let JARVIS finish before the next question (no barge-in)
+            await poll(lambda: kiosk.heard.stopped_after(first, 0.6), 20, every_s=0.05)  # noqa: B023
+        said.append((started, turn.voice_end, first))
+    return said
+
+
+async def test_a_rolling_restart_of_every_engine_replica_loses_no_turn(
+    stack: LocalStack, engines_env: dict[str, str], token_url: str
+) -> None:
+    kiosks = [SimulatedKiosk() for _ in range(KIOSKS)]
+    try:
+        for number, kiosk in enumerate(kiosks, 1):
+            session = await open_session(token_url, LYON_KEY, "LYON-0001", kiosk_id=f"rolling-{number}")
+            await kiosk.join(session["livekit_url"], session["token"])
+        for kiosk in kiosks:
+            await poll(kiosk.agent, 90, what="JARVIS to join every kiosk")
+        for kiosk in kiosks:  # the greetings, heard out
+            greeting = await poll(lambda: kiosk.heard.first_speech_after(0), 60, what="a greeting")  # noqa: B023
+            await poll(lambda: kiosk.heard.stopped_after(greeting, 0.6), 30, what="the greeting's end")  # noqa: B023
+
+        restarted = asyncio.Event()
+
+        async def rolling_restart() -> list[tuple[str, int, float]]:
+            done = []
+            replicas = engines_env["KYUTAI_STT_URLS"].split(",") + engines_env["KYUTAI_TTS_URLS"].split(",")
+            try:
+                for url in replicas:
+                    await asyncio.sleep(2.0)  # some conversation on both replicas between restarts
+                    started = time.perf_counter()
+                    code = await asyncio.to_thread(stack.restart_engine, url)
+                    done.append((url, code, time.perf_counter() - started))
+            finally:
+                restarted.set()
+            return done
+
+        restarting = asyncio.create_task(rolling_restart())
+        conversations = await asyncio.gather(*(converse(k, restarted) for k in kiosks))
+        restarts = await restarting
+    finally:
+        for kiosk in kiosks:
+            await kiosk.leave()
+
+    per_kiosk: list[tuple[list[Utterance], list[float]]] = []
+    for said in conversations:
+        nexts = next_starts([start for start, _, _ in said])
+        per_kiosk.append(([Utterance(end, nxt, first) for (_, end, first), nxt in zip(said, nexts, strict=True)], []))
+    summary = summarize_kiosks(per_kiosk)
+    print("\nrolling restart:", json.dumps({"restarts": restarts, **summary}))
+    drains = [
+        line.split(": ", 1)[-1]
+        for name in ("kyutai-stt", "kyutai-stt-1", "kyutai-tts", "kyutai-tts-1")
+        for line in stack.log_tail(name, 400).splitlines()
+        if "drain" in line
+    ]
+    print("drain log lines:", drains)
+    assert [code for _, code, _ in restarts] == [0, 0, 0, 0], restarts
+    # The restarts happened during the conversation: no kiosk stopped at MAX_TURNS before they were over.
+    assert all(len(said) < MAX_TURNS for said in conversations), [len(said) for said in conversations]
+    assert summary["turns"] >= KIOSKS * MIN_TURNS
+    assert summary["lost_turns"] == 0, summary
