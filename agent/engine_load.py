@@ -104,9 +104,21 @@ class EngineWatch:
         try:
             response = await client.get(health_url(url))
             body = response.json()
+        except httpx.TimeoutException:
+            # A busy engine answers health late but still serves its streams: a late answer
+            # says nothing new, so the replica keeps its last known state (ok before any).
+            # Counting it down flipped a loaded worker's load to 1.0 every other second.
+            return self._last_known(url)
         except (httpx.HTTPError, ValueError):
             return replica_from_health(url, None, None)
         return replica_from_health(url, response.status_code, body)
+
+    def _last_known(self, url: str) -> Replica:
+        for replicas in (self._snapshot or {}).values():
+            for replica in replicas:
+                if replica.url == url:
+                    return replica
+        return Replica(url, "ok")
 
     def _log_change(self, snapshot: dict[str, list[Replica]]) -> None:
         # One line per change of the engines' verdict, not one per poll.

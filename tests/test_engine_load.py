@@ -52,3 +52,20 @@ async def test_the_watch_reads_every_replica() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
         await watch.poll(client)
     assert watch.load() == 0.75  # tts-2 down does not count; stt 3 of 4 slots
+
+
+async def test_a_busy_engine_that_answers_health_late_keeps_its_last_state() -> None:
+    slow = False
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if slow:
+            raise httpx.ReadTimeout("health answered late", request=request)
+        return httpx.Response(200, json={"status": "ok", "streams_in_use": 1, "max_streams": 2})
+
+    watch = EngineWatch({"stt": ["ws://stt-1:1"], "tts": ["ws://tts-1:1"]})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        await watch.poll(client)
+        assert watch.load() == 0.5
+        slow = True  # the engine is stepping a full batch: its health route answers after the timeout
+        await watch.poll(client)
+    assert watch.load() == 0.5, "a late health answer is not an engine down: the worker must keep taking jobs"
