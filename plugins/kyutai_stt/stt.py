@@ -176,7 +176,7 @@ class _Connection:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     usage_samples: int = 0  # member audio not yet reported as usage
     has_heads: bool | None = None
-    lost_at: float | None = None  # when the previous replica was lost (a failover's first word clears it)
+    lost_at: float | None = None  # when this connection's replica was lost (monotonic)
 
     def audio_time(self, server_time: float) -> float:
         """Server time (which counts the flush silence we inserted) -> time in the member's audio."""
@@ -221,7 +221,7 @@ class SpeechStream(stt.SpeechStream):
         self._replay = _ReplayBuffer(int(MAX_REPLAY_S * SAMPLE_RATE))
         self._failovers = 0  # since the last final: bounded, so a sick fleet ends in an error
         self._time_base: float | None = None
-        # Per mid-stream failover: (replica lost, first word from the next one), monotonic seconds.
+        # Per mid-stream failover: (replica lost, the turn's audio replayed to the next one), monotonic s.
         self.failovers: list[tuple[float, float]] = []
 
     @property
@@ -298,10 +298,10 @@ class SpeechStream(stt.SpeechStream):
         # transcript restarts from the last final; START_OF_SPEECH is not repeated).
         conn.speaking = previous.speaking
         conn.usage_samples = previous.usage_samples
-        conn.lost_at = previous.lost_at
         audio = self._replay.samples()
         for start in range(0, audio.size, FRAME_SAMPLES):
             await self._send_audio(conn, audio[start : start + FRAME_SAMPLES])
+        self.failovers.append((previous.lost_at or time.monotonic(), time.monotonic()))
         if any(kind != "end" for kind in previous.markers.values()):
             await self._flush(conn, "turn")  # the turn had ended: end it again, at once
         return conn
@@ -421,9 +421,6 @@ class SpeechStream(stt.SpeechStream):
         if not conn.speaking:
             conn.speaking = True
             self._emit(conn, stt.SpeechEventType.START_OF_SPEECH, speech_start_time=start)
-        if conn.lost_at is not None:
-            self.failovers.append((conn.lost_at, time.monotonic()))
-            conn.lost_at = None
         conn.words.append(_timed(text, start, start, self.start_time_offset))
         conn.last_word_sample = conn.sent_samples
         conn.last_word_step = conn.steps

@@ -1,8 +1,8 @@
 """STT replicas and failover (issue 16 item 3) against two real engine server processes.
 
-kill -9 the replica transcribing mid-sentence: the stream moves to the other one within 500 ms,
-replaying the member's audio since the last final, and the transcript is the one an unbroken
-stream gives. A full replica is passed over; with every replica down the stream fails with
+kill -9 the replica transcribing mid-sentence: the stream moves to the other one within 500 ms
+(connected, and the member's audio since the last final replayed to it), and the transcript is
+the one an unbroken stream gives. A full replica is passed over; with every replica down the stream fails with
 APIConnectionError once APIConnectOptions' retries are spent.
 """
 
@@ -101,12 +101,14 @@ async def test_an_engine_killed_mid_sentence_the_transcript_goes_on_from_the_oth
 
     assert status == [-9], "the serving replica was not killed mid-sentence"
     assert len(stream.failovers) == 1, f"failovers: {stream.failovers}"
-    lost, first_word = stream.failovers[0]
-    gap = first_word - killed_at[0]
+    lost, moved = stream.failovers[0]
+    gap = moved - killed_at[0]
     print(
-        f"\nSTT failover: kill -9 -> first word from the other replica {1000 * gap:.0f} ms "
+        f"\nSTT failover: kill -9 -> the turn's audio replayed to the other replica in {1000 * gap:.0f} ms "
         f"(engine loss seen {1000 * (lost - killed_at[0]):.0f} ms after the kill)"
     )
+    # The move is bounded; the words after it come at the model's own pace through the replayed
+    # audio (its 0.5 s text delay included), which the transcript comparison below covers.
     assert gap < FAILOVER_BOUND_S
     # The audio since the last final was heard again: the same words as an unbroken stream.
     assert finals(events) == reference
