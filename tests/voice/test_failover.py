@@ -61,6 +61,18 @@ async def serving(urls: list[str]) -> str:
     raise AssertionError(f"no replica of {urls} holds a stream")
 
 
+async def engines_health(urls: list[str]) -> dict[str, object]:
+    """Each replica's health answer, or why there was none (for a failure message)."""
+    answers: dict[str, object] = {}
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        for url in urls:
+            try:
+                answers[url] = (await client.get(f"http{url[2:]}/api/health")).json()
+            except (httpx.HTTPError, ValueError) as exc:
+                answers[url] = type(exc).__name__
+    return answers
+
+
 def longest_silence(kiosk: SimulatedKiosk, start: float, end: float) -> float:
     voiced = [at for at, level in kiosk.heard.frames if start <= at <= end and level >= 300]
     return max((b - a for a, b in zip([start, *voiced], voiced, strict=False)), default=0.0)
@@ -121,7 +133,10 @@ async def test_killing_the_serving_replicas_mid_answer(stack: LocalStack, servic
         try:
             waits.append(await greeted())
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\nworker log:\n{stack.log_tail('agent-failover', 60)}") from exc
+            health = await engines_health(list(stack.engines))
+            raise AssertionError(
+                f"{exc}\nengines: {health}\nworker log:\n{stack.log_tail('agent-failover', 60)}"
+            ) from exc
     print(f"10 new sessions after the failover: greeting heard after {[round(w, 1) for w in waits]} s")
     assert len(waits) == 10
 
