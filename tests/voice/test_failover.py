@@ -128,10 +128,18 @@ async def test_killing_the_serving_replicas_mid_answer(stack: LocalStack, servic
         finally:
             await kiosk.leave()
 
+    async def streams_closed() -> bool:
+        health = await engines_health(list(stack.engines))
+        return all(not isinstance(h, dict) or h.get("streams_in_use") == 0 for h in health.values())
+
     waits: list[float] = []
     for _ in range(10):  # one after the other: a 2-core machine shared with other tests
         try:
             waits.append(await greeted())
+            # The next kiosk comes once this one's streams are closed: with half the replicas
+            # gone, a burst of overlapping sessions fills the survivors, the worker then reports
+            # itself full (engine-aware load) and LiveKit never dispatches a room created then.
+            await poll(streams_closed, 20, every_s=0.2, what="the engines to release the session's streams")
         except AssertionError as exc:
             health = await engines_health(list(stack.engines))
             raise AssertionError(
