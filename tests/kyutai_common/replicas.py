@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,8 @@ import httpx
 from jarvis_local.speech_models import tiny_models
 from jarvis_local.stack import LocalStack
 
+from .engine_process import ENGINES
+
 
 @contextmanager
 def engine_replicas(workdir: Path, kind: str, count: int, max_streams: int) -> Iterator[tuple[LocalStack, list[str]]]:
@@ -21,11 +24,8 @@ def engine_replicas(workdir: Path, kind: str, count: int, max_streams: int) -> I
     stack = LocalStack(workdir=workdir)
     models = tiny_models(workdir / "models")
     stt_env, tts_env = models.engine_env()
-    module, prefix, env = (
-        ("kyutai_stt.server", "KYUTAI_STT_", stt_env)
-        if kind == "stt"
-        else ("kyutai_tts.server", "KYUTAI_TTS_", tts_env)
-    )
+    module, prefix = ENGINES[kind]
+    env = stt_env if kind == "stt" else tts_env
     try:
         urls = [
             stack._start_engine(f"{kind}-{i}", module, prefix, {**env, f"{prefix}MAX_STREAMS": str(max_streams)})
@@ -59,6 +59,27 @@ async def kill9(process: subprocess.Popen[bytes]) -> int:
     """SIGKILL, as a crashed GPU box: returns the exit status (-9)."""
     process.send_signal(signal.SIGKILL)
     return await asyncio.to_thread(process.wait, 10)
+
+
+class ServingKill:
+    """kill -9 of the replica serving the (one) live stream, once; the failover is timed from it."""
+
+    def __init__(self, stack: LocalStack, urls: list[str]) -> None:
+        self.stack, self.urls = stack, urls
+        self.killed_at: list[float] = []
+        self.status: list[int] = []
+
+    async def __call__(self) -> None:
+        victim = await serving(self.urls)
+        self.killed_at.append(time.monotonic())
+        self.status.append(await kill9(self.stack.engines[victim]))
+
+    def failover(self, failovers: list[tuple[float, float]], when: str) -> tuple[float, float]:
+        """The stream's one failover after the kill: (loss seen, moved), seconds after the kill."""
+        assert self.status == [-9], f"the serving replica was not killed {when}"
+        assert len(failovers) == 1, f"failovers: {failovers}"
+        lost, moved = failovers[0]
+        return lost - self.killed_at[0], moved - self.killed_at[0]
 
 
 def engine_key(stack: LocalStack) -> str:

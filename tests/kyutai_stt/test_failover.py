@@ -23,7 +23,7 @@ from livekit.agents.stt import SpeechEvent, SpeechEventType
 
 from jarvis_local.stack import LocalStack
 
-from ..kyutai_common.replicas import engine_key, engine_replicas, kill9, serving, streams_in_use
+from ..kyutai_common.replicas import ServingKill, engine_key, engine_replicas, kill9, streams_in_use
 from .conftest import speech
 from .test_plugin import to_frames
 
@@ -87,25 +87,19 @@ async def test_an_engine_killed_mid_sentence_the_transcript_goes_on_from_the_oth
     reference = finals(await transcribe(plugin(stack, urls).stream(conn_options=RETRIES)))
     assert reference, "the tiny model transcribed nothing: nothing to compare"
 
-    killed_at: list[float] = []
-    status: list[int] = []
+    kill = ServingKill(stack, urls)
 
     async def kill_on_first_word(event: SpeechEvent) -> None:
-        if event.type == SpeechEventType.INTERIM_TRANSCRIPT and not killed_at:
-            victim = await serving(urls)
-            killed_at.append(time.monotonic())
-            status.append(await kill9(stack.engines[victim]))
+        if event.type == SpeechEventType.INTERIM_TRANSCRIPT and not kill.killed_at:
+            await kill()
 
     stream = plugin(stack, urls).stream(conn_options=RETRIES)
     events = await transcribe(stream, kill_on_first_word)
 
-    assert status == [-9], "the serving replica was not killed mid-sentence"
-    assert len(stream.failovers) == 1, f"failovers: {stream.failovers}"
-    lost, moved = stream.failovers[0]
-    gap = moved - killed_at[0]
+    lost, gap = kill.failover(stream.failovers, "mid-sentence")
     print(
         f"\nSTT failover: kill -9 -> the turn's audio replayed to the other replica in {1000 * gap:.0f} ms "
-        f"(engine loss seen {1000 * (lost - killed_at[0]):.0f} ms after the kill)"
+        f"(engine loss seen {1000 * lost:.0f} ms after the kill)"
     )
     # The move is bounded; the words after it come at the model's own pace through the replayed
     # audio (its 0.5 s text delay included), which the transcript comparison below covers.
