@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import secrets
 import shutil
@@ -88,6 +89,8 @@ class LocalStack:
     livekit_port: int = 0
     livekit_api_key: str = "devkey"
     livekit_api_secret: str = field(default_factory=lambda: secrets.token_hex(24))
+    # The Kyutai engines' key: new each run, given to the engines and to the plugins (agent env).
+    engine_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     # Each Kyutai engine process by its ws:// URL (tests kill replicas by it).
     engines: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -273,6 +276,7 @@ class LocalStack:
         proc = self._spawn(
             name, ["-m", module],
             {f"{prefix}HOST": "127.0.0.1", f"{prefix}PORT": str(port), f"{prefix}TORCH_THREADS": "1",
+             f"{prefix}API_KEYS": json.dumps([self.engine_api_key]),
              "NO_TORCH_COMPILE": "1", "HF_HUB_OFFLINE": "1", **env},
         )
 
@@ -311,7 +315,8 @@ class LocalStack:
             for i in range(replicas)
         ]
         env = {"KYUTAI_STT_URL": stt_urls[0], "KYUTAI_TTS_URL": tts_urls[0],
-               "KYUTAI_STT_URLS": ",".join(stt_urls), "KYUTAI_TTS_URLS": ",".join(tts_urls)}
+               "KYUTAI_STT_URLS": ",".join(stt_urls), "KYUTAI_TTS_URLS": ",".join(tts_urls),
+               "KYUTAI_STT_API_KEY": self.engine_api_key, "KYUTAI_TTS_API_KEY": self.engine_api_key}
         if models.tts_default_voice:
             env["KYUTAI_TTS_VOICE"] = models.tts_default_voice
         return env

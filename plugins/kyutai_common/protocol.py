@@ -24,9 +24,11 @@ __all__ = [
     "CLOSE_ENGINE_ERROR",
     "CLOSE_FULL",
     "CLOSE_NORMAL",
+    "CLOSE_TOO_BIG",
     "DRAINING",
     "FRAME_RATE",
     "FRAME_SAMPLES",
+    "MAX_ARRAY_LEN",
     "NO_FREE_CHANNELS",
     "SAMPLE_RATE",
     "ProtocolError",
@@ -47,6 +49,7 @@ CLOSE_NORMAL = 1000
 CLOSE_CLIENT_ERROR = 1008
 CLOSE_ENGINE_ERROR = 1011
 CLOSE_FULL = 1013
+CLOSE_TOO_BIG = 1009  # a message over the server's max message size (RFC 6455 "message too big")
 
 
 class ProtocolError(ValueError):
@@ -60,10 +63,44 @@ def pack(message: dict[str, Any]) -> bytes:
     return packed
 
 
-def unpack(data: bytes) -> dict[str, Any]:
-    """Decode one message into a dict with a string `type`; raises ProtocolError otherwise."""
+# Decoding limits: a frame is already bounded in bytes (the servers' max message size), but
+# msgpack turns one byte into one Python object (an empty array is 1 byte and 56 in memory), so
+# the shape is bounded too. Our messages are one flat map holding at most one list and scalars.
+MAX_MAP_LEN = 32  # keys in one map
+MAX_CONTAINERS = 16  # maps and arrays in one message
+MAX_ARRAY_LEN = 2**18  # items in one array: 10 s of audio samples, a voice embedding
+
+
+def unpack(data: bytes, *, max_array_len: int = MAX_ARRAY_LEN) -> dict[str, Any]:
+    """Decode one message into a dict with a string `type`; raises ProtocolError otherwise.
+
+    Bounded: at most `max_array_len` items per array, `MAX_MAP_LEN` keys per map and
+    `MAX_CONTAINERS` maps and arrays in all (checked while decoding, so a frame of a million
+    empty arrays fails after a few dozen)."""
+    containers = 0
+
+    def count(value: Any) -> Any:
+        nonlocal containers
+        containers += 1
+        if containers > MAX_CONTAINERS:
+            raise ProtocolError(f"more than {MAX_CONTAINERS} maps and arrays in one message")
+        return value
+
     try:
-        message = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        message = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            max_str_len=len(data),
+            max_bin_len=len(data),
+            max_array_len=max_array_len,
+            max_map_len=MAX_MAP_LEN,
+            max_ext_len=0,
+            list_hook=count,
+            object_hook=count,
+        )
+    except ProtocolError:
+        raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError(f"not a msgpack message: {exc}") from exc
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):

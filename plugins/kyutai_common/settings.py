@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -18,9 +20,11 @@ class EngineSettingsBase(BaseSettings):
     max_streams: int = Field(default=32, ge=1, le=1024)  # batch size: one slot per live stream
     host: str = "127.0.0.1"
     port: int
-    # Keys accepted in the `kyutai-api-key` header or `auth_id` query; Kyutai's clients send
-    # "public_token". An empty list accepts any client (loopback development only).
-    api_keys: list[str] = Field(default_factory=lambda: ["public_token"])
+    # Keys accepted in the `kyutai-api-key` header or `auth_id` query (streams and /metrics).
+    # No default: empty accepts any client, and is refused at start-up unless `host` is loopback.
+    api_keys: list[str] = Field(default_factory=list)
+    # Largest WebSocket message accepted, checked before decoding (larger: close 1009).
+    max_message_bytes: int = Field(default=2**20, ge=1024, le=2**26)
     log_level: str = "INFO"
     # SIGTERM drains: health says "draining" (503), new streams are refused with close 1013 (the
     # plugins then pick another replica), live streams may finish for up to this long, then the
@@ -35,6 +39,27 @@ class EngineSettingsBase(BaseSettings):
         return value
 
 
+def check_api_keys(settings: EngineSettingsBase, logger: logging.Logger) -> None:
+    """Refuses (SystemExit, non-zero) to serve a non-loopback address without a key; warns on loopback."""
+    if settings.api_keys:
+        return
+    if not is_loopback(settings.host):
+        raise SystemExit(
+            f"refusing to listen on {settings.host} without an API key: set the engine's API_KEYS "
+            "(e.g. KYUTAI_STT_API_KEYS='[\"<key>\"]'), or bind 127.0.0.1"
+        )
+    logger.warning("no API key configured: any local client may open streams and read /metrics")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost, "" or "0.0.0.0"-like: not loopback
+        return False
+
+
 class PluginSettingsBase(BaseSettings):
     """Defaults of a LiveKit plugin in each agent job (constructor arguments override them)."""
 
@@ -43,7 +68,7 @@ class PluginSettingsBase(BaseSettings):
     # stream goes to the one with the most free slots, and moves to another if its engine fails.
     # Empty: `url` alone, a list of one.
     urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    api_key: str = "public_token"
+    api_key: str = ""  # the engines' key (no default: an engine without keys accepts any client)
 
     @field_validator("urls", mode="before")
     @classmethod

@@ -115,7 +115,10 @@ def load_checkpoint(
     lm = info.get_moshi(device=torch_device, dtype=torch_dtype, lm_kwargs_overrides=overrides)
     if lm.dep_q != 0:
         raise CheckpointError(f"not a speech-to-text LM: it generates {lm.dep_q} audio codebooks")
-    if lm.fuser is not None or lm.condition_provider is not None:
+    # moshi's loader builds an empty provider for a config with `"conditioners": {}`; it
+    # conditions nothing (no fuser, no tensors to give LMGen), so such checkpoints run as any other.
+    provider = lm.condition_provider
+    if lm.fuser is not None or (provider is not None and len(provider.conditioners) > 0):
         raise CheckpointError("conditioned STT checkpoints are not supported")
     mimi = info.get_mimi(device=torch_device)
     needed = lm.n_q - lm.dep_q

@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -26,6 +27,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import torch
+from kyutai_common.settings import check_api_keys
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -37,7 +39,7 @@ from .settings import EngineSettings
 
 logger = logging.getLogger("kyutai_stt.server")
 
-MAX_BUFFERED_SECONDS = 60.0  # audio a stream may have waiting for the model before it is ended
+LOGGED_CHARS = 120  # a client's error text is cut to this in logs and Error messages
 
 
 class Metrics:
@@ -117,6 +119,8 @@ class SttServer:
         self._server: Server | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
+        self.model_failed = False  # the model loop died: the process must exit non-zero (see run)
+        self.on_model_failure: Callable[[], None] | None = None  # called once when it does
         self.draining = False  # SIGTERM: refuse new streams, let live ones finish (see drain)
         self._stream_ended = asyncio.Event()
 
@@ -128,12 +132,15 @@ class SttServer:
 
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._model_loop(), name="kyutai-stt-model-loop")
+        self._loop_task.add_done_callback(self._on_model_loop_done)
         self._server = await serve(
             self._handle,
             self.settings.host,
             self.settings.port,
             process_request=self._process_request,
-            max_size=2**24,
+            # Larger messages are refused by the library before they are read whole (close 1009).
+            max_size=self.settings.max_message_bytes,
+            max_queue=4,  # frames read ahead per connection: at most 4 x max_size buffered
             ping_interval=10,
             ping_timeout=20,
             close_timeout=2,
@@ -164,6 +171,14 @@ class SttServer:
         logger.info("drained: %d live stream(s) left", len(self.streams))
         return not self.streams
 
+    def _on_model_loop_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.critical("model loop died: exiting so the supervisor restarts the engine", exc_info=task.exception())
+        self.model_failed = True
+        if self.on_model_failure is not None:
+            self.on_model_failure()
+
     async def _run_in_model_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -183,12 +198,9 @@ class SttServer:
             response = connection.respond(status, json.dumps(body) + "\n")
             response.headers["Content-Type"] = "application/json"
             return response
-        if path == "/metrics":
-            response = connection.respond(HTTPStatus.OK, generate_latest(self.metrics.registry).decode())
-            response.headers["Content-Type"] = "text/plain; version=0.0.4"
-            return response
-        if path != protocol.PATH:
+        if path not in (protocol.PATH, "/metrics"):
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        # Streams and metrics take the same key (Prometheus sends it as `params: {auth_id: [...]}`).
         if self.settings.api_keys:
             key: str | None = request.headers.get(protocol.API_KEY_HEADER)
             if key is None:
@@ -196,7 +208,12 @@ class SttServer:
                 key = keys[0] if keys else None
             if key not in self.settings.api_keys:
                 self.metrics.connections.labels("unauthorized").inc()
+                logger.info("refused %s: missing or wrong API key", path)
                 return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid api key\n")
+        if path == "/metrics":
+            response = connection.respond(HTTPStatus.OK, generate_latest(self.metrics.registry).decode())
+            response.headers["Content-Type"] = "text/plain; version=0.0.4"
+            return response
         return None
 
     # WebSocket side: one stream per connection
@@ -250,38 +267,59 @@ class SttServer:
         """End one stream with an Error its client can act on; the close code after it says
         whether the client caused it (the default) or the engine did."""
         self.metrics.errors.labels(kind).inc()
-        logger.info("ending stream on slot %d: %s", stream.slot, message)
+        message = message[:LOGGED_CHARS]
+        logger.info("ending stream on slot %d (%s, close %d): %s", stream.slot, kind, close_code, message)
         stream.closed = True
         stream.out.put_nowait(protocol.error(message))
         stream.out.put_nowait(close_code)
 
     async def _receive_loop(self, websocket: ServerConnection, stream: Stream) -> None:
-        max_buffered = int(MAX_BUFFERED_SECONDS * protocol.SAMPLE_RATE)
+        max_buffered = int(self.settings.max_buffered_s * protocol.SAMPLE_RATE)
+        loop = asyncio.get_running_loop()
+        # Only real audio moves the deadline: empty Audio, Init or Markers would hold a slot forever.
+        deadline = loop.time() + self.settings.idle_timeout_s
         while not stream.closed:
             try:
-                data = await asyncio.wait_for(websocket.recv(), timeout=self.settings.idle_timeout_s)
+                data = await asyncio.wait_for(websocket.recv(), timeout=max(0.0, deadline - loop.time()))
             except TimeoutError:
-                self._fail(stream, "idle", "no message for too long")
+                if stream.pending:  # the client is ahead of the model, not idle: wait for the model
+                    deadline = loop.time() + self.settings.idle_timeout_s
+                    continue
+                self._fail(stream, "idle", f"no audio for {self.settings.idle_timeout_s:g} s")
                 return
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                if exc.sent is not None and exc.sent.code == protocol.CLOSE_TOO_BIG:
+                    self.metrics.errors.labels("too_big").inc()
+                    logger.info("ending stream on slot %d: message over %d bytes (close 1009)",
+                                stream.slot, self.settings.max_message_bytes)
                 return
             try:
+                if len(data) > self.settings.max_message_bytes:  # the library's max_size already bounds it
+                    raise protocol.ProtocolError(f"message over {self.settings.max_message_bytes} bytes")
                 message = protocol.parse_client_message(data)
+                if isinstance(message, protocol.AudioIn):
+                    if message.pcm.size == 0:
+                        continue
+                    deadline = loop.time() + self.settings.idle_timeout_s
+                    stream.add_audio(message.pcm)
+                    if stream.buffered_samples > max_buffered:
+                        self._fail(stream, "overflow", "too much audio waiting: send in real time")
+                        return
+                    self._audio_ready.set()
+                elif isinstance(message, protocol.MarkerIn):
+                    if len(stream.markers) >= self.settings.max_pending_markers:
+                        self._fail(stream, "markers", f"more than {self.settings.max_pending_markers} markers waiting")
+                        return
+                    # Back once every frame received so far went through the model and its delay.
+                    stream.markers.append((stream.frames_received + self.engine.delay_steps, message.id))
+                    self._emit_markers(stream)
             except protocol.ProtocolError as exc:
                 self._fail(stream, "protocol", str(exc))
                 return
-            if isinstance(message, protocol.AudioIn):
-                if message.pcm.size == 0:
-                    continue
-                stream.add_audio(message.pcm)
-                if stream.buffered_samples > max_buffered:
-                    self._fail(stream, "overflow", "too much audio waiting: send in real time")
-                    return
-                self._audio_ready.set()
-            elif isinstance(message, protocol.MarkerIn):
-                # Back once every frame received so far went through the model and its delay.
-                stream.markers.append((stream.frames_received + self.engine.delay_steps, message.id))
-                self._emit_markers(stream)
+            except Exception as exc:  # a bug on one stream's input ends that stream, never the server
+                logger.exception("unexpected error on the input of slot %d", stream.slot)
+                self._fail(stream, "internal", f"server error: {type(exc).__name__}", protocol.CLOSE_ENGINE_ERROR)
+                return
 
     async def _send_loop(self, websocket: ServerConnection, stream: Stream) -> None:
         while True:
@@ -391,6 +429,7 @@ async def run(settings: EngineSettings) -> None:
     server = await asyncio.to_thread(build_server, settings)
     await server.start()
     done = asyncio.Event()
+    server.on_model_failure = done.set
     drain_task: asyncio.Task[bool] | None = None
 
     def on_sigterm() -> None:
@@ -409,11 +448,14 @@ async def run(settings: EngineSettings) -> None:
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         await server.stop()
+    if server.model_failed:
+        raise SystemExit(1)
 
 
 def main() -> None:
     settings = EngineSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_api_keys(settings, logger)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(settings))
 

@@ -30,10 +30,16 @@ class EngineSettings(EngineSettingsBase):
     batch_wait_ms: float = Field(default=80.0, ge=0.0, le=200.0)
     warmup_steps: int = Field(default=2, ge=0)
     torch_threads: int = Field(default=0, ge=0)  # 0: torch's default; CPU servers sharing a host set it
-    # A client whose unsent messages pile up past this is too slow: its stream is ended.
+    # A client whose unsent messages pile up past this is too slow (or does not read): its stream
+    # is ended (1008) rather than buffered. One Step per 80 ms of audio: 2000 is 160 s of audio.
     max_pending_messages: int = Field(default=2000, ge=10)
-    # A connected stream that sends nothing for this long is ended (moshi-server uses 120 s).
+    # A stream that sends no audio (empty Audio and Markers do not count) for this long is ended
+    # (moshi-server uses 120 s).
     idle_timeout_s: float = Field(default=120.0, gt=0)
+    # Audio a stream may have waiting for the model before it is ended (a client far ahead of real time).
+    max_buffered_s: float = Field(default=60.0, gt=0, le=600.0)
+    # Markers a stream may have waiting for their audio to go through the model.
+    max_pending_markers: int = Field(default=64, ge=1)
 
 
 class PluginSettings(PluginSettingsBase):

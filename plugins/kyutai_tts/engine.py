@@ -176,6 +176,10 @@ class TTSEngine:
         self.batch_sizes: deque[int] = deque(maxlen=2000)
         self.total_steps = 0
         self.on_step: Callable[[float, int], None] | None = None  # (seconds, active streams): metrics
+        # The engine thread died (a model step failed): nothing it serves can work any more, so the
+        # server makes the process exit non-zero through this and the supervisor restarts it.
+        self.crashed = False
+        self.on_crash: Callable[[], None] | None = None
 
         self._cross_attentions = [
             module
@@ -381,9 +385,12 @@ class TTSEngine:
                 self._step(runnable)
         except Exception:  # the engine must not die silently: every stream learns of it
             logger.exception("engine thread crashed")
+            self.crashed = True
             for slot in self._slots:
                 if slot.sink is not None:
                     self._fail(slot, EngineError("engine failure"))
+            if self.on_crash is not None:
+                self.on_crash()
             raise
 
     def _handle(self, slot: _Slot, kind: str, payload: Any) -> None:
@@ -406,6 +413,9 @@ class TTSEngine:
                 self._free(slot)
         except EngineError as exc:
             self._fail(slot, exc)
+        except Exception as exc:  # one stream's input must never end the thread every stream shares
+            logger.exception("stream %d failed on its %s message", slot.stream_id, kind)
+            self._fail(slot, EngineError(f"stream failed ({type(exc).__name__})"))
 
     def _reset_rows(self, slots: list[_Slot]) -> None:
         mask = torch.zeros(self.max_streams, dtype=torch.bool)
@@ -433,15 +443,19 @@ class TTSEngine:
         if slot.complete:
             raise RequestError("text after Eos")
         assert slot.state is not None
-        entries = script_to_entries(
-            self.tts.tokenizer,
-            self.machine.token_ids,
-            self.frame_rate,
-            [text],
-            # The speaker token goes before the first word only, as with the whole text at once.
-            multi_speaker=self.tts.multi_speaker and slot.first_text,
-            padding_between=self.padding_between,
-        )
+        try:
+            entries = script_to_entries(
+                self.tts.tokenizer,
+                self.machine.token_ids,
+                self.frame_rate,
+                [text],
+                # The speaker token goes before the first word only, as with the whole text at once.
+                multi_speaker=self.tts.multi_speaker and slot.first_text,
+                padding_between=self.padding_between,
+            )
+        except ValueError as exc:  # moshi's parser on malformed markup, e.g. <break time="1xs"/>
+            # (its message quotes the text: not repeated here, this goes to logs)
+            raise RequestError("the text could not be read (malformed <break> tag?)") from exc
         if any(entry.tokens for entry in entries):
             slot.first_text = False  # a leading <break> alone does not take the speaker token
         slot.state.entries.extend(entries)

@@ -19,10 +19,12 @@ from types import FrameType
 import numpy as np
 import torch
 import uvicorn
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from kyutai_common.checkpoint import checkpoint_info, resolve_device, resolve_dtype
+from kyutai_common.settings import check_api_keys
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import HTTPConnection
 
 from . import protocol
 from .engine import Conditioning, EngineError, EngineFull, RequestError, StreamHandle, TTSEngine
@@ -65,10 +67,16 @@ class Metrics:
         self.batch_streams.observe(streams)
 
 
+class MessageTooBig(RequestError):
+    """A message over `max_message_bytes` (close 1009)."""
+
+
 def close_code(error: Exception) -> int:
     """Whose fault an error is, as the WebSocket close code after its `Error` (see kyutai_common.protocol)."""
     if isinstance(error, EngineFull):
         return protocol.CLOSE_FULL
+    if isinstance(error, MessageTooBig):
+        return protocol.CLOSE_TOO_BIG
     if isinstance(error, RequestError | protocol.ProtocolError):
         return protocol.CLOSE_CLIENT_ERROR
     return protocol.CLOSE_ENGINE_ERROR
@@ -79,18 +87,28 @@ class _Sink:
     """Hands the engine thread's domain events to this connection's event loop, as protocol messages."""
 
     loop: asyncio.AbstractEventLoop
-    # Messages to send; an int ends the stream with that WebSocket close code.
-    queue: asyncio.Queue[protocol.ServerMessage | int] = field(default_factory=asyncio.Queue)
+    max_queue: int
+    # Messages to send (Audio as its float32 array until sent: 4 bytes a sample, not a float
+    # object's 32); an int ends the stream with that WebSocket close code.
+    queue: asyncio.Queue[protocol.ServerMessage | np.ndarray | int] = field(default_factory=asyncio.Queue)
+    # Set once `max_queue` messages wait: the client does not read, and is dropped.
+    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
     first_audio_at: float | None = None
 
-    def _put(self, message: protocol.ServerMessage | int) -> None:
+    def _put(self, message: protocol.ServerMessage | np.ndarray | int) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed: the connection is gone anyway
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
+            self.loop.call_soon_threadsafe(self._deliver, message)
+
+    def _deliver(self, message: protocol.ServerMessage | np.ndarray | int) -> None:
+        if self.queue.qsize() >= self.max_queue:
+            self.overflowed.set()  # nothing more is queued: the connection is being dropped
+            return
+        self.queue.put_nowait(message)
 
     def audio(self, pcm: np.ndarray) -> None:
         if self.first_audio_at is None:
             self.first_audio_at = time.monotonic()
-        self._put(protocol.Audio(pcm.tolist()))
+        self._put(pcm)
 
     def word(self, text: str, start_s: float, stop_s: float) -> None:
         self._put(protocol.TextOut(text, start_s, stop_s))
@@ -99,6 +117,8 @@ class _Sink:
         self._put(protocol.CLOSE_NORMAL)
 
     def failed(self, error: Exception) -> None:
+        # One line per ended stream, whichever thread ended it (error texts never quote the member's text).
+        logger.info("ending a stream (%s, close %d): %s", type(error).__name__, close_code(error), str(error)[:120])
         self._put(protocol.ErrorOut(str(error)))
         self._put(close_code(error))
 
@@ -126,10 +146,16 @@ class TTSService:
             self._conditionings[key] = cached
         return cached
 
-    def authorised(self, websocket: WebSocket) -> bool:
+    def authorised(self, connection: HTTPConnection) -> bool:
+        """Streams and /metrics take the same key (Prometheus sends it as `params: {auth_id: [...]}`)."""
         keys = self.settings.api_keys
-        offered = websocket.headers.get(protocol.API_KEY_HEADER) or websocket.query_params.get(protocol.API_KEY_QUERY)
-        return not keys or offered in keys
+        offered = connection.headers.get(protocol.API_KEY_HEADER) or connection.query_params.get(
+            protocol.API_KEY_QUERY
+        )
+        if not keys or offered in keys:
+            return True
+        logger.info("refused %s: missing or wrong API key", connection.url.path)
+        return False
 
     async def handle(self, websocket: WebSocket) -> None:
         if not self.authorised(websocket):
@@ -150,7 +176,7 @@ class TTSService:
             self.metrics.rejected.labels("bad_request").inc()
             await self._refuse(websocket, exc)
             return
-        sink = _Sink(asyncio.get_running_loop())
+        sink = _Sink(asyncio.get_running_loop(), self.settings.max_outgoing_messages)
         temperature = query.temperature if query.temperature is not None else self.settings.temperature
         try:
             handle = self.engine.open(sink, temperature=temperature, seed=query.seed, conditioning=conditioning)
@@ -163,7 +189,7 @@ class TTSService:
         self.live_streams += 1
         try:
             await websocket.send_bytes(protocol.encode(protocol.Ready()))
-            await self._serve(websocket, handle, sink, cfg_alpha)
+            await self._serve_bounded(websocket, handle, sink, cfg_alpha)
         finally:
             handle.close()  # frees the slot at the next step, whatever ended the connection
             self.metrics.streams_in_use.dec()
@@ -173,6 +199,28 @@ class TTSService:
         with contextlib.suppress(Exception):
             await websocket.send_bytes(protocol.encode(protocol.ErrorOut(str(error))))
             await websocket.close(code=close_code(error))
+
+    async def _serve_bounded(self, websocket: WebSocket, handle: StreamHandle, sink: _Sink, cfg_alpha: float) -> None:
+        """`_serve`, dropped when the client does not read: its sends block (uvicorn's write buffer
+        is full), so the outgoing queue fills up; the stream is ended rather than buffered."""
+        serving = asyncio.create_task(self._serve(websocket, handle, sink, cfg_alpha))
+        overflow = asyncio.create_task(sink.overflowed.wait())
+        try:
+            await asyncio.wait({serving, overflow}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            overflow.cancel()
+            if not serving.done():
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+        if serving.cancelled() or not sink.overflowed.is_set():
+            return
+        handle.close()
+        self.metrics.rejected.labels("slow_client").inc()
+        logger.info("dropping a stream: its client left %d messages unread (close 1008)", sink.max_queue)
+        # The goodbye may never get through a client that does not read: bounded, then uvicorn drops it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._refuse(websocket, RequestError("client reads too slowly")), 1.0)
 
     async def _serve(self, websocket: WebSocket, handle: StreamHandle, sink: _Sink, cfg_alpha: float) -> None:
         first_word_at: list[float] = []
@@ -191,6 +239,8 @@ class TTSService:
                 if isinstance(message, int):
                     await websocket.close(code=message)
                     return
+                if isinstance(message, np.ndarray):
+                    message = protocol.Audio(message.tolist())
                 if isinstance(message, protocol.Audio) and first_word_at and sink.first_audio_at is not None:
                     self.metrics.first_audio_seconds.observe(max(0.0, sink.first_audio_at - first_word_at[0]))
                     first_word_at.clear()
@@ -205,15 +255,18 @@ class TTSService:
     ) -> bool:
         """Feeds the client's messages to the engine until the client leaves (True) or sends
         something invalid (False: the Error is queued and the stream closed)."""
+        settings = self.settings
         ended = False
+        text_chars = 0
+        loop = asyncio.get_running_loop()
+        # Only real text moves the deadline: empty Text or Voice messages would hold a slot forever.
+        deadline = loop.time() + settings.idle_timeout_s
         while True:
             try:
-                async with asyncio.timeout(None if ended else self.settings.idle_timeout_s):
+                async with asyncio.timeout_at(None if ended else deadline):
                     frame = await websocket.receive()
             except TimeoutError:
-                handle.close()
-                sink.failed(RequestError(f"no text for {self.settings.idle_timeout_s:g} s"))
-                return False
+                return self._end(handle, sink, RequestError(f"no text for {settings.idle_timeout_s:g} s"))
             except (WebSocketDisconnect, RuntimeError):
                 return True
             if frame["type"] == "websocket.disconnect":
@@ -222,8 +275,20 @@ class TTSService:
             if data is None or ended:
                 continue  # after Eos, moshi-server ignores input too; we keep reading to see a close
             try:
+                # Checked before decoding (uvicorn's ws_max_size refuses larger frames first in main()).
+                size = len(data) if isinstance(data, bytes) else len(data.encode())
+                if size > settings.max_message_bytes:
+                    raise MessageTooBig(f"message over {settings.max_message_bytes} bytes")
                 message = protocol.decode_client(data)
                 if isinstance(message, protocol.TextIn):
+                    # Bounded before moshi's parser sees it: it is quadratic in one text's length.
+                    if len(message.text) > settings.max_text_chars:
+                        raise RequestError(f"a Text holds more than {settings.max_text_chars} characters")
+                    text_chars += len(message.text)
+                    if text_chars > settings.max_stream_text_chars:
+                        raise RequestError(f"a stream's text is over {settings.max_stream_text_chars} characters")
+                    if message.text.strip():
+                        deadline = loop.time() + settings.idle_timeout_s
                     if not first_word_at:
                         first_word_at.append(time.monotonic())
                     handle.push_text(message.text)
@@ -235,9 +300,18 @@ class TTSService:
                     handle.end_text()
                     ended = True
             except (protocol.ProtocolError, EngineError) as exc:
-                handle.close()
-                sink.failed(exc)
-                return False
+                return self._end(handle, sink, exc)
+            except Exception as exc:  # a bug on one stream's input ends that stream, never the server
+                logger.exception("unexpected error on a stream's input")
+                return self._end(handle, sink, EngineError(f"server error ({type(exc).__name__})"))
+
+    def _end(self, handle: StreamHandle, sink: _Sink, error: Exception) -> bool:
+        """Ends one stream on its own input: Error, then the close code saying whose fault it was."""
+        handle.close()
+        engine_fault = close_code(error) == protocol.CLOSE_ENGINE_ERROR
+        self.metrics.rejected.labels("engine" if engine_fault else "bad_request").inc()
+        sink.failed(error)
+        return False
 
 
 def create_app(service: TTSService) -> FastAPI:
@@ -259,7 +333,9 @@ def create_app(service: TTSService) -> FastAPI:
         )
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if not service.authorised(request):
+            return Response("invalid api key\n", status_code=401, media_type="text/plain")
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.websocket(protocol.PATH)
@@ -359,13 +435,29 @@ class DrainingServer(uvicorn.Server):
 def main() -> None:
     settings = EngineSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    check_api_keys(settings, logger)
     logger.info("loading %s (max_streams %d)", settings.checkpoint, settings.max_streams)
     with running_service(settings) as service:
         logger.info("ready on %s:%d%s", settings.host, settings.port, protocol.PATH)
         config = uvicorn.Config(
-            create_app(service), host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio"
+            create_app(service),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            ws="websockets-sansio",
+            # Larger frames are refused by the WebSocket layer from their header (close 1009).
+            ws_max_size=settings.max_message_bytes,
         )
-        DrainingServer(config, service, settings.drain_timeout_s).run()
+        server = DrainingServer(config, service, settings.drain_timeout_s)
+
+        def engine_crashed() -> None:  # engine thread: uvicorn polls the flag every 100 ms
+            logger.critical("engine thread died: exiting so the supervisor restarts the engine")
+            server.should_exit = True
+
+        service.engine.on_crash = engine_crashed
+        server.run()
+    if service.engine.crashed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,16 @@ class EngineSettings(EngineSettingsBase):
     final_padding: int = Field(default=4, ge=0)
     max_steps: int = Field(default=3000, ge=16)  # one stream's longest answer: 240 s at 12.5 Hz
     warmup_steps: int = Field(default=3, ge=1)
-    # A client that sends nothing for this long before its Eos holds a slot for nothing: drop it.
+    # A client that sends no text (empty Text, Voice and other messages do not count) for this
+    # long before its Eos holds a slot for nothing: drop it.
     idle_timeout_s: float = Field(default=30.0, gt=0)
+    # Text limits, in characters: moshi's script parsing is quadratic in one Text's length, and
+    # it runs in the engine thread every stream shares. The plugin sends word by word.
+    max_text_chars: int = Field(default=1000, ge=16)  # one Text message
+    max_stream_text_chars: int = Field(default=8000, ge=16)  # all Text of one stream: over max_steps of speech
+    # Messages waiting to be sent to one client (Audio is 80 ms each): a client that does not
+    # read is dropped (1008) when its queue is full, rather than buffered.
+    max_outgoing_messages: int = Field(default=250, ge=8)
 
 
 class PluginSettings(PluginSettingsBase):

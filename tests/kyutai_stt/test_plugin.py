@@ -168,7 +168,7 @@ async def test_a_stream_closed_mid_sentence_frees_its_slot(stt_server: SttServer
 async def test_a_full_server_is_a_clear_error(tiny_stt_dir: Path) -> None:
     server = await start_server(tiny_stt_dir, max_streams=1)
     try:
-        async with websockets.connect(f"{server_url(server)}/api/asr-streaming?auth_id=public_token") as holder:
+        async with websockets.connect(f"{server_url(server)}/api/asr-streaming") as holder:
             await holder.recv()
             stream = STT(url=server_url(server)).stream(conn_options=FAST_FAIL)
             stream.push_frame(to_frames(speech(0.2), 24000, 4800)[0])
@@ -179,11 +179,15 @@ async def test_a_full_server_is_a_clear_error(tiny_stt_dir: Path) -> None:
         await server.stop()
 
 
-async def test_a_wrong_api_key_or_unreachable_server_is_a_clear_error(stt_server: SttServer) -> None:
-    stream = STT(url=server_url(stt_server), api_key="wrong").stream(conn_options=FAST_FAIL)
-    with pytest.raises(APIStatusError) as refused:
-        await collect(stream, within_s=10)
-    assert refused.value.status_code == 401 and not refused.value.retryable
+async def test_a_wrong_api_key_or_unreachable_server_is_a_clear_error(tiny_stt_dir: Path) -> None:
+    keyed = await start_server(tiny_stt_dir, max_streams=1, api_keys=["gym-secret"])
+    try:
+        stream = STT(url=server_url(keyed), api_key="wrong").stream(conn_options=FAST_FAIL)
+        with pytest.raises(APIStatusError) as refused:
+            await collect(stream, within_s=10)
+        assert refused.value.status_code == 401 and not refused.value.retryable
+    finally:
+        await keyed.stop()
 
     stream = STT(url=f"ws://127.0.0.1:{free_port()}").stream(conn_options=ONE_RETRY)
     with pytest.raises(APIConnectionError):

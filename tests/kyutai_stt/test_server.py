@@ -32,7 +32,7 @@ def pack(message: dict[str, Any]) -> bytes:
 async def kyutai_client(url: str, audio: np.ndarray, marker_id: int = 42) -> list[dict[str, Any]]:
     """What Kyutai's stt_from_file_rust_server.py does: audio, silence, a Marker, silence until it returns."""
     received: list[dict[str, Any]] = []
-    headers = {"kyutai-api-key": "public_token"}
+    headers = {"kyutai-api-key": "any-key-an-open-server-ignores"}
     async with websockets.connect(f"{url}/api/asr-streaming", additional_headers=headers) as ws:
 
         async def send() -> None:
@@ -120,14 +120,27 @@ async def test_a_kyutai_style_client_transcribes_a_wav_and_gets_its_marker(
     assert [m["text"] for m in words] == words_from_tokens(tokens, tokenizer)[: len(words)]
 
 
-async def test_auth_by_header_or_query_and_unknown_keys_refused(stt_server: SttServer) -> None:
-    url = f"{server_url(stt_server)}/api/asr-streaming"
-    async with websockets.connect(f"{url}?auth_id=public_token") as ws:
-        assert msgpack.unpackb(await ws.recv()) == {"type": "Ready"}
-    with pytest.raises(InvalidStatus) as refused:
-        async with websockets.connect(url, additional_headers={"kyutai-api-key": "stolen"}):
-            pass
-    assert refused.value.response.status_code == 401
+async def test_auth_by_header_or_query_and_unknown_keys_refused(tiny_stt_dir: Path) -> None:
+    """Streams and /metrics take the key; health stays open (load balancers and workers poll it)."""
+    server = await start_server(tiny_stt_dir, max_streams=1, api_keys=["gym-secret"])
+    try:
+        url = f"{server_url(server)}/api/asr-streaming"
+        async with websockets.connect(f"{url}?auth_id=gym-secret") as ws:
+            assert msgpack.unpackb(await ws.recv()) == {"type": "Ready"}
+        async with websockets.connect(url, additional_headers={"kyutai-api-key": "gym-secret"}) as ws:
+            assert msgpack.unpackb(await ws.recv()) == {"type": "Ready"}
+        for headers in ({"kyutai-api-key": "stolen"}, {}):
+            with pytest.raises(InvalidStatus) as refused:
+                async with websockets.connect(url, additional_headers=headers):
+                    pass
+            assert refused.value.response.status_code == 401
+        base = f"http://127.0.0.1:{server.port}"
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{base}/api/health")).status_code == 200
+            assert (await client.get(f"{base}/metrics")).status_code == 401
+            assert (await client.get(f"{base}/metrics", params={"auth_id": "gym-secret"})).status_code == 200
+    finally:
+        await server.stop()
 
 
 async def wait_for_streams(server: SttServer, count: int) -> None:
@@ -141,7 +154,7 @@ async def wait_for_streams(server: SttServer, count: int) -> None:
 
 
 async def test_a_full_server_answers_an_error_at_once_and_a_freed_slot_is_reused(stt_server: SttServer) -> None:
-    url = f"{server_url(stt_server)}/api/asr-streaming?auth_id=public_token"
+    url = f"{server_url(stt_server)}/api/asr-streaming"
     await wait_for_streams(stt_server, 0)
     kiosks = [await websockets.connect(url) for _ in range(MAX_STREAMS)]
     for ws in kiosks:
@@ -176,7 +189,7 @@ async def test_a_full_server_answers_an_error_at_once_and_a_freed_slot_is_reused
     ],
 )
 async def test_bad_input_ends_that_stream_only(stt_server: SttServer, bad_message: Any, expected: str) -> None:
-    url = f"{server_url(stt_server)}/api/asr-streaming?auth_id=public_token"
+    url = f"{server_url(stt_server)}/api/asr-streaming"
     async with websockets.connect(url) as neighbour, websockets.connect(url) as faulty:
         assert msgpack.unpackb(await neighbour.recv())["type"] == "Ready"
         assert msgpack.unpackb(await faulty.recv())["type"] == "Ready"
@@ -193,7 +206,7 @@ async def test_bad_input_ends_that_stream_only(stt_server: SttServer, bad_messag
 
 
 async def test_a_text_frame_or_garbage_is_a_protocol_error(stt_server: SttServer) -> None:
-    url = f"{server_url(stt_server)}/api/asr-streaming?auth_id=public_token"
+    url = f"{server_url(stt_server)}/api/asr-streaming"
     for bad in ("hello", b"\xc1\xc1garbage"):
         async with websockets.connect(url) as ws:
             await ws.recv()
@@ -223,7 +236,7 @@ async def test_health_and_prometheus_metrics(stt_server: SttServer) -> None:
 async def test_a_silent_or_unread_client_does_not_block_a_neighbour(stt_server: SttServer) -> None:
     """One kiosk connects and sends nothing, another floods audio and never reads its answers:
     the third, streaming in real time, gets a Step for every frame it sends, in time."""
-    url = f"{server_url(stt_server)}/api/asr-streaming?auth_id=public_token"
+    url = f"{server_url(stt_server)}/api/asr-streaming"
     await wait_for_streams(stt_server, 0)
     async with (
         websockets.connect(url) as silent,
@@ -295,7 +308,7 @@ async def test_a_failing_model_step_ends_only_the_streams_in_it(tiny_stt_dir: Pa
         return real_step(frames)
 
     server.engine.step = flaky_step  # type: ignore[method-assign]
-    url = f"{server_url(server)}/api/asr-streaming?auth_id=public_token"
+    url = f"{server_url(server)}/api/asr-streaming"
     try:
         async with websockets.connect(url) as unlucky:
             await unlucky.recv()

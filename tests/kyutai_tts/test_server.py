@@ -201,8 +201,10 @@ async def test_health_and_metrics(server) -> None:
     base, _ = server
     http = base.replace("ws://", "http://")
     async with httpx.AsyncClient() as client:
-        health = (await client.get(f"{http}/api/health")).json()
-        metrics = (await client.get(f"{http}/metrics")).text
+        health = (await client.get(f"{http}/api/health")).json()  # open: load balancers and workers poll it
+        refused = await client.get(f"{http}/metrics")
+        metrics = (await client.get(f"{http}/metrics", params={"auth_id": API_KEY})).text
+    assert refused.status_code == 401  # behind the engine's key, as the streams
     assert health["status"] == "ok" and health["max_streams"] == 2
     assert "kyutai_tts_step_seconds_bucket" in metrics
     assert 'kyutai_tts_rejected_total{reason="full"}' in metrics
@@ -219,7 +221,7 @@ async def test_the_server_command_serves_a_local_checkpoint(tiny_tts: TinyTTS) -
         "KYUTAI_TTS_ALLOW_HUB_VOICES": "false",
         "KYUTAI_TTS_PORT": str(port),
         "KYUTAI_TTS_MAX_STREAMS": "2",
-        "KYUTAI_TTS_API_KEYS": '["public_token"]',
+        "KYUTAI_TTS_API_KEYS": '["a-test-key"]',
         "OMP_NUM_THREADS": "1",
     }
     process = await asyncio.create_subprocess_exec(
@@ -238,7 +240,7 @@ async def test_the_server_command_serves_a_local_checkpoint(tiny_tts: TinyTTS) -
                         break
                 await asyncio.sleep(0.1)
         url = tts_url(f"ws://127.0.0.1:{port}", voice=OTHER_VOICE)
-        async with websockets.connect(url, additional_headers={"kyutai-api-key": "public_token"}) as ws:
+        async with websockets.connect(url, additional_headers={"kyutai-api-key": "a-test-key"}) as ws:
             for word in "Bonjour Julie, à demain !".split():
                 await ws.send(msgpack.packb({"type": "Text", "text": word}))
             await ws.send(msgpack.packb({"type": "Eos"}))

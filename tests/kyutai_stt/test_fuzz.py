@@ -1,0 +1,220 @@
+"""Protocol fuzzing of a running STT engine process while a healthy stream is transcribed beside it.
+
+The engine must survive every input (same pid, healthy at the end), end only the stream that
+sent it, give the healthy stream the same words as when it runs alone (greedy decoding on the
+same batch slot is deterministic), and not grow (RSS < 20 MB over a warmed-up process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+import msgpack
+import numpy as np
+import pytest
+import websockets
+
+from ..kyutai_common.fuzzing import (
+    Engine,
+    NonReadingClient,
+    closed_with,
+    collect,
+    frames,
+    free_port,
+    fuzz,
+    rss_kb,
+)
+from .conftest import speech
+
+KEY = "stt-fuzz-key"
+HEADERS = {"kyutai-api-key": KEY}
+FUZZ_INPUTS = 400  # hypothesis examples; about 15 s on a loaded 2-core machine
+IDLE_S = 2.0
+FRAME = 1920
+HEALTHY_S = 20.0
+
+
+def audio(pcm: np.ndarray) -> bytes:
+    return msgpack.packb({"type": "Audio", "pcm": pcm.astype(np.float32).tolist()}, use_single_float=True)
+
+
+def marker(marker_id: int) -> bytes:
+    return msgpack.packb({"type": "Marker", "id": marker_id})
+
+
+# Built once at import, before anything is timed: packing 16 Mi arrays holds this test's own
+# event loop (and so the healthy client's reads) for about a second.
+HUGE = {
+    16: msgpack.packb({"type": "Audio", "pcm": [[]] * (16 * 2**20 - 32)}),  # 16 MiB of empty arrays
+    1: msgpack.packb({"type": "Audio", "pcm": [[]] * 1_000_000}),  # 1 MB of empty arrays
+}
+
+
+@pytest.fixture
+async def engine(tiny_stt_dir: Path, tmp_path: Path) -> object:
+    from ..kyutai_common.fuzzing import start_engine
+
+    port = free_port()
+    env = {
+        "KYUTAI_STT_CHECKPOINT": str(tiny_stt_dir),
+        "KYUTAI_STT_DEVICE": "cpu",
+        "KYUTAI_STT_PORT": str(port),
+        "KYUTAI_STT_MAX_STREAMS": "6",
+        "KYUTAI_STT_API_KEYS": json.dumps([KEY]),
+        "KYUTAI_STT_IDLE_TIMEOUT_S": str(IDLE_S),
+        "KYUTAI_STT_TORCH_THREADS": "1",
+        "KYUTAI_STT_WARMUP_STEPS": "1",
+    }
+    started = await start_engine("kyutai_stt.server", env, port, str(tmp_path / "engine.log"))
+    yield started
+    started.stop()
+
+
+async def transcribe(port: int, pcm: np.ndarray, paced: bool) -> list[str]:
+    """A healthy stream: the audio (in real time when `paced`), silence to flush the model's delay,
+    a Marker; its words once the Marker is back."""
+    flush = np.zeros(FRAME * 13 * 8, dtype=np.float32)  # longer than the tiny model's delay
+    words: list[str] = []
+    async with websockets.connect(f"ws://127.0.0.1:{port}/api/asr-streaming", additional_headers=HEADERS) as ws:
+        assert msgpack.unpackb(await ws.recv())["type"] == "Ready"
+
+        async def send() -> None:
+            # The Marker comes back once the silence after it pushed its audio through the model.
+            for chunk, then in ((pcm, marker(7)), (flush, None)):
+                for start in range(0, len(chunk), FRAME):
+                    await ws.send(audio(chunk[start : start + FRAME]))
+                    if paced:
+                        await asyncio.sleep(FRAME / 24000)
+                if then is not None:
+                    await ws.send(then)
+
+        sender = asyncio.create_task(send())
+        async for raw in ws:
+            message = msgpack.unpackb(raw)
+            assert message["type"] != "Error", message
+            if message["type"] == "Word":
+                words.append(message["text"])
+            elif message["type"] == "Marker":
+                break
+        await sender
+    return words
+
+
+async def expect_refusal(port: int, sends: list[bytes | str], codes: set[int], timeout_s: float = 10.0) -> str:
+    url = f"ws://127.0.0.1:{port}/api/asr-streaming"
+    async with websockets.connect(url, additional_headers=HEADERS, max_size=2**24) as ws:
+        if msgpack.unpackb(await ws.recv())["type"] != "Ready":
+            # Full: the fuzz's streams free their slots a model step after they close. Again.
+            await asyncio.sleep(0.2)
+            return await expect_refusal(port, sends, codes, timeout_s)
+        try:
+            for item in sends:
+                await ws.send(item)
+        except websockets.ConnectionClosed:
+            pass
+        messages, code = await closed_with(ws, timeout_s)
+    assert code in codes, (code, messages[-1:])
+    errors = [m["message"] for m in messages if m.get("type") == "Error"]
+    return errors[-1] if errors else ""
+
+
+async def named_cases(engine: Engine) -> int:
+    port = engine.port
+    cases = 0
+    # 16 MiB map of empty arrays: refused by size before decoding.
+    await expect_refusal(port, [HUGE[16]], {1009})
+    # A 2 MB Text (not an STT message, and over the size).
+    await expect_refusal(port, [msgpack.packb({"type": "Text", "text": "a" * 2_000_000})], {1009})
+    cases += 2
+    # 20 maps of 1 MB of empty arrays, each refused while decoding (a few dozen containers).
+    for _ in range(20):
+        await expect_refusal(port, [HUGE[1]], {1008})
+        cases += 1
+    # Markers are bounded: they wait for audio that never comes.
+    assert "markers" in await expect_refusal(port, [marker(i) for i in range(1000)], {1008})
+    cases += 1
+    # Empty Audio does not hold the slot: the idle timeout still ends the stream.
+    url = f"ws://127.0.0.1:{port}/api/asr-streaming"
+    async with websockets.connect(url, additional_headers=HEADERS) as ws:
+        assert msgpack.unpackb(await ws.recv())["type"] == "Ready"
+        started = time.monotonic()
+        try:
+            for i in range(int(IDLE_S * 4)):
+                await ws.send(audio(np.zeros(0)))
+                await ws.send(marker(i))
+                await asyncio.sleep(0.5)
+        except websockets.ConnectionClosed:
+            pass
+        messages, code = await closed_with(ws, 5.0)
+        assert code == 1008 and messages[-1]["message"] == f"no audio for {IDLE_S:g} s"
+        assert time.monotonic() - started < IDLE_S + 2.0
+    cases += 1
+    return cases
+
+
+async def idle_endings(engine: Engine) -> float:
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"{engine.http}/metrics", params={"auth_id": KEY})).text
+    for line in metrics.splitlines():
+        if line.startswith('kyutai_stt_errors_total{type="idle"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def non_reading_client(engine: Engine) -> None:
+    """Sends audio and never reads. Its Steps (~60 bytes per 80 ms) fit in socket buffers and the
+    server's bounded queue (max_pending_messages); the stream is ended once its audio stops (idle)."""
+    before = await idle_endings(engine)
+    client = NonReadingClient(f"{engine.ws}/api/asr-streaming", HEADERS)
+    try:
+        pcm = speech(5.0, seed=3)
+        for start in range(0, len(pcm), FRAME * 5):
+            client.send(audio(pcm[start : start + FRAME * 5]))
+        deadline = time.monotonic() + IDLE_S + 20.0
+        while await idle_endings(engine) == before and time.monotonic() < deadline:  # noqa: ASYNC110 (another process)
+            await asyncio.sleep(0.2)
+        assert await idle_endings(engine) > before, "the non-reading client was not ended"
+    finally:
+        client.close()
+
+
+async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: Engine) -> None:
+    pid = engine.pid
+    pcm = speech(HEALTHY_S, seed=42)
+    url = f"{engine.ws}/api/asr-streaming"
+    fields = ["pcm", "id"]
+    # Warm-up: every code path once, so RSS then measures growth; and the reference transcript.
+    await fuzz(url, HEADERS, collect(frames(["Audio", "Marker", "Init"], fields), 40))
+    await expect_refusal(engine.port, [HUGE[1]], {1008})
+    alone = await transcribe(engine.port, pcm, paced=False)
+    assert alone, "the tiny model heard no word: the comparison would prove nothing"
+    await asyncio.sleep(1.0)
+    rss_before = rss_kb(pid)
+
+    inputs = collect(frames(["Audio", "Marker", "Init"], fields), FUZZ_INPUTS)
+    healthy = asyncio.create_task(transcribe(engine.port, pcm, paced=True))
+    await asyncio.sleep(0.5)  # the healthy stream holds slot 0, as when it ran alone
+    started = time.monotonic()
+    report = await fuzz(url, HEADERS, inputs)
+    cases = await named_cases(engine)
+    await non_reading_client(engine)
+    fuzz_s = time.monotonic() - started
+    beside = await healthy
+    await asyncio.sleep(1.0)
+    rss_after = rss_kb(pid)
+    print(
+        f"\nSTT fuzz: {report.inputs} hypothesis inputs on {report.streams} streams, close codes "
+        f"{dict(report.close_codes)}; {cases} named cases + a non-reading client in {fuzz_s:.1f} s beside a "
+        f"{HEALTHY_S:g} s healthy stream; {len(beside)} words (alone: {len(alone)}); "
+        f"RSS {rss_before} -> {rss_after} kB ({(rss_after - rss_before) / 1024:+.1f} MB)"
+    )
+    assert engine.process.poll() is None and engine.pid == pid
+    assert await engine.healthy()
+    assert report.inputs == len(inputs)
+    assert 1011 not in report.close_codes  # no input is an engine fault
+    assert beside == alone
+    assert rss_after - rss_before < 20 * 1024
