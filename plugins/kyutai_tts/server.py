@@ -207,13 +207,14 @@ class TTSService:
         overflow = asyncio.create_task(sink.overflowed.wait())
         try:
             await asyncio.wait({serving, overflow}, return_when=asyncio.FIRST_COMPLETED)
+            stuck = not serving.done()  # the queue filled while a send was blocked
         finally:
             overflow.cancel()
             if not serving.done():
                 serving.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await serving
-        if serving.cancelled() or not sink.overflowed.is_set():
+        if not stuck:
             return
         handle.close()
         self.metrics.rejected.labels("slow_client").inc()
