@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import msgpack
 import numpy as np
 import pytest
@@ -21,6 +18,7 @@ from livekit import rtc
 from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError, APITimeoutError
 from livekit.agents.stt import SpeechEvent, SpeechEventType
 
+from ..kyutai_common.engine_process import engine_process
 from .conftest import espeak_french, free_port, server_url, speech, start_server
 from .test_server import wait_for_streams
 
@@ -212,30 +210,15 @@ async def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
         tcp.close()
 
 
-async def test_a_killed_server_is_a_clear_error_and_no_hung_session(tiny_stt_dir: Path) -> None:
-    port = free_port()
-    env = dict(
-        os.environ,
-        KYUTAI_STT_CHECKPOINT=str(tiny_stt_dir),
-        KYUTAI_STT_PORT=str(port),
-        KYUTAI_STT_MAX_STREAMS="2",
-        KYUTAI_STT_TORCH_THREADS="1",
-        KYUTAI_STT_DEVICE="cpu",
-        NO_TORCH_COMPILE="1",
-    )
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "kyutai_stt.server", env=env)
-    try:
-        healthy = False
-        async with httpx.AsyncClient() as client:
-            for _ in range(200):
-                try:
-                    if (await client.get(f"http://127.0.0.1:{port}/api/health")).status_code == 200:
-                        healthy = True
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
-        assert healthy, "the engine server never came up"
-        stream = STT(url=f"ws://127.0.0.1:{port}").stream(conn_options=ONE_RETRY)
+async def test_a_killed_server_is_a_clear_error_and_no_hung_session(tiny_stt_dir: Path, tmp_path: Path) -> None:
+    env = {
+        "KYUTAI_STT_CHECKPOINT": str(tiny_stt_dir),
+        "KYUTAI_STT_MAX_STREAMS": "2",
+        "KYUTAI_STT_DEVICE": "cpu",
+        "KYUTAI_STT_API_KEYS": "[]",  # any client (the plugin below has no key)
+    }
+    async with engine_process(tmp_path, "stt", env) as engine:
+        stream = STT(url=engine.ws).stream(conn_options=ONE_RETRY)
         for frame in to_frames(speech(2.0, seed=3), 24000, 1920):
             stream.push_frame(frame)
         killed_mid_sentence = False
@@ -244,7 +227,7 @@ async def test_a_killed_server_is_a_clear_error_and_no_hung_session(tiny_stt_dir
             nonlocal killed_mid_sentence
             async for event in stream:
                 if event.type == SpeechEventType.INTERIM_TRANSCRIPT and not killed_mid_sentence:
-                    process.send_signal(signal.SIGKILL)  # the GPU box dies mid-sentence
+                    engine.process.send_signal(signal.SIGKILL)  # the GPU box dies mid-sentence
                     killed_mid_sentence = True
 
         (outcome,) = await asyncio.gather(asyncio.wait_for(run(), timeout=15), return_exceptions=True)
@@ -252,16 +235,12 @@ async def test_a_killed_server_is_a_clear_error_and_no_hung_session(tiny_stt_dir
         # First the kill itself: the error below must come from it, not from a server that
         # failed on its own (or never transcribed) before it.
         assert killed_mid_sentence, f"the stream ended before the server was killed: {outcome!r}"
-        assert await asyncio.wait_for(process.wait(), timeout=5) == -signal.SIGKILL
+        assert await engine.wait(5) == -signal.SIGKILL
         with pytest.raises(OSError):  # nothing listens any more: the retry had no server to reach
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            _, writer = await asyncio.open_connection("127.0.0.1", engine.port)
             writer.close()
         # Then what the agent sees: a connection error, not a hang (wait_for) nor a clean end
         assert isinstance(outcome, APIConnectionError), f"expected APIConnectionError, got {outcome!r}"
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
 
 
 async def test_a_checkpoint_without_heads_still_ends_turns(tiny_stt_no_heads_dir: Path) -> None:

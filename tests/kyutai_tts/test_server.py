@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,7 +19,8 @@ from kyutai_tts import protocol
 from kyutai_tts.engine import load_voice_file
 from websockets.asyncio.client import ClientConnection
 
-from .conftest import API_KEY, FRENCH_ANSWER, free_port, reference_generate, until, wait_idle
+from ..kyutai_common.engine_process import engine_process
+from .conftest import API_KEY, FRENCH_ANSWER, reference_generate, until, wait_idle
 
 
 def tts_url(base: str, **query: str) -> str:
@@ -210,42 +210,22 @@ async def test_health_and_metrics(server) -> None:
     assert 'kyutai_tts_rejected_total{reason="full"}' in metrics
 
 
-async def test_the_server_command_serves_a_local_checkpoint(tiny_tts: TinyTTS) -> None:
+async def test_the_server_command_serves_a_local_checkpoint(tiny_tts: TinyTTS, tmp_path: Path) -> None:
     """`python -m kyutai_tts.server`, configured from the environment only."""
-    port = free_port()
     env = {
-        **os.environ,
         "KYUTAI_TTS_CHECKPOINT": str(tiny_tts.directory),
         "KYUTAI_TTS_VOICE_DIR": str(tiny_tts.voice_dir),
         "KYUTAI_TTS_DEFAULT_VOICE": DEFAULT_VOICE,
         "KYUTAI_TTS_ALLOW_HUB_VOICES": "false",
-        "KYUTAI_TTS_PORT": str(port),
         "KYUTAI_TTS_MAX_STREAMS": "2",
         "KYUTAI_TTS_API_KEYS": '["a-test-key"]',
         "OMP_NUM_THREADS": "1",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kyutai_tts.server",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"http://127.0.0.1:{port}/api/health")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
-        url = tts_url(f"ws://127.0.0.1:{port}", voice=OTHER_VOICE)
+    async with engine_process(tmp_path, "tts", env) as engine:
+        url = tts_url(engine.ws, voice=OTHER_VOICE)
         async with websockets.connect(url, additional_headers={"kyutai-api-key": "a-test-key"}) as ws:
             for word in "Bonjour Julie, à demain !".split():
                 await ws.send(msgpack.packb({"type": "Text", "text": word}))
             await ws.send(msgpack.packb({"type": "Eos"}))
             kinds = [msgpack.unpackb(raw)["type"] async for raw in ws]
         assert kinds[0] == "Ready" and kinds.count("Audio") > 5 and "Error" not in kinds
-    finally:
-        process.terminate()
-        await process.wait()
