@@ -89,6 +89,10 @@ class Stream:
     # Messages to send; an int ends the stream with that WebSocket close code.
     out: asyncio.Queue[dict[str, Any] | int] = field(default_factory=asyncio.Queue)
     closed: bool = False
+    opened_at: float = field(default_factory=time.monotonic)
+
+    def age_s(self) -> float:
+        return time.monotonic() - self.opened_at
 
     def add_audio(self, pcm: np.ndarray) -> None:
         samples = np.concatenate([self.partial, pcm]) if self.partial.size else pcm
@@ -273,6 +277,19 @@ class SttServer:
         stream.out.put_nowait(protocol.error(message))
         stream.out.put_nowait(close_code)
 
+    def _overflow(self, stream: Stream) -> None:
+        """Too much of one stream's audio waits for the model: whose fault is it?"""
+        waiting_s = stream.buffered_samples / protocol.SAMPLE_RATE
+        ahead_s = stream.frames_received * stream.frame_size / protocol.SAMPLE_RATE - stream.age_s()
+        # A client may run ahead of the clock by a replayed turn (a plugin failing over sends up
+        # to 30 s at once), not by half the buffer: then it floods us. Otherwise it sends in real
+        # time and the model is the one behind (an overloaded engine): retryable, so the plugin
+        # moves the stream to a replica with room instead of the session losing its STT.
+        if ahead_s > self.settings.max_buffered_s / 2:
+            self._fail(stream, "overflow", f"audio {ahead_s:.0f} s ahead of real time: send in real time")
+        else:
+            self._fail(stream, "behind", f"engine overloaded: {waiting_s:.0f} s of audio waiting", protocol.CLOSE_FULL)
+
     async def _receive_loop(self, websocket: ServerConnection, stream: Stream) -> None:
         max_buffered = int(self.settings.max_buffered_s * protocol.SAMPLE_RATE)
         loop = asyncio.get_running_loop()
@@ -303,7 +320,7 @@ class SttServer:
                     deadline = loop.time() + self.settings.idle_timeout_s
                     stream.add_audio(message.pcm)
                     if stream.buffered_samples > max_buffered:
-                        self._fail(stream, "overflow", "too much audio waiting: send in real time")
+                        self._overflow(stream)
                         return
                     self._audio_ready.set()
                 elif isinstance(message, protocol.MarkerIn):

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +326,29 @@ async def test_a_failing_model_step_ends_only_the_streams_in_it(tiny_stt_dir: Pa
             assert msgpack.unpackb(await asyncio.wait_for(next_member.recv(), timeout=3))["type"] == "Step"
     finally:
         await server.stop()
+
+
+async def test_a_client_flooding_audio_faster_than_real_time_is_ended_as_its_own_fault(tiny_stt_dir: Path) -> None:
+    """8 s of audio in one go against a 2 s buffer: the client is far ahead of the clock (close
+    1008, not worth a retry). An engine that falls behind a client sending in real time answers
+    1013 instead, so the plugin moves the stream to a replica with room."""
+    server = await start_server(tiny_stt_dir, max_streams=1, max_buffered_s=2.0)
+    try:
+        async with websockets.connect(f"{server_url(server)}/api/asr-streaming") as flood:
+            assert msgpack.unpackb(await flood.recv())["type"] == "Ready"
+            audio = speech(8.0)
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for start in range(0, audio.size, 24000):
+                    await flood.send(pack({"type": "Audio", "pcm": audio[start : start + 24000].tolist()}))
+            messages = [msgpack.unpackb(m) async for m in _until_closed(flood)]
+        errors = [m for m in messages if m["type"] == "Error"]
+        assert errors and "ahead of real time" in errors[0]["message"], messages
+        assert flood.close_code == protocol.CLOSE_CLIENT_ERROR
+    finally:
+        await server.stop()
+
+
+async def _until_closed(ws: websockets.ClientConnection) -> AsyncIterator[str | bytes]:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            yield await asyncio.wait_for(ws.recv(), timeout=5.0)
