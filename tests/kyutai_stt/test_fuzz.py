@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,16 +19,8 @@ import numpy as np
 import pytest
 import websockets
 
-from ..kyutai_common.fuzzing import (
-    Engine,
-    NonReadingClient,
-    closed_with,
-    collect,
-    frames,
-    free_port,
-    fuzz,
-    rss_kb,
-)
+from ..kyutai_common.engine_process import EngineProcess, engine_process
+from ..kyutai_common.fuzzing import NonReadingClient, closed_with, collect, frames, fuzz, refusal, rss_kb
 from .conftest import speech
 
 KEY = "stt-fuzz-key"
@@ -55,23 +48,19 @@ HUGE = {
 
 
 @pytest.fixture
-async def engine(tiny_stt_dir: Path, tmp_path: Path) -> object:
-    from ..kyutai_common.fuzzing import start_engine
-
-    port = free_port()
+async def engine(tiny_stt_dir: Path, tmp_path: Path) -> AsyncIterator[EngineProcess]:
     env = {
         "KYUTAI_STT_CHECKPOINT": str(tiny_stt_dir),
         "KYUTAI_STT_DEVICE": "cpu",
-        "KYUTAI_STT_PORT": str(port),
         "KYUTAI_STT_MAX_STREAMS": "6",
         "KYUTAI_STT_API_KEYS": json.dumps([KEY]),
         "KYUTAI_STT_IDLE_TIMEOUT_S": str(IDLE_S),
         "KYUTAI_STT_TORCH_THREADS": "1",
         "KYUTAI_STT_WARMUP_STEPS": "1",
+        "OMP_NUM_THREADS": "1",
     }
-    started = await start_engine("kyutai_stt.server", env, port, str(tmp_path / "engine.log"))
-    yield started
-    started.stop()
+    async with engine_process(tmp_path, "stt", env) as started:
+        yield started
 
 
 async def transcribe(port: int, pcm: np.ndarray, paced: bool) -> list[str]:
@@ -105,24 +94,10 @@ async def transcribe(port: int, pcm: np.ndarray, paced: bool) -> list[str]:
 
 
 async def expect_refusal(port: int, sends: list[bytes | str], codes: set[int], timeout_s: float = 10.0) -> str:
-    url = f"ws://127.0.0.1:{port}/api/asr-streaming"
-    async with websockets.connect(url, additional_headers=HEADERS, max_size=2**24) as ws:
-        if msgpack.unpackb(await ws.recv())["type"] != "Ready":
-            # Full: the fuzz's streams free their slots a model step after they close. Again.
-            await asyncio.sleep(0.2)
-            return await expect_refusal(port, sends, codes, timeout_s)
-        try:
-            for item in sends:
-                await ws.send(item)
-        except websockets.ConnectionClosed:
-            pass
-        messages, code = await closed_with(ws, timeout_s)
-    assert code in codes, (code, messages[-1:])
-    errors = [m["message"] for m in messages if m.get("type") == "Error"]
-    return errors[-1] if errors else ""
+    return await refusal(f"ws://127.0.0.1:{port}/api/asr-streaming", HEADERS, sends, codes, timeout_s)
 
 
-async def named_cases(engine: Engine) -> int:
+async def named_cases(engine: EngineProcess) -> int:
     port = engine.port
     cases = 0
     # 16 MiB map of empty arrays: refused by size before decoding.
@@ -156,7 +131,7 @@ async def named_cases(engine: Engine) -> int:
     return cases
 
 
-async def idle_endings(engine: Engine) -> float:
+async def idle_endings(engine: EngineProcess) -> float:
     async with httpx.AsyncClient() as client:
         metrics = (await client.get(f"{engine.http}/metrics", params={"auth_id": KEY})).text
     for line in metrics.splitlines():
@@ -165,7 +140,7 @@ async def idle_endings(engine: Engine) -> float:
     return 0.0
 
 
-async def non_reading_client(engine: Engine) -> None:
+async def non_reading_client(engine: EngineProcess) -> None:
     """Sends audio and never reads. Its Steps (~60 bytes per 80 ms) fit in socket buffers and the
     server's bounded queue (max_pending_messages); the stream is ended once its audio stops (idle)."""
     before = await idle_endings(engine)
@@ -182,7 +157,7 @@ async def non_reading_client(engine: Engine) -> None:
         client.close()
 
 
-async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: Engine) -> None:
+async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: EngineProcess) -> None:
     pid = engine.pid
     pcm = speech(HEALTHY_S, seed=42)
     url = f"{engine.ws}/api/asr-streaming"

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -20,16 +21,8 @@ import pytest
 import websockets
 from kyutai_tiny.tts import DEFAULT_VOICE, TinyTTS
 
-from ..kyutai_common.fuzzing import (
-    Engine,
-    NonReadingClient,
-    closed_with,
-    collect,
-    frames,
-    free_port,
-    fuzz,
-    rss_kb,
-)
+from ..kyutai_common.engine_process import EngineProcess, engine_process
+from ..kyutai_common.fuzzing import NonReadingClient, closed_with, collect, frames, fuzz, refusal, rss_kb
 from .conftest import FRENCH_ANSWER
 
 KEY = "tts-fuzz-key"
@@ -58,26 +51,22 @@ HUGE = {
 
 
 @pytest.fixture
-async def engine(tiny_tts: TinyTTS, tmp_path: Path) -> object:
-    from ..kyutai_common.fuzzing import start_engine
-
-    port = free_port()
+async def engine(tiny_tts: TinyTTS, tmp_path: Path) -> AsyncIterator[EngineProcess]:
     env = {
         "KYUTAI_TTS_CHECKPOINT": str(tiny_tts.directory),
         "KYUTAI_TTS_VOICE_DIR": str(tiny_tts.voice_dir),
         "KYUTAI_TTS_DEFAULT_VOICE": DEFAULT_VOICE,
         "KYUTAI_TTS_ALLOW_HUB_VOICES": "false",
-        "KYUTAI_TTS_PORT": str(port),
         "KYUTAI_TTS_MAX_STREAMS": "6",
         "KYUTAI_TTS_API_KEYS": json.dumps([KEY]),
         "KYUTAI_TTS_IDLE_TIMEOUT_S": str(IDLE_S),
         "KYUTAI_TTS_MAX_OUTGOING_MESSAGES": "16",
         "KYUTAI_TTS_MAX_STEPS": "20000",
         "KYUTAI_TTS_WARMUP_STEPS": "1",
+        "OMP_NUM_THREADS": "1",
     }
-    started = await start_engine("kyutai_tts.server", env, port, str(tmp_path / "engine.log"))
-    yield started
-    started.stop()
+    async with engine_process(tmp_path, "tts", env) as started:
+        yield started
 
 
 async def speak(port: int, words: list[str]) -> tuple[list[float], list[dict[str, object]]]:
@@ -98,23 +87,10 @@ async def speak(port: int, words: list[str]) -> tuple[list[float], list[dict[str
 
 
 async def expect_refusal(port: int, sends: list[bytes | str], codes: set[int], timeout_s: float = 10.0) -> str:
-    async with websockets.connect(stream_url(port), additional_headers=HEADERS, max_size=2**24) as ws:
-        if msgpack.unpackb(await ws.recv())["type"] != "Ready":
-            # Full: the fuzz's streams free their slots a model step after they close. Again.
-            await asyncio.sleep(0.2)
-            return await expect_refusal(port, sends, codes, timeout_s)
-        try:
-            for item in sends:
-                await ws.send(item)
-        except websockets.ConnectionClosed:
-            pass
-        messages, code = await closed_with(ws, timeout_s)
-    assert code in codes, (code, messages[-1:])
-    errors = [m["message"] for m in messages if m.get("type") == "Error"]
-    return errors[-1] if errors else ""
+    return await refusal(stream_url(port), HEADERS, sends, codes, timeout_s)
 
 
-async def named_cases(engine: Engine) -> int:
+async def named_cases(engine: EngineProcess) -> int:
     port = engine.port
     cases = 0
     # moshi's script parser raises ValueError on a malformed break: only this stream ends.
@@ -151,7 +127,7 @@ async def named_cases(engine: Engine) -> int:
     return cases
 
 
-def start_non_reading_client(engine: Engine) -> NonReadingClient:
+def start_non_reading_client(engine: EngineProcess) -> NonReadingClient:
     """Sends a long answer and never reads. The kernel's socket buffers take the first few MB
     (outside the engine's RSS); then the server's sends block, its queue fills, and it drops the stream."""
     client = NonReadingClient(stream_url(engine.port), HEADERS)
@@ -161,7 +137,7 @@ def start_non_reading_client(engine: Engine) -> NonReadingClient:
     return client
 
 
-async def dropped(engine: Engine, timeout_s: float) -> bool:
+async def dropped(engine: EngineProcess, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient() as http:
         while time.monotonic() < deadline:
@@ -172,7 +148,7 @@ async def dropped(engine: Engine, timeout_s: float) -> bool:
     return False
 
 
-async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: Engine) -> None:
+async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: EngineProcess) -> None:
     pid = engine.pid
     # Warm-up: every code path once (a stream, a refusal, the fuzz), so RSS then measures growth.
     await speak(engine.port, FRENCH_ANSWER.split())
