@@ -64,6 +64,16 @@ def _pack(value: Any) -> bytes:
     return packed
 
 
+def huge_messages(kind: str, name: str) -> dict[int, bytes]:
+    """A `kind` message whose `name` field holds empty arrays: 16 MiB of them (over any message
+    size) and 1 MB (under it, refused while decoding). Build them once, before anything is timed:
+    packing 16 Mi arrays holds the event loop for about a second."""
+    return {
+        16: _pack({"type": kind, name: [[]] * (16 * 2**20 - 32)}),
+        1: _pack({"type": kind, name: [[]] * 1_000_000}),
+    }
+
+
 def collect(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
     """`count` inputs from hypothesis, the same on every run (derandomize) and without a database."""
     found: list[Any] = []

@@ -20,7 +20,7 @@ import pytest
 import websockets
 
 from ..kyutai_common.engine_process import EngineProcess, engine_process
-from ..kyutai_common.fuzzing import NonReadingClient, closed_with, collect, frames, fuzz, refusal, rss_kb
+from ..kyutai_common.fuzzing import NonReadingClient, closed_with, collect, frames, fuzz, huge_messages, refusal, rss_kb
 from .conftest import speech
 
 KEY = "stt-fuzz-key"
@@ -39,12 +39,8 @@ def marker(marker_id: int) -> bytes:
     return msgpack.packb({"type": "Marker", "id": marker_id})
 
 
-# Built once at import, before anything is timed: packing 16 Mi arrays holds this test's own
-# event loop (and so the healthy client's reads) for about a second.
-HUGE = {
-    16: msgpack.packb({"type": "Audio", "pcm": [[]] * (16 * 2**20 - 32)}),  # 16 MiB of empty arrays
-    1: msgpack.packb({"type": "Audio", "pcm": [[]] * 1_000_000}),  # 1 MB of empty arrays
-}
+# Built once at import, before anything is timed (the healthy client's reads share this event loop).
+HUGE = huge_messages("Audio", "pcm")
 
 
 @pytest.fixture

@@ -33,6 +33,17 @@ def tiny_tts(tmp_path_factory: pytest.TempPathFactory) -> TinyTTS:
     return write_tiny_tts(tmp_path_factory.mktemp("tiny_tts"))
 
 
+def tiny_engine_env(tiny_tts: TinyTTS) -> dict[str, str]:
+    """The environment of a `python -m kyutai_tts.server` serving the tiny TTS and its local voices."""
+    return {
+        "KYUTAI_TTS_CHECKPOINT": str(tiny_tts.directory),
+        "KYUTAI_TTS_VOICE_DIR": str(tiny_tts.voice_dir),
+        "KYUTAI_TTS_DEFAULT_VOICE": DEFAULT_VOICE,
+        "KYUTAI_TTS_ALLOW_HUB_VOICES": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
 @dataclass
 class RecordingSink:
     """A stream's output as the engine hands it over (from the engine thread)."""

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import msgpack
 import pytest
 import websockets
-from kyutai_tiny.tts import DEFAULT_VOICE, TinyTTS
+from kyutai_tiny.tts import TinyTTS
 
 from ..kyutai_common.engine_process import (
     EngineProcess,
@@ -26,7 +26,7 @@ from ..kyutai_common.engine_process import (
     draining,
     engine_process,
 )
-from .conftest import FRENCH_ANSWER
+from .conftest import FRENCH_ANSWER, tiny_engine_env
 
 
 def stream_url(engine: EngineProcess) -> str:
@@ -40,14 +40,10 @@ async def ready(ws: websockets.ClientConnection) -> None:
 @pytest.fixture
 async def engine(tiny_tts: TinyTTS, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[EngineProcess]:
     env = {
-        "KYUTAI_TTS_CHECKPOINT": str(tiny_tts.directory),
-        "KYUTAI_TTS_VOICE_DIR": str(tiny_tts.voice_dir),
-        "KYUTAI_TTS_DEFAULT_VOICE": DEFAULT_VOICE,
-        "KYUTAI_TTS_ALLOW_HUB_VOICES": "false",
+        **tiny_engine_env(tiny_tts),
         "KYUTAI_TTS_MAX_STREAMS": "2",
         "KYUTAI_TTS_API_KEYS": "[]",
         "KYUTAI_TTS_DRAIN_TIMEOUT_S": str(getattr(request, "param", 20)),
-        "OMP_NUM_THREADS": "1",
     }
     async with engine_process(tmp_path, "tts", env) as started:
         yield started

@@ -19,11 +19,11 @@ import httpx
 import msgpack
 import pytest
 import websockets
-from kyutai_tiny.tts import DEFAULT_VOICE, TinyTTS
+from kyutai_tiny.tts import TinyTTS
 
 from ..kyutai_common.engine_process import EngineProcess, engine_process
-from ..kyutai_common.fuzzing import NonReadingClient, closed_with, collect, frames, fuzz, refusal, rss_kb
-from .conftest import FRENCH_ANSWER
+from ..kyutai_common.fuzzing import NonReadingClient, closed_with, collect, frames, fuzz, huge_messages, refusal, rss_kb
+from .conftest import FRENCH_ANSWER, tiny_engine_env
 
 KEY = "tts-fuzz-key"
 HEADERS = {"kyutai-api-key": KEY}
@@ -42,28 +42,20 @@ def text(value: str) -> bytes:
 EOS = msgpack.packb({"type": "Eos"})
 
 
-# Built once at import, before anything is timed: packing 16 Mi arrays holds this test's own
-# event loop (and so the healthy client's reads) for about a second.
-HUGE = {
-    16: msgpack.packb({"type": "Text", "text": [[]] * (16 * 2**20 - 32)}),  # 16 MiB of empty arrays
-    1: msgpack.packb({"type": "Text", "text": [[]] * 1_000_000}),  # 1 MB of empty arrays
-}
+# Built once at import, before anything is timed (the healthy client's reads share this event loop).
+HUGE = huge_messages("Text", "text")
 
 
 @pytest.fixture
 async def engine(tiny_tts: TinyTTS, tmp_path: Path) -> AsyncIterator[EngineProcess]:
     env = {
-        "KYUTAI_TTS_CHECKPOINT": str(tiny_tts.directory),
-        "KYUTAI_TTS_VOICE_DIR": str(tiny_tts.voice_dir),
-        "KYUTAI_TTS_DEFAULT_VOICE": DEFAULT_VOICE,
-        "KYUTAI_TTS_ALLOW_HUB_VOICES": "false",
+        **tiny_engine_env(tiny_tts),
         "KYUTAI_TTS_MAX_STREAMS": "6",
         "KYUTAI_TTS_API_KEYS": json.dumps([KEY]),
         "KYUTAI_TTS_IDLE_TIMEOUT_S": str(IDLE_S),
         "KYUTAI_TTS_MAX_OUTGOING_MESSAGES": "16",
         "KYUTAI_TTS_MAX_STEPS": "20000",
         "KYUTAI_TTS_WARMUP_STEPS": "1",
-        "OMP_NUM_THREADS": "1",
     }
     async with engine_process(tmp_path, "tts", env) as started:
         yield started

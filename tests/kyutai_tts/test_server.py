@@ -20,7 +20,7 @@ from kyutai_tts.engine import load_voice_file
 from websockets.asyncio.client import ClientConnection
 
 from ..kyutai_common.engine_process import engine_process
-from .conftest import API_KEY, FRENCH_ANSWER, reference_generate, until, wait_idle
+from .conftest import API_KEY, FRENCH_ANSWER, reference_generate, tiny_engine_env, until, wait_idle
 
 
 def tts_url(base: str, **query: str) -> str:
@@ -213,13 +213,9 @@ async def test_health_and_metrics(server) -> None:
 async def test_the_server_command_serves_a_local_checkpoint(tiny_tts: TinyTTS, tmp_path: Path) -> None:
     """`python -m kyutai_tts.server`, configured from the environment only."""
     env = {
-        "KYUTAI_TTS_CHECKPOINT": str(tiny_tts.directory),
-        "KYUTAI_TTS_VOICE_DIR": str(tiny_tts.voice_dir),
-        "KYUTAI_TTS_DEFAULT_VOICE": DEFAULT_VOICE,
-        "KYUTAI_TTS_ALLOW_HUB_VOICES": "false",
+        **tiny_engine_env(tiny_tts),
         "KYUTAI_TTS_MAX_STREAMS": "2",
         "KYUTAI_TTS_API_KEYS": '["a-test-key"]',
-        "OMP_NUM_THREADS": "1",
     }
     async with engine_process(tmp_path, "tts", env) as engine:
         url = tts_url(engine.ws, voice=OTHER_VOICE)
