@@ -24,6 +24,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from .engine_process import EngineProcess
+
 # msgpack's own range for integers
 _ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 _scalars = st.none() | st.booleans() | _ints | st.floats() | st.text(max_size=40) | st.binary(max_size=40)
@@ -143,6 +145,14 @@ async def fuzz(url: str, headers: dict[str, str], inputs: Iterable[bytes | str],
 
     await asyncio.gather(*(worker() for _ in range(workers)))
     return report
+
+
+async def assert_survived(engine: EngineProcess, pid: int, report: FuzzReport, sent: int) -> None:
+    """The engine process outlived the fuzz: the same pid, healthy, every input sent, no engine fault."""
+    assert engine.process.poll() is None and engine.pid == pid
+    assert await engine.healthy()
+    assert report.inputs == sent
+    assert 1011 not in report.close_codes  # no input is an engine fault
 
 
 async def closed_with(ws: Any, timeout_s: float) -> tuple[list[dict[str, Any]], int | None]:

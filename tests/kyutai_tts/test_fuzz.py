@@ -22,7 +22,17 @@ import websockets
 from kyutai_tiny.tts import TinyTTS
 
 from ..kyutai_common.engine_process import EngineProcess, engine_process
-from ..kyutai_common.fuzzing import NonReadingClient, closed_with, collect, frames, fuzz, huge_messages, refusal, rss_kb
+from ..kyutai_common.fuzzing import (
+    NonReadingClient,
+    assert_survived,
+    closed_with,
+    collect,
+    frames,
+    fuzz,
+    huge_messages,
+    refusal,
+    rss_kb,
+)
 from .conftest import FRENCH_ANSWER, tiny_engine_env
 
 KEY = "tts-fuzz-key"
@@ -189,10 +199,7 @@ async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: E
         f"(alone: {max(alone_gaps) * 1000:.0f} ms); "
         f"RSS {rss_before} -> {rss_after} kB ({(rss_after - rss_before) / 1024:+.1f} MB)"
     )
-    assert engine.process.poll() is None and engine.pid == pid
-    assert await engine.healthy()
-    assert report.inputs == len(inputs)
-    assert 1011 not in report.close_codes  # no input is an engine fault
+    await assert_survived(engine, pid, report, len(inputs))
     assert beside > 50  # the healthy stream really ran beside the fuzz
     assert max_gap < 0.2
     assert rss_after - rss_before < 20 * 1024
