@@ -128,9 +128,9 @@ def _shape_heads(lm: LMModel, mimi: MimiModel, seed: int) -> None:
     """Give the random LM a silence feature and heads that read it.
 
     One model dimension is reserved: only the first-codebook embeddings of silence and of the
-    start of the stream carry it (strongly), so it survives the residual stream to the output. The padding row of the text
-    head and class 0 of every extra head read it; other text rows are random and sharpened so
-    that the argmax follows the audio on speech.
+    start of the stream carry it (strongly), so it survives the residual stream to the output.
+    The padding row of the text head and class 0 of every extra head read it; other text rows
+    are random and sharpened so that the argmax follows the audio on speech.
     """
     generator = torch.Generator().manual_seed(seed)
     silent = sorted(_silence_codes(mimi, seed))
