@@ -177,7 +177,9 @@ async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: E
     rss_before = rss_kb(pid)
 
     inputs = collect(frames(["Audio", "Marker", "Init"], fields), FUZZ_INPUTS)
-    healthy = asyncio.create_task(transcribe(engine.port, pcm, paced=True))
+    # The healthy kiosk streams on its own thread and loop: the fuzzer's CPU work (hypothesis,
+    # packing huge frames) must not stall its real-time audio into the idle timeout.
+    healthy = asyncio.create_task(asyncio.to_thread(asyncio.run, transcribe(engine.port, pcm, paced=True)))
     await asyncio.sleep(0.5)  # the healthy stream holds slot 0, as when it ran alone
     started = time.monotonic()
     report = await fuzz(url, HEADERS, inputs)

@@ -164,7 +164,11 @@ async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: E
     inputs = collect(frames(["Text", "Voice", "Eos"], ["text", "embeddings", "shape"]), FUZZ_INPUTS)
     alone_arrivals, _ = await speak(engine.port, (FRENCH_ANSWER + " ").split() * 8)
     non_reading = start_non_reading_client(engine)
-    healthy = asyncio.create_task(speak(engine.port, (FRENCH_ANSWER + " ").split() * 30))
+    # The healthy kiosk reads on its own thread and loop: the fuzzer's CPU work (hypothesis,
+    # packing huge frames) must not make it a slow reader, which the engine rightly drops.
+    healthy = asyncio.create_task(
+        asyncio.to_thread(asyncio.run, speak(engine.port, (FRENCH_ANSWER + " ").split() * 30))
+    )
     await asyncio.sleep(0.5)
     fuzz_started_at = time.monotonic()
     report = await fuzz(stream_url(engine.port), HEADERS, inputs)
