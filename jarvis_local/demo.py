@@ -145,7 +145,7 @@ async def spoken_turns(kiosk: SimulatedKiosk, t_agent: float) -> None:
         if turn.first_answer is None:
             raise SystemExit("JARVIS did not answer out loud within 30 s: see .data/agent.log")
         await poll(functools.partial(kiosk.heard.stopped_after, turn.first_answer, 0.6), 30)
-        heard = " / ".join(text for _t, text in kiosk.member_transcripts[seen_member:]) or "…"
+        heard = " ".join(text for _t, text in kiosk.member_transcripts[seen_member:]) or "…"
         answer = " ".join(text for _t, text in kiosk.transcripts[seen_agent:]) or "…"
         say(f"  STT heard: « {heard} »")
         say(f"  JARVIS:    « {answer} »")

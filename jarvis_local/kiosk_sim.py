@@ -199,7 +199,7 @@ class SimulatedKiosk:
         self._tasks: list[asyncio.Task[None]] = []
         self._voice_end: asyncio.Future[float] | None = None
         self._voice_start: asyncio.Future[float] | None = None
-        # What JARVIS said (its transcriptions), what the STT heard of the member, and the videos
+        # What JARVIS said (its transcriptions), the STT's finals of what the member said, and the videos
         # JARVIS asked the kiosk to show.
         self.transcripts: list[tuple[float, str]] = []
         self.member_transcripts: list[tuple[float, str]] = []
@@ -224,10 +224,13 @@ class SimulatedKiosk:
         transcribed = (reader.info.attributes or {}).get("lk.transcribed_track_id") or ""
         about_member = transcribed in self._my_track_sids() or identity == self.room.local_participant.identity
         target = self.member_transcripts if about_member else self.transcripts
+        # The STT's interim guesses arrive as their own streams; only its finals are what the
+        # member said.
+        interim = about_member and (reader.info.attributes or {}).get("lk.transcription_final") != "true"
 
         async def read() -> None:
             text = await reader.read_all()
-            if text.strip():
+            if text.strip() and not interim:
                 target.append((time.perf_counter(), text))
 
         self._tasks.append(asyncio.create_task(read()))
