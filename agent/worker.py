@@ -13,10 +13,13 @@ from livekit.agents import AgentServer, AgentSession, JobContext
 from agent.context_loader import load_member_context
 from agent.conversation import start_conversation
 from agent.engine_load import EngineWatch
+from agent.heartbeat import CapacityHeartbeat
 from agent.metrics import ERRORS, SESSIONS_ACTIVE, TURN_METRICS_TOPIC, TurnLatency
 from agent.resources import SessionResources
 from agent.settings import AgentSettings
+from agent.sweeper import Sweeper
 from agent.voice import build_speech
+from jarvis.context_store import claim_session
 from jarvis.session_contract import (
     ATTR_GYM_ID,
     ATTR_MEMBER_ID,
@@ -40,6 +43,12 @@ async def entrypoint(ctx: JobContext) -> None:
 
     resources = await SessionResources.open(settings)
     ctx.add_shutdown_callback(resources.aclose)
+    if not await claim_session(resources.redis, resources.db_pool, meta.session_id, ctx.job.id):
+        # A rejoin with a used token: a second job would overwrite the first one's record.
+        logger.warning("session %s: job %s refused, the session already had its job", meta.session_id, ctx.job.id)
+        await ctx.delete_room(meta.room)  # the kiosk is sent away at once, not left waiting for JARVIS
+        ctx.shutdown(reason="session token already used")
+        return
     context = await load_member_context(meta, redis=resources.redis, db_pool=resources.db_pool)
     await ctx.connect()
 
@@ -138,16 +147,19 @@ def build_server(settings: AgentSettings | None = None) -> AgentServer:
     max_sessions = max(1, settings.max_sessions)
     engines = engine_watch(settings)
 
+    heartbeat = CapacityHeartbeat(settings, engines)
+
     def worker_load(server: AgentServer) -> float:
         # Sessions, not host CPU: on a shared host the CPU reading says more about the
         # neighbours than about this worker's room for another kiosk.
         load = len(server.active_jobs) / max_sessions
-        if engines is None:
-            return load
-        engines.start()  # here, not in build_server: only the main process (never a job) polls
-        # Full, draining or down engines make the worker full: LiveKit sends the kiosk elsewhere.
-        engine = engines.load()
-        return load if engine is None else max(load, engine)
+        if engines is not None:
+            engines.start()  # here, not in build_server: only the main process (never a job) polls
+            # Full, draining or down engines make the worker full: LiveKit sends the kiosk elsewhere.
+            engine = engines.load()
+            load = load if engine is None else max(load, engine)
+        heartbeat.note(server, load)  # the token service's admission control reads it (issue 13)
+        return load
 
     server = AgentServer(
         num_idle_processes=settings.num_idle_processes,
@@ -157,4 +169,17 @@ def build_server(settings: AgentSettings | None = None) -> AgentServer:
         port=0,
     )
     server.rtc_session(entrypoint, agent_name=settings.agent_name)
+    run_sweeper(server, settings)
     return server
+
+
+def run_sweeper(server: AgentServer, settings: AgentSettings) -> None:
+    """The session-log sweeper (agent/sweeper.py) in the worker's main process, from its start:
+    jobs run in their own processes, forked from a forkserver, and never run it."""
+    sweeping: set[asyncio.Task[None]] = set()
+
+    def start() -> None:
+        task = asyncio.get_running_loop().create_task(Sweeper(settings).run(), name="session-log-sweeper")
+        sweeping.add(task)  # held: the loop keeps only weak references to tasks
+
+    server.on("worker_started", start)

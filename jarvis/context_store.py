@@ -1,8 +1,15 @@
-"""Loading a member's context from PostgreSQL (one round trip) and keeping it in Redis."""
+"""Loading a member's context from PostgreSQL (one round trip) and keeping it in Redis.
+
+A cached context is used only while the member's row is unchanged: each use first reads the
+row's stamp (id, active flag and a hash of the whole row) by gym and badge, one indexed lookup.
+A badge given to someone else, a member moved or deactivated, a changed name or goal: the next
+request sees it. (Past sessions and visits may lag by the cache's TTL.)
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +29,7 @@ from jarvis.context import (
 # Member, gym, preferred coach, visit figures and the last five finished sessions, in one
 # statement, so a cold cache costs one database round trip.
 _CONTEXT_SELECT = """
-SELECT m.id::text AS member_id, m.gym_id::text AS gym_id, m.is_active,
+SELECT m.id::text AS member_id, m.gym_id::text AS gym_id, m.is_active, md5(m::text) AS version,
        m.first_name, m.birth_date, m.goal, m.experience_level, m.member_since,
        (SELECT max(v.visited_at) FROM member_visits v WHERE v.member_id = m.id) AS last_visit,
        (SELECT count(*) FROM member_visits v
@@ -40,8 +47,19 @@ SELECT m.id::text AS member_id, m.gym_id::text AS gym_id, m.is_active,
            ORDER BY vs.started_at DESC LIMIT 5) h)::text AS history
   FROM gym_members m JOIN gyms g ON g.id = m.gym_id
 """
-CONTEXT_BY_BADGE = _CONTEXT_SELECT + " WHERE m.badge_id = $1"
+# By gym and badge: another gym's badge is not found, exactly like a badge that does not exist.
+CONTEXT_BY_BADGE = _CONTEXT_SELECT + " WHERE m.badge_id = $1 AND m.gym_id = $2::uuid"
 CONTEXT_BY_MEMBER = _CONTEXT_SELECT + " WHERE m.id = $1::uuid AND m.gym_id = $2::uuid"
+# What a cached context is checked against: the same version as _CONTEXT_SELECT's.
+MEMBER_STAMP = (
+    "SELECT m.id::text AS member_id, m.is_active, md5(m::text) AS version FROM gym_members m"
+    " WHERE m.badge_id = $1 AND m.gym_id = $2::uuid"
+)
+
+# Longer than any session token lives (token_ttl_s is minutes): a claim outlives every rejoin.
+SESSION_CLAIM_TTL_S = 24 * 3600
+
+logger = logging.getLogger("jarvis.context_store")
 
 
 @dataclass
@@ -51,6 +69,7 @@ class MemberRecord:
     member_id: str
     gym_id: str
     is_active: bool
+    version: str  # md5 of the member's row when it was read
     gym: GymInfo
     member: MemberInfo
     coach: CoachInfo | None
@@ -62,6 +81,7 @@ class MemberRecord:
             member_id=row["member_id"],
             gym_id=row["gym_id"],
             is_active=row["is_active"],
+            version=row["version"],
             gym=GymInfo.model_validate_json(row["gym"]),
             member=MemberInfo(
                 id=row["member_id"],
@@ -78,12 +98,18 @@ class MemberRecord:
         )
 
     @classmethod
-    def from_cache(cls, raw: str | bytes) -> MemberRecord:
-        data = json.loads(raw)
+    def from_cache(cls, raw: str | bytes) -> MemberRecord | None:
+        """The cached record; None when it is unreadable or from before versions were stored."""
+        try:
+            data = json.loads(raw)
+            version = data["version"]
+        except (ValueError, KeyError, TypeError):
+            return None
         return cls(
             member_id=data["member_id"],
             gym_id=data["gym_id"],
             is_active=True,  # only active members are cached
+            version=version,
             gym=GymInfo.model_validate(data["gym"]),
             member=MemberInfo.model_validate(data["member"]),
             coach=CoachInfo.model_validate(data["coach"]) if data["coach"] else None,
@@ -95,6 +121,7 @@ class MemberRecord:
             {
                 "member_id": self.member_id,
                 "gym_id": self.gym_id,
+                "version": self.version,
                 "gym": self.gym.model_dump(mode="json"),
                 "member": self.member.model_dump(mode="json"),
                 "coach": self.coach.model_dump(mode="json") if self.coach else None,
@@ -121,9 +148,16 @@ def member_cache_key(gym_id: str, badge_id: str) -> str:
     return f"ctx:{gym_id}:{badge_id}"
 
 
-async def fetch_member_by_badge(conn: Any, badge_id: str) -> MemberRecord | None:
-    row = await conn.fetchrow(CONTEXT_BY_BADGE, badge_id)
+async def fetch_member_by_badge(conn: Any, gym_id: str, badge_id: str) -> MemberRecord | None:
+    """The member of this gym with this badge (None: unknown here, whether or not another gym has it)."""
+    row = await conn.fetchrow(CONTEXT_BY_BADGE, badge_id, gym_id)
     return MemberRecord.from_row(row) if row else None
+
+
+async def member_stamp(conn: Any, gym_id: str, badge_id: str) -> tuple[str, bool, str] | None:
+    """(member_id, is_active, version) of this gym's member with this badge, or None."""
+    row = await conn.fetchrow(MEMBER_STAMP, badge_id, gym_id)
+    return (row["member_id"], row["is_active"], row["version"]) if row else None
 
 
 async def fetch_member_by_id(conn: Any, gym_id: str, member_id: str) -> MemberRecord | None:
@@ -140,3 +174,27 @@ async def read_session_context(redis: Any, session_id: str) -> MemberContext | N
         return MemberContext.model_validate_json(raw)
     except ValidationError:
         return None
+
+
+def session_claim_key(session_id: str) -> str:
+    return f"session:{session_id}:claim"
+
+
+async def claim_session(redis: Any, db_pool: Any, session_id: str, job_id: str) -> bool:
+    """True for the first job of a session (or that same job dispatched again); False for any other.
+
+    A session token is single-use: a kiosk rejoining with it after the room closed makes LiveKit
+    dispatch a new job for the same session id, whose summary would overwrite the first one's.
+    Redis SET NX decides atomically. With Redis down, PostgreSQL's record decides: a session
+    that already has its voice_sessions row has had its job.
+    """
+    key = session_claim_key(session_id)
+    try:
+        if await redis.set(key, job_id, nx=True, ex=SESSION_CLAIM_TTL_S):
+            return True
+        holder = await redis.get(key)
+        return holder in (job_id, job_id.encode())
+    except Exception as exc:  # a Redis outage must not cost the member their session
+        logger.warning("session %s: redis unavailable for the claim (%s), asking the database",
+                       session_id, type(exc).__name__)
+    return await db_pool.fetchval("SELECT 1 FROM voice_sessions WHERE id = $1::uuid", session_id) is None

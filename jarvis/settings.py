@@ -17,5 +17,7 @@ class StoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JARVIS_", extra="ignore")
 
     database_url: str = "postgresql://jarvis@127.0.0.1:5432/jarvis"
+    # A password goes in the URL (redis://:PASSWORD@host:6379/0, or rediss:// for TLS); the URL is
+    # never logged.
     redis_url: str = "redis://127.0.0.1:6379/0"
     db_timeout_s: float = DB_TIMEOUT_S

@@ -1,8 +1,13 @@
 """The token service: the gym backend asks for a kiosk session, gets a LiveKit room token.
 
-POST /v1/sessions loads the member's context (Redis cache, else one PostgreSQL round trip),
-stores the snapshot under a new session id, and returns a token whose room configuration
-dispatches the ``jarvis`` agent with that session id.
+POST /v1/sessions loads the member's context (Redis cache checked against the member's row, else
+one PostgreSQL round trip), stores the snapshot under a new session id, and returns a token whose
+room configuration dispatches the ``jarvis`` agent with that session id.
+
+Cheap refusals come first: a body over ``max_body_bytes`` gets 413 unread, a wrong key costs at
+most one query per key and client (token_service/keys.py). With Redis down, sessions still open
+from PostgreSQL, without the per-gym rate limit (logged once per outage). Every error body is
+``{"code": <stable machine-readable code>, "detail": <reason for a developer>}``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -21,16 +25,22 @@ import redis.exceptions
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
 from livekit import api as lkapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jarvis.context import session_context_key
-from jarvis.context_store import MemberRecord, fetch_member_by_badge, member_cache_key
-from jarvis.db import DatabaseUnavailable, create_pool, gym_key_hash
+from jarvis.context_store import MemberRecord, fetch_member_by_badge, member_cache_key, member_stamp
+from jarvis.db import DatabaseUnavailable, create_pool
 from jarvis.session_contract import SessionMetadata
+from token_service import rollout
+from token_service.admission import Admission, OverCapacity
+from token_service.keys import GymKey, GymKeys, TooManyBadKeys
 from token_service.metrics import TokenServiceMetrics
+from token_service.rollout import Rollout, RolloutError
 from token_service.settings import TokenServiceSettings
 from token_service.weather import WeatherClient
 
@@ -56,24 +66,24 @@ class SessionResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    detail: str
+    code: str = Field(description="Stable and machine-readable, e.g. 'unknown_badge'")
+    detail: str = Field(description="The reason, for the gym's developers")
 
 
 class ApiError(Exception):
-    """An answer with a status and a reason the gym's developers can act on."""
+    """An answer with a status, a stable code and a reason the gym's developers can act on."""
 
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
+        self.code = code
         self.detail = detail
         self.headers = headers or {}
 
 
-@dataclass(frozen=True)
-class GymKey:
-    gym_id: str
-    city: str
-    rate_limit_per_minute: int
+# The same answer for a badge of another gym and a badge that does not exist: a gym cannot
+# learn which badges other gyms use.
+UNKNOWN_BADGE = (404, "unknown_badge", "unknown badge for this gym")
 
 
 class Services:
@@ -90,7 +100,18 @@ class Services:
             timeout_s=settings.weather_timeout_s, cache_ttl_s=settings.weather_cache_ttl_s,
         )
         self._pool: Any = None
-        self._keys: dict[str, tuple[GymKey, float]] = {}
+        self.keys = GymKeys(
+            self.pool, cache_ttl_s=settings.api_key_cache_ttl_s, bad_key_ttl_s=settings.bad_key_cache_ttl_s,
+            bad_keys_per_minute=settings.bad_keys_per_minute,
+        )
+        # Redis is skipped until this monotonic time after an error (0: in use).
+        self._redis_retry_at = 0.0
+        # Issue 13: the rollout flags (PostgreSQL, read again every rollout_refresh_s) and admission.
+        self.rollout = Rollout(self.pool, refresh_s=settings.rollout_refresh_s, timeout_s=settings.db_timeout_s)
+        self.admission = Admission(
+            self.redis, settings.agent_name, metrics.registry, pending_s=settings.admission_pending_s,
+            retry_after_s=settings.admission_retry_after_s,
+        ) if settings.admission_control else None
 
     async def pool(self) -> Any:
         # Made lazily so the service starts (and /readyz says why) while PostgreSQL is down.
@@ -100,22 +121,21 @@ class Services:
             )
         return self._pool
 
-    async def gym_for_key(self, key: str) -> GymKey | None:
-        digest = gym_key_hash(key)
-        cached = self._keys.get(digest)
-        if cached and cached[1] > time.monotonic():
-            return cached[0]
-        pool = await self.pool()
-        row = await pool.fetchrow(
-            "SELECT g.id::text AS gym_id, g.city, g.rate_limit_per_minute FROM gym_api_keys k"
-            " JOIN gyms g ON g.id = k.gym_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-            digest,
-        )
-        if row is None:
-            return None
-        gym = GymKey(row["gym_id"], row["city"], row["rate_limit_per_minute"])
-        self._keys[digest] = (gym, time.monotonic() + self.settings.api_key_cache_ttl_s)
-        return gym
+    def redis_in_use(self) -> bool:
+        return time.monotonic() >= self._redis_retry_at
+
+    def redis_failed(self, exc: Exception) -> None:
+        if self._redis_retry_at == 0.0:
+            logger.warning(
+                "redis unavailable (%s): sessions open from PostgreSQL without rate limits or context cache"
+                " until it answers again", type(exc).__name__,
+            )
+        self._redis_retry_at = time.monotonic() + self.settings.redis_retry_s
+
+    def redis_answered(self) -> None:
+        if self._redis_retry_at != 0.0:
+            logger.warning("redis answers again: rate limits and context cache back on")
+            self._redis_retry_at = 0.0
 
     async def aclose(self) -> None:
         await self.weather.aclose()
@@ -125,6 +145,7 @@ class Services:
 
 
 DB_ERRORS = (DatabaseUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# AuthenticationError (a wrong password) is a ConnectionError.
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
@@ -132,17 +153,31 @@ def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
+# Declares the bearer scheme in OpenAPI; authenticated_gym reads the header and answers with our codes.
+gym_bearer = HTTPBearer(scheme_name="GymApiKey", description="The gym's API key", auto_error=False)
+
+
 async def authenticated_gym(request: Request, svc: Annotated[Services, Depends(services)]) -> GymKey:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise ApiError(401, "missing gym API key: send 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401, "missing_api_key", "missing gym API key: send 'Authorization: Bearer <key>'",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    # Behind a proxy, uvicorn puts the forwarded client here (--forwarded-allow-ips).
+    client = request.client.host if request.client else "unknown"
     try:
-        gym = await svc.gym_for_key(key.strip())
+        gym = await svc.keys.gym_for_key(key.strip(), client)
+    except TooManyBadKeys as exc:
+        raise ApiError(
+            429, "too_many_bad_keys", "too many wrong gym API keys from this client, retry later",
+            {"Retry-After": str(exc.retry_after_s)},
+        ) from exc
     except DB_ERRORS as exc:
-        raise ApiError(503, "database unavailable, retry shortly") from exc
+        raise ApiError(503, "database_unavailable", "database unavailable, retry shortly") from exc
     if gym is None:
-        raise ApiError(401, "unknown or revoked gym API key", {"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "bad_api_key", "unknown or revoked gym API key", {"WWW-Authenticate": "Bearer"})
     return gym
 
 
@@ -163,61 +198,83 @@ def build_token(settings: TokenServiceSettings, meta: SessionMetadata) -> str:
     )
 
 
+async def load_member(svc: Services, gym: GymKey, badge_id: str, cached: bytes | None) -> tuple[MemberRecord, str]:
+    """The member of this gym with this badge, and "hit" or "miss". One query either way: a cached
+    context is checked against the member's row (the badge may have changed hands, the member may
+    have left or moved); a miss reads the whole context."""
+    cached_record = MemberRecord.from_cache(cached) if cached is not None else None
+    try:
+        pool = await svc.pool()
+        async with pool.acquire(timeout=svc.settings.db_timeout_s) as conn:
+            if cached_record is not None:
+                stamp = await member_stamp(conn, gym.gym_id, badge_id)
+                if stamp is None:
+                    raise ApiError(*UNKNOWN_BADGE)
+                if stamp == (cached_record.member_id, True, cached_record.version):
+                    return cached_record, "hit"
+            record = await fetch_member_by_badge(conn, gym.gym_id, badge_id)
+    except DB_ERRORS as exc:
+        raise ApiError(503, "database_unavailable", "database unavailable, retry shortly") from exc
+    if record is None:
+        raise ApiError(*UNKNOWN_BADGE)
+    if not record.is_active:
+        raise ApiError(404, "inactive_badge", "inactive badge: the membership is not active")
+    return record, "miss"
+
+
 async def open_session(svc: Services, gym: GymKey, body: SessionRequest) -> SessionResponse:
     settings = svc.settings
+    # Rollout first (token_service/rollout.py): a kiosk sent back to the old provider costs nothing more.
+    per_member = await svc.rollout.check(gym.gym_id, body.kiosk_id, member_id=None) is None
     now = time.time()
     window = int(now // 60)
     rate_key = f"rl:{gym.gym_id}:{window}"
     cache_key = member_cache_key(gym.gym_id, body.badge_id)
-    try:
-        async with svc.redis.pipeline(transaction=False) as pipe:
-            pipe.incr(rate_key)
-            pipe.expire(rate_key, 61)
-            pipe.get(cache_key)
-            pipe.get(WeatherClient.cache_key(gym.city))
-            count, _, cached_member, cached_weather = await pipe.execute()
-    except REDIS_ERRORS as exc:
-        raise ApiError(503, "cache unavailable, retry shortly") from exc
-
-    if count > gym.rate_limit_per_minute:
-        retry_after = str(max(1, 60 - int(now % 60)))
-        raise ApiError(429, "rate limit reached for this gym", {"Retry-After": retry_after})
-
-    record: MemberRecord | None
-    if cached_member is not None:
-        svc.metrics.context_cache.labels("hit").inc()
-        record = MemberRecord.from_cache(cached_member)
-    else:
-        svc.metrics.context_cache.labels("miss").inc()
+    use_redis = svc.redis_in_use()
+    cached_member = cached_weather = None
+    if use_redis:
         try:
-            pool = await svc.pool()
-            async with pool.acquire(timeout=settings.db_timeout_s) as conn:
-                record = await fetch_member_by_badge(conn, body.badge_id)
-        except DB_ERRORS as exc:
-            raise ApiError(503, "database unavailable, retry shortly") from exc
-        if record is None:
-            raise ApiError(404, "unknown badge")
-        if record.gym_id != gym.gym_id:
-            raise ApiError(403, "this badge belongs to another gym")
-        if not record.is_active:
-            raise ApiError(404, "inactive badge: the membership is not active")
+            async with svc.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(rate_key)
+                pipe.expire(rate_key, 61)
+                pipe.get(cache_key)
+                pipe.get(WeatherClient.cache_key(gym.city))
+                count, _, cached_member, cached_weather = await pipe.execute()
+            svc.redis_answered()
+        except REDIS_ERRORS as exc:
+            svc.redis_failed(exc)
+            use_redis = False
+        else:
+            if count > gym.rate_limit_per_minute:
+                retry_after = str(max(1, 60 - int(now % 60)))
+                raise ApiError(429, "rate_limited", "rate limit reached for this gym", {"Retry-After": retry_after})
+
+    record, cache = await load_member(svc, gym, body.badge_id, cached_member)
+    svc.metrics.context_cache.labels(cache).inc()
+    if per_member:  # percent rollout: sticky per member
+        await svc.rollout.check(gym.gym_id, body.kiosk_id, member_id=record.member_id)
 
     weather = await svc.weather.for_city(gym.city, cached_weather)
     session_id = str(uuid.uuid4())
     meta = SessionMetadata(session_id=session_id, gym_id=gym.gym_id, member_id=record.member_id, kiosk_id=body.kiosk_id)
+    if svc.admission is not None:  # before the room exists (token_service/admission.py)
+        await svc.admission.admit(meta.room)
     context = record.context(session_id=session_id, kiosk_id=body.kiosk_id, room=meta.room, weather=weather)
-    try:
-        async with svc.redis.pipeline(transaction=False) as pipe:
-            pipe.set(session_context_key(session_id), context.model_dump_json(), ex=settings.session_ttl_s)
-            if cached_member is None:
-                pipe.set(cache_key, record.to_cache(), ex=settings.context_cache_ttl_s)
-            await pipe.execute()
-    except REDIS_ERRORS as exc:
-        raise ApiError(503, "cache unavailable, retry shortly") from exc
+    if use_redis:
+        try:
+            async with svc.redis.pipeline(transaction=False) as pipe:
+                pipe.set(session_context_key(session_id), context.model_dump_json(), ex=settings.session_ttl_s)
+                if cache == "miss":
+                    pipe.set(cache_key, record.to_cache(), ex=settings.context_cache_ttl_s)
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            # The worker rebuilds the context from PostgreSQL when the snapshot is missing.
+            svc.redis_failed(exc)
+            use_redis = False
 
     token = build_token(settings, meta)
     logger.info("session %s opened gym=%s kiosk=%s cache=%s", session_id, gym.gym_id, body.kiosk_id,
-                "hit" if cached_member is not None else "miss")
+                cache if use_redis else "off (redis unavailable)")
     return SessionResponse(
         session_id=session_id,
         room=meta.room,
@@ -226,6 +283,57 @@ async def open_session(svc: Services, gym: GymKey, body: SessionRequest) -> Sess
         expires_at=datetime.fromtimestamp(now, UTC) + timedelta(seconds=settings.token_ttl_s),
         member_first_name=record.member.first_name,
     )
+
+
+class BodyLimitMiddleware:
+    """413 for a body over ``max_bytes``, before anything reads it or queries for it.
+
+    A declared Content-Length over the bound is refused before a byte of the body is read (the
+    server then drops the rest as it arrives: closing instead would reset the client before it
+    reads the 413). A body without a length (chunked) is read up to the bound only."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                await self.refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)  # the server delivers no more than the declared length
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self.refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _error(413, "body_too_large", f"request body over {self.max_bytes} bytes")
+        await response(scope, receive, send)
 
 
 class MetricsMiddleware:
@@ -256,8 +364,8 @@ class MetricsMiddleware:
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)
 
 
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"code": code, "detail": detail}, status_code=status, headers=headers)
 
 
 def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
@@ -270,6 +378,7 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         app.state.services = Services(settings, metrics)
+        app.state.rollout = app.state.services.rollout
         yield
         await app.state.services.aclose()
 
@@ -279,10 +388,26 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
         description="Issues LiveKit room tokens for gym kiosks after loading the member's context.",
         lifespan=lifespan,
     )
+    app.state.admin_api_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
 
     @app.exception_handler(ApiError)
     async def on_api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.detail, exc.headers)
+        return _error(exc.status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(RolloutError)
+    async def on_rollout_error(_request: Request, exc: RolloutError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(OverCapacity)
+    async def on_over_capacity(_request: Request, exc: OverCapacity) -> JSONResponse:
+        return _error(503, "over_capacity", "every JARVIS worker is busy: retry after Retry-After seconds",
+                      {"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown route, wrong method: the same body shape as every other error.
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
+        return _error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -290,24 +415,30 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p != "body"]
             problems.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
-        return _error(422, "invalid request: " + "; ".join(problems))
+        return _error(422, "invalid_request", "invalid request: " + "; ".join(problems))
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.error("unexpected %s on %s", type(exc).__name__, request.url.path)
-        return _error(500, "internal error")
+        return _error(500, "internal_error", "internal error")
 
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     error_responses: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorBody, "description": why}
         for code, why in {
-            401: "missing or bad gym API key", 403: "badge of another gym", 404: "unknown or inactive badge",
-            422: "bad body", 429: "rate limit (see Retry-After)", 503: "database or cache unavailable",
+            401: "missing_api_key, bad_api_key",
+            403: "jarvis_disabled: the rollout flag sends this kiosk or member to the current provider",
+            404: "unknown_badge (also a badge of another gym), inactive_badge",
+            413: "body_too_large", 422: "invalid_request",
+            429: "rate_limited (the gym), too_many_bad_keys (this client); see Retry-After",
+            503: "over_capacity (see Retry-After), database_unavailable",
         }.items()
     }
 
-    @app.post("/v1/sessions", response_model=SessionResponse, status_code=201, responses=error_responses)
+    @app.post("/v1/sessions", response_model=SessionResponse, status_code=201, responses=error_responses,
+              dependencies=[Depends(gym_bearer)])
     async def create_session(
         body: SessionRequest,
         gym: Annotated[GymKey, Depends(authenticated_gym)],
@@ -322,19 +453,22 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
 
     @app.get("/readyz", responses={503: {"model": ErrorBody}})
     async def readyz(svc: Annotated[Services, Depends(services)]) -> Any:
-        problems = []
+        try:
+            await svc.redis.ping()
+            redis_state = "ok"
+        except REDIS_ERRORS:
+            redis_state = "unreachable"
         try:
             pool = await svc.pool()
             await pool.fetchval("SELECT 1", timeout=settings.db_timeout_s)
         except DB_ERRORS:
-            problems.append("database unreachable")
-        try:
-            await svc.redis.ping()
-        except REDIS_ERRORS:
-            problems.append("redis unreachable")
-        if problems:
-            return _error(503, "; ".join(problems))
+            return _error(503, "not_ready", f"database unreachable; redis {redis_state}")
+        if redis_state != "ok":
+            # Still serving (from PostgreSQL, without rate limits): a load balancer must keep us in.
+            return {"status": "degraded", "detail": "redis unreachable: sessions open without rate limits"}
         return {"status": "ready"}
+
+    app.include_router(rollout.router, responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}})
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics(svc: Annotated[Services, Depends(services)]) -> Response:

@@ -1,0 +1,127 @@
+"""Gym API keys: which gym a key belongs to, at the cost of at most one query per key and client.
+
+A valid key is kept in memory for ``cache_ttl_s`` (then checked again: a revoked key stops within
+that time). A wrong key is kept as wrong for ``bad_key_ttl_s``, so a backend retrying the same bad
+key costs nothing. A flood of *random* keys defeats any cache, so each client (IP) may send only
+``bad_keys_per_minute`` wrong keys; after that its unknown keys are refused unchecked (429) until
+the minute ends. A key this process has seen valid is always checked, even from such a client: a
+gym behind the same address as an attacker (a shared NAT, loopback in tests) keeps working.
+
+All in memory, per process: free to check, and it still works when Redis is down. Behind N
+processes a client gets N times the allowance, still a bounded number of queries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jarvis.db import gym_key_hash
+
+KEY_QUERY = (
+    "SELECT g.id::text AS gym_id, g.city, g.rate_limit_per_minute FROM gym_api_keys k"
+    " JOIN gyms g ON g.id = k.gym_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL"
+)
+
+
+@dataclass(frozen=True)
+class GymKey:
+    gym_id: str
+    city: str
+    rate_limit_per_minute: int
+
+
+class TooManyBadKeys(Exception):
+    """This client sent too many wrong keys this minute: refused without a query."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("too many wrong gym API keys from this client")
+        self.retry_after_s = retry_after_s
+
+
+class BadKeyLimiter:
+    """Wrong keys per client in fixed one-minute windows (the counts are dropped when one ends)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._window = 0
+        self._counts: dict[str, int] = {}
+
+    def _roll(self, now: float) -> None:
+        window = int(now // 60)
+        if window != self._window:
+            self._window = window
+            self._counts.clear()
+
+    def blocked(self, client: str, now: float) -> bool:
+        self._roll(now)
+        return self._counts.get(client, 0) >= self.per_minute
+
+    def note_bad_key(self, client: str, now: float) -> None:
+        self._roll(now)
+        self._counts[client] = self._counts.get(client, 0) + 1
+
+    def forgive(self, client: str) -> None:
+        """The key counted in advance turned out valid."""
+        if self._counts.get(client, 0) > 0:
+            self._counts[client] -= 1
+
+    @staticmethod
+    def retry_after_s(now: float) -> int:
+        return max(1, 60 - int(now % 60))
+
+
+class GymKeys:
+    """Key → gym, with the caches and the per-client limit described in the module docstring."""
+
+    # Bounds the memory a flood can take: past it the wrong-key cache starts over (a few lookups more).
+    MAX_BAD_KEYS = 10_000
+
+    def __init__(
+        self, pool: Callable[[], Awaitable[Any]], *, cache_ttl_s: float, bad_key_ttl_s: float,
+        bad_keys_per_minute: int,
+    ) -> None:
+        self._pool = pool
+        self._cache_ttl_s = cache_ttl_s
+        self._bad_key_ttl_s = bad_key_ttl_s
+        # digest -> (gym, fresh until). Expired entries stay (one per valid key): they mark the key as
+        # one to check again even for a limited client.
+        self._known: dict[str, tuple[GymKey, float]] = {}
+        self._bad: dict[str, float] = {}
+        self.limiter = BadKeyLimiter(bad_keys_per_minute)
+        self.lookups = 0  # database lookups made (tests and the bench read it beside PostgreSQL's count)
+
+    async def gym_for_key(self, key: str, client: str) -> GymKey | None:
+        """The key's gym; None for a wrong or revoked key. Raises TooManyBadKeys, or the driver's error."""
+        digest = gym_key_hash(key)
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and known[1] > now:
+            return known[0]
+        wall = time.time()
+        if known is None:
+            if self._bad.get(digest, 0.0) > now:
+                self.limiter.note_bad_key(client, wall)
+                return None
+            if self.limiter.blocked(client, wall):
+                raise TooManyBadKeys(self.limiter.retry_after_s(wall))
+            # Counted as wrong before the query: concurrent lookups cannot overshoot the allowance.
+            self.limiter.note_bad_key(client, wall)
+        pool = await self._pool()
+        self.lookups += 1
+        row = await pool.fetchrow(KEY_QUERY, digest)
+        if row is None:
+            self._known.pop(digest, None)
+            if len(self._bad) >= self.MAX_BAD_KEYS:
+                self._bad.clear()
+            self._bad[digest] = now + self._bad_key_ttl_s
+            if known is not None:  # a revoked key, checked again
+                self.limiter.note_bad_key(client, wall)
+            return None
+        if known is None:
+            self.limiter.forgive(client)
+        gym = GymKey(row["gym_id"], row["city"], row["rate_limit_per_minute"])
+        self._known[digest] = (gym, now + self._cache_ttl_s)
+        return gym
