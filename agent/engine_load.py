@@ -84,6 +84,17 @@ class EngineWatch:
             return None
         return engine_load(self._snapshot)
 
+    def free_streams(self) -> dict[str, dict[str, int]] | None:
+        """Free stream slots per kind and replica URL (0 unless it takes streams), for the capacity
+        heartbeat; None when load() would be None."""
+        snapshot = self._snapshot
+        if self.load() is None or snapshot is None:
+            return None
+        return {
+            kind: {r.url: max(0, r.max_streams - r.streams_in_use) if r.state == "ok" else 0 for r in replicas}
+            for kind, replicas in snapshot.items()
+        }
+
     async def _run(self) -> None:
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
             while True:
