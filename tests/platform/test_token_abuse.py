@@ -263,3 +263,34 @@ async def test_redis_with_a_password_then_stopped_then_back(
     assert r.status_code == 201
     assert any("AuthenticationError" in rec.getMessage() for rec in caplog.records)
     assert password not in caplog.text and "wrong-password" not in caplog.text
+
+
+async def test_a_session_token_starts_one_job_only(
+    stack: LocalStack, token_service_url: str, agent_worker: LocalStack
+) -> None:
+    from livekit import rtc
+
+    from jarvis_local.kiosk_sim import agent_participant, open_session, poll, room_names
+    from tests.conftest import CAMILLE, LYON_KEY
+
+    session = await open_session(token_service_url, LYON_KEY, CAMILLE["badge_id"])
+    room = rtc.Room()
+    await room.connect(session["livekit_url"], session["token"])
+    await poll(lambda: agent_participant(room), 60, what="JARVIS to join and be ready")
+    await room.disconnect()
+
+    async def room_gone() -> bool:
+        return session["room"] not in await room_names(stack)
+
+    await poll(room_gone, 30, every_s=0.2, what="the room to close after the kiosk left")
+
+    # The same token again, still within its TTL: LiveKit makes the room and dispatches a job anew.
+    again = rtc.Room()
+    left = asyncio.Event()
+    again.on("disconnected", lambda *_: left.set())
+    await again.connect(session["livekit_url"], session["token"])
+    await asyncio.wait_for(left.wait(), 30)  # the worker refused the job and closed the room
+    assert agent_participant(again) is None
+    refusals = [line for line in stack.log_tail("agent", 400).splitlines()
+                if f"session {session['session_id']}: job" in line and "refused" in line]
+    assert len(refusals) == 1, refusals
