@@ -5,6 +5,10 @@ touch is never an argument: each request names its session in the `X-Jarvis-Sess
 header and proves its gym with `Authorization: Bearer <gym API key>`; the session must be
 that gym's and still open. The MCP server is not in the kiosk's LiveKit room, so
 `display_video_tutorial` finds the video and reports that no screen is attached.
+
+MCP carries no tool-call id and no turn, so a write tool called again with the same
+(normalised) arguments in the same session is a retry: it returns its first result and
+writes nothing (agent/tools.py, `effect_keys`).
 """
 
 from __future__ import annotations

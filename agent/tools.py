@@ -8,11 +8,18 @@ wrapped for LiveKit (`livekit_tools`) and for MCP (agent/mcp_server.py).
 Each tool returns one short French sentence, numbers written as spoken, that the LLM can
 say as it is. A failure the member should hear about raises `ToolFailure` with that
 sentence; nothing is written when the arguments are invalid or the database is down.
+
+The four write tools run exactly once per call: each write is keyed by the session and the
+LLM's tool-call id (and by the tool and its normalised arguments within one turn, the only key
+MCP has), and its first result is stored in `tool_effects` in the same transaction as the row
+it describes. A repeat gets that first result back and writes nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
+import hashlib
 import json
 import logging
 import re
@@ -76,6 +83,13 @@ class SessionIds:
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, populate_by_name=True)
 
+    def identity(self) -> dict[str, Any]:
+        """The arguments as a repeat of the same request says them: case and spacing do not count."""
+        return {
+            key: " ".join(unicodedata.normalize("NFKC", value).casefold().split()) if isinstance(value, str) else value
+            for key, value in self.model_dump(by_alias=True).items()
+        }
+
 
 class VideoArgs(_Args):
     exercise: str = Field(
@@ -108,6 +122,15 @@ class BookingArgs(_Args):
         max_length=60,
         description="Prénom du coach souhaité ; à omettre pour le coach attitré du membre.",
     )
+
+    def identity(self) -> dict[str, Any]:
+        # "2026-12-08T10:00" and "2026-12-08T10:00:00" are the same request.
+        identity = super().identity()
+        try:
+            identity["datetime"] = datetime.fromisoformat(self.starts_at).isoformat()
+        except ValueError:
+            pass
+        return identity
 
 
 class ChurnArgs(_Args):
@@ -314,6 +337,36 @@ def match_score(query: str, names: list[str]) -> float:
     return best
 
 
+# --- exactly once ---------------------------------------------------------------------------
+
+# The tools that change the world; the others only read and may run again freely.
+WRITE_TOOLS = frozenset({"book_session", "contact_coach", "log_churn_risk", "create_mission"})
+
+
+def effect_keys(name: str, args: _Args, call_id: str | None, turn: str | None) -> list[str]:
+    """The keys one write is known by, within its session.
+
+    The LLM's tool-call id names the call itself; the tool and its normalised arguments within
+    the member's turn catch the same request issued again under a new id (a model looping on
+    a tool). MCP requests have neither a call id nor a turn: the whole session is their turn.
+    """
+    digest = hashlib.sha256(json.dumps(args.identity(), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    keys = [f"args:{turn or 'session'}:{name}:{digest}"]
+    if call_id:
+        keys.insert(0, f"call:{name}:{call_id}")
+    return keys
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What a write did: the sentence the member hears and the row written (or found)."""
+
+    said: str
+    effect_id: Any
+    # Runs once the effect is committed, and never for a repeat (e.g. the coach's notification).
+    after_commit: Callable[[], Awaitable[None]] | None = None
+
+
 # --- the tools ------------------------------------------------------------------------------
 
 
@@ -350,8 +403,15 @@ class GymTools:
         self._now = now or (lambda: datetime.now(ZoneInfo("UTC")))
         self._member_checked = False
 
-    async def call(self, name: str, arguments: dict[str, Any]) -> str:
-        """Validate the LLM's arguments, then run the tool. Raises ToolFailure with what to say."""
+    async def call(
+        self, name: str, arguments: dict[str, Any], *, call_id: str | None = None, turn: str | None = None
+    ) -> str:
+        """Validate the LLM's arguments, then run the tool. Raises ToolFailure with what to say.
+
+        `call_id` is the LLM's tool-call id and `turn` the member's turn the call answers; a
+        write tool called again with the same call id, or with the same arguments in the same
+        turn, returns its first result and writes nothing (see `effect_keys`).
+        """
         spec = SPECS_BY_NAME.get(name)
         if spec is None:
             raise ToolFailure(f"Outil inconnu : {name}.")
@@ -359,13 +419,66 @@ class GymTools:
             args = spec.args.model_validate(arguments)
         except ValidationError as exc:
             raise ToolFailure(validation_message(spec, exc)) from None
-        handler: Callable[[Any], Awaitable[str]] = getattr(self, name)
         try:
             await self._check_member()
+            if name in WRITE_TOOLS:
+                return await self._exactly_once(name, args, effect_keys(name, args, call_id, turn))
+            handler: Callable[[Any], Awaitable[str]] = getattr(self, name)
             return await handler(args)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             logger.warning("tool %s: database unavailable (%s)", name, type(exc).__name__)
             raise ToolFailure(spec.unavailable) from None
+
+    async def _exactly_once(self, name: str, args: _Args, keys: list[str]) -> str:
+        """Run a write tool once per key: the effect and its stored result commit together.
+
+        The keys are claimed first, in the effect's own transaction: a concurrent repeat waits
+        on that claim (PostgreSQL's unique index is the lock) and then reads the committed
+        result; if the first call failed or was cut off, its claim rolled back with its row
+        and the repeat does the work itself.
+        """
+        write: Callable[[Any, Any], Awaitable[Effect]] = getattr(self, f"_{name}")
+        async with self._connection() as conn:
+            async with conn.transaction():
+                claimed = await conn.fetch(
+                    "INSERT INTO tool_effects (session_id, gym_id, effect_key, tool_name)"
+                    " SELECT $1, $2, key, $4 FROM unnest($3::text[]) AS key"
+                    " ON CONFLICT (session_id, effect_key) DO NOTHING RETURNING effect_key",
+                    self.ids.session_id,
+                    self.ids.gym_id,
+                    keys,
+                    name,
+                )
+                mine = [row["effect_key"] for row in claimed]
+                if len(mine) < len(keys):
+                    first = await conn.fetchrow(
+                        "SELECT result, effect_id FROM tool_effects WHERE session_id = $1 AND gym_id = $2"
+                        " AND effect_key = ANY($3::text[]) AND result IS NOT NULL ORDER BY created_at LIMIT 1",
+                        self.ids.session_id,
+                        self.ids.gym_id,
+                        keys,
+                    )
+                    if first is not None:
+                        logger.info("tool %s: a repeat of a done call; its first result is returned", name)
+                        # The other key(s) of this call now point at the same effect too.
+                        await self._record(conn, mine, first["result"], first["effect_id"])
+                        return str(first["result"])
+                effect = await write(conn, args)
+                await self._record(conn, mine, effect.said, effect.effect_id)
+        if effect.after_commit is not None:
+            await effect.after_commit()
+        return effect.said
+
+    async def _record(self, conn: Any, keys: list[str], said: str, effect_id: Any) -> None:
+        if keys:
+            await conn.execute(
+                "UPDATE tool_effects SET result = $3, effect_id = $4"
+                " WHERE session_id = $1 AND effect_key = ANY($2::text[])",
+                self.ids.session_id,
+                keys,
+                said,
+                effect_id,
+            )
 
     async def _check_member(self) -> None:
         """Defence in depth: the session's member must belong to the session's gym."""
@@ -440,32 +553,37 @@ class GymTools:
                 return coach
         return coaches[0] if coaches else None
 
-    async def contact_coach(self, args: CoachArgs) -> str:
-        async with self._connection() as conn:
-            coach = await self._pick_coach(conn, None)
-            request_id = await conn.fetchval(
-                "INSERT INTO coach_requests (gym_id, member_id, coach_id, session_id, message, urgency)"
-                f" VALUES ($1, $2, $3, {SESSION_REF.format('$4')}, $5, $6)"
-                " RETURNING id",
-                self.ids.gym_id,
-                self.ids.member_id,
-                coach["id"] if coach else None,
-                self.ids.session_id,
-                args.message,
-                args.urgency,
-            )
+    # The write tools run inside `_exactly_once`'s transaction, on its connection: their row
+    # and the record of their result commit together, or neither does.
+
+    async def _contact_coach(self, conn: Any, args: CoachArgs) -> Effect:
+        coach = await self._pick_coach(conn, None)
+        request_id = await conn.fetchval(
+            "INSERT INTO coach_requests (gym_id, member_id, coach_id, session_id, message, urgency)"
+            f" VALUES ($1, $2, $3, {SESSION_REF.format('$4')}, $5, $6)"
+            " RETURNING id",
+            self.ids.gym_id,
+            self.ids.member_id,
+            coach["id"] if coach else None,
+            self.ids.session_id,
+            args.message,
+            args.urgency,
+        )
         notification = CoachNotification(
             str(request_id), self.ids.gym_id, str(coach["id"]) if coach else None, args.urgency
         )
-        try:
-            await self._notify_coach(notification)
-        except Exception:  # the request is recorded: a failed push must not undo it
-            logger.exception("coach notification hook failed for request %s", request_id)
+
+        async def notify() -> None:
+            try:
+                await self._notify_coach(notification)
+            except Exception:  # the request is recorded: a failed push must not undo it
+                logger.exception("coach notification hook failed for request %s", request_id)
+
         when = {"high": "dans les dix minutes", "medium": "dans l'heure", "low": "dans la journée"}[args.urgency]
         who = coach["first_name"] if coach else "l'équipe"
-        return f"C'est transmis à {who}, qui reviendra vers toi {when}."
+        return Effect(f"C'est transmis à {who}, qui reviendra vers toi {when}.", request_id, notify)
 
-    async def book_session(self, args: BookingArgs) -> str:
+    async def _book_session(self, conn: Any, args: BookingArgs) -> Effect:
         try:
             requested = datetime.fromisoformat(args.starts_at)
         except ValueError:
@@ -473,80 +591,90 @@ class GymTools:
                 f"Je n'ai pas compris la date « {args.starts_at} » : rien n'est réservé. "
                 "Demande au membre le jour et l'heure."
             ) from None
-        async with self._connection() as conn:
-            gym = await self._gym_row(conn)
-            zone = ZoneInfo(gym["timezone"])
-            starts = requested.replace(tzinfo=zone) if requested.tzinfo is None else requested.astimezone(zone)
-            ends = starts + timedelta(minutes=BOOKING_DURATION_MIN)
-            now = self._now().astimezone(zone)
-            if starts <= now:
-                raise ToolFailure(f"Impossible : le {say_datetime(starts)} est déjà passé. Rien n'est réservé.")
-            if starts > now + timedelta(days=BOOKING_HORIZON_DAYS):
-                raise ToolFailure("On ne peut réserver que dans les trois prochains mois.")
-            day = DAY_KEYS[starts.weekday()]
-            opening = _jsonb(gym["opening_hours"]).get(day) or []
-            if ends.date() != starts.date() or not _slot_fits(opening, starts.time(), ends.time()):
-                hours = _say_ranges(opening)
-                said = (
-                    f"le {DAY_NAMES[day]}, elle est ouverte {hours}"
-                    if hours
-                    else f"elle est fermée le {DAY_NAMES[day]}"
-                )
-                raise ToolFailure(f"La salle est fermée à ce moment-là : {said}. Rien n'est réservé.")
-            async with conn.transaction():
-                coach = await self._pick_coach(conn, args.coach)
-                if coach is None:
-                    raise ToolFailure("Aucun coach n'est disponible dans cette salle.")
-                # Lock the coach so two kiosks cannot book the same hour.
-                await conn.execute("SELECT id FROM gym_staff WHERE id = $1 FOR UPDATE", coach["id"])
-                available = _jsonb(coach["availability"]).get(day) or []
-                if not _slot_fits(available, starts.time(), ends.time()):
-                    hours = _say_ranges(available)
-                    said = (
-                        f"le {DAY_NAMES[day]}, {coach['first_name']} est disponible {hours}"
-                        if hours
-                        else (f"{coach['first_name']} ne travaille pas le {DAY_NAMES[day]}")
-                    )
-                    raise ToolFailure(
-                        f"{coach['first_name']} n'est pas disponible à cette heure : {said}. Rien n'est réservé."
-                    )
-                clash = await conn.fetchval(
-                    "SELECT count(*) FROM bookings WHERE gym_id = $1 AND coach_id = $2"
-                    " AND status = 'confirmed' AND starts_at < $4"
-                    " AND starts_at + make_interval(mins => duration_min) > $3",
-                    self.ids.gym_id,
-                    coach["id"],
-                    starts,
-                    ends,
-                )
-                if clash:
-                    raise ToolFailure(
-                        f"{coach['first_name']} a déjà une séance le {say_datetime(starts)}. Rien n'est réservé."
-                    )
-                await conn.execute(
-                    "INSERT INTO bookings (gym_id, member_id, coach_id, session_id, starts_at, duration_min)"
-                    f" VALUES ($1, $2, $3, {SESSION_REF.format('$4')}, $5, $6)",
-                    self.ids.gym_id,
-                    self.ids.member_id,
-                    coach["id"],
-                    self.ids.session_id,
-                    starts,
-                    BOOKING_DURATION_MIN,
-                )
-        return f"C'est réservé : séance avec {coach['first_name']} le {say_datetime(starts)}."
-
-    async def log_churn_risk(self, args: ChurnArgs) -> str:
-        async with self._connection() as conn:
-            await conn.execute(
-                "INSERT INTO churn_flags (gym_id, member_id, session_id, reason, severity)"
-                f" VALUES ($1, $2, {SESSION_REF.format('$3')}, $4, $5)",
-                self.ids.gym_id,
-                self.ids.member_id,
-                self.ids.session_id,
-                args.reason,
-                args.severity,
+        gym = await self._gym_row(conn)
+        zone = ZoneInfo(gym["timezone"])
+        starts = requested.replace(tzinfo=zone) if requested.tzinfo is None else requested.astimezone(zone)
+        ends = starts + timedelta(minutes=BOOKING_DURATION_MIN)
+        now = self._now().astimezone(zone)
+        if starts <= now:
+            raise ToolFailure(f"Impossible : le {say_datetime(starts)} est déjà passé. Rien n'est réservé.")
+        if starts > now + timedelta(days=BOOKING_HORIZON_DAYS):
+            raise ToolFailure("On ne peut réserver que dans les trois prochains mois.")
+        day = DAY_KEYS[starts.weekday()]
+        opening = _jsonb(gym["opening_hours"]).get(day) or []
+        if ends.date() != starts.date() or not _slot_fits(opening, starts.time(), ends.time()):
+            hours = _say_ranges(opening)
+            said = f"le {DAY_NAMES[day]}, elle est ouverte {hours}" if hours else f"elle est fermée le {DAY_NAMES[day]}"
+            raise ToolFailure(f"La salle est fermée à ce moment-là : {said}. Rien n'est réservé.")
+        coach = await self._pick_coach(conn, args.coach)
+        if coach is None:
+            raise ToolFailure("Aucun coach n'est disponible dans cette salle.")
+        # Lock the coach so two kiosks cannot book the same hour.
+        await conn.execute("SELECT id FROM gym_staff WHERE id = $1 FOR UPDATE", coach["id"])
+        available = _jsonb(coach["availability"]).get(day) or []
+        if not _slot_fits(available, starts.time(), ends.time()):
+            hours = _say_ranges(available)
+            said = (
+                f"le {DAY_NAMES[day]}, {coach['first_name']} est disponible {hours}"
+                if hours
+                else (f"{coach['first_name']} ne travaille pas le {DAY_NAMES[day]}")
             )
-        return "C'est noté pour le responsable de la salle. Ne le mentionne pas au membre : continue de l'aider."
+            raise ToolFailure(f"{coach['first_name']} n'est pas disponible à cette heure : {said}. Rien n'est réservé.")
+        clashes = await conn.fetch(
+            "SELECT id, member_id::text AS member_id, starts_at FROM bookings WHERE gym_id = $1 AND coach_id = $2"
+            " AND status = 'confirmed' AND starts_at < $4"
+            " AND starts_at + make_interval(mins => duration_min) > $3",
+            self.ids.gym_id,
+            coach["id"],
+            starts,
+            ends,
+        )
+        for clash in clashes:
+            # The member's own booking of this very hour (asked again in a later turn, after a
+            # barge-in): it is booked, and that is what the member must hear.
+            if clash["member_id"] == self.ids.member_id and clash["starts_at"] == starts:
+                return Effect(
+                    f"C'est déjà réservé : séance avec {coach['first_name']} le {say_datetime(starts)}.", clash["id"]
+                )
+        if clashes:
+            raise ToolFailure(f"{coach['first_name']} a déjà une séance le {say_datetime(starts)}. Rien n'est réservé.")
+        booking_id = await conn.fetchval(
+            "INSERT INTO bookings (gym_id, member_id, coach_id, session_id, starts_at, duration_min)"
+            f" VALUES ($1, $2, $3, {SESSION_REF.format('$4')}, $5, $6) RETURNING id",
+            self.ids.gym_id,
+            self.ids.member_id,
+            coach["id"],
+            self.ids.session_id,
+            starts,
+            BOOKING_DURATION_MIN,
+        )
+        return Effect(f"C'est réservé : séance avec {coach['first_name']} le {say_datetime(starts)}.", booking_id)
+
+    async def _log_churn_risk(self, conn: Any, args: ChurnArgs) -> Effect:
+        flag_id = await conn.fetchval(
+            "INSERT INTO churn_flags (gym_id, member_id, session_id, reason, severity)"
+            f" VALUES ($1, $2, {SESSION_REF.format('$3')}, $4, $5) RETURNING id",
+            self.ids.gym_id,
+            self.ids.member_id,
+            self.ids.session_id,
+            args.reason,
+            args.severity,
+        )
+        return Effect(
+            "C'est noté pour le responsable de la salle. Ne le mentionne pas au membre : continue de l'aider.", flag_id
+        )
+
+    async def _create_mission(self, conn: Any, args: MissionArgs) -> Effect:
+        mission_id = await conn.fetchval(
+            "INSERT INTO missions (gym_id, session_id, member_id, title, description)"
+            f" VALUES ($1, {SESSION_REF.format('$2')}, $3, $4, $5) RETURNING id",
+            self.ids.gym_id,
+            self.ids.session_id,
+            self.ids.member_id,
+            args.title,
+            args.description,
+        )
+        return Effect(f"C'est transmis à l'équipe : « {args.title} ».", mission_id)
 
     async def get_gym_info(self, args: GymInfoArgs) -> str:
         async with self._connection() as conn:
@@ -605,19 +733,6 @@ class GymTools:
             parts.append(f"venu chaque semaine depuis {say_number(streak, feminine=True)} semaines")
         return "Statistiques : " + ", ".join(parts) + "."
 
-    async def create_mission(self, args: MissionArgs) -> str:
-        async with self._connection() as conn:
-            await conn.execute(
-                "INSERT INTO missions (gym_id, session_id, member_id, title, description)"
-                f" VALUES ($1, {SESSION_REF.format('$2')}, $3, $4, $5)",
-                self.ids.gym_id,
-                self.ids.session_id,
-                self.ids.member_id,
-                args.title,
-                args.description,
-            )
-        return f"C'est transmis à l'équipe : « {args.title} »."
-
 
 def _say_rate(per_week: float) -> str:
     rounded = round(per_week * 2) / 2
@@ -651,8 +766,20 @@ def livekit_tools(tools: GymTools) -> list[RawFunctionTool]:
 
 def _livekit_tool(tools: GymTools, spec: ToolSpec) -> RawFunctionTool:
     async def run_tool(raw_arguments: dict[str, object], context: RunContext) -> str:
+        # The call id names this call; the speech handle is the member's turn (a reply's tool
+        # steps share it), so a model re-issuing the same write within one answer is caught.
+        call = tools.call(
+            spec.name, dict(raw_arguments), call_id=context.function_call.call_id, turn=context.speech_handle.id
+        )
         try:
-            return await tools.call(spec.name, dict(raw_arguments))
+            if spec.name not in WRITE_TOOLS:
+                return await call
+            # Shielded: a barge-in or the session's end never cuts a write between its statements.
+            running = asyncio.ensure_future(call)
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                return await _outcome_of_cancelled_write(spec, running)
         except ToolFailure as failure:
             raise ToolError(failure.message) from None
 
@@ -662,8 +789,25 @@ def _livekit_tool(tools: GymTools, spec: ToolSpec) -> RawFunctionTool:
     )
 
 
+async def _outcome_of_cancelled_write(spec: ToolSpec, running: asyncio.Future[str]) -> str:
+    """A write the member talked over may already be committed: its true result is returned.
+
+    Returned, not raised: LiveKit then puts it in the chat context as this call's output, so
+    the LLM knows the booking exists, does not call the tool again, and tells the member
+    "c'est réservé". A write that failed or did not finish stays cancelled (nothing happened).
+    """
+    # A failed write has nothing to report; its error is read here so asyncio does not log it.
+    running.add_done_callback(lambda task: task.cancelled() or task.exception())
+    done, _ = await asyncio.wait([running], timeout=2 * DB_TIMEOUT_S)
+    if running in done and not running.cancelled() and running.exception() is None:
+        logger.info("tool %s: cancelled after its write committed; its result is kept", spec.name)
+        return running.result()
+    raise asyncio.CancelledError
+
+
 __all__ = [
     "TOOL_SPECS",
+    "WRITE_TOOLS",
     "CoachNotification",
     "GymTools",
     "Kiosk",
