@@ -5,6 +5,8 @@
  * gym's Next.js backend does in production.
  */
 import { JarvisKiosk, type KioskSessionCredentials } from "../src/kiosk.js";
+import { fallbackReasonOf, type FallbackReason } from "../src/legacy.js";
+import { OpenAIRealtimeProvider, type RealtimeClientSecret } from "../src/openai-realtime.js";
 import { FRENCH_STATE_LABELS, kioskError, type KioskError, type KioskErrorCode } from "../src/messages.js";
 import type { KioskVideo } from "../src/rpc.js";
 import type { TranscriptLine } from "../src/transcript.js";
@@ -16,7 +18,7 @@ interface DemoBadge {
 }
 
 interface SessionRouteError {
-  error: string;
+  code: string;
   detail?: string;
 }
 
@@ -52,6 +54,7 @@ const agentTimeoutMs = Number(params.get("agentTimeoutMs") ?? "20000");
 const reconnectDelaysMs = params.get("reconnectDelaysMs")?.split(",").map(Number).filter((n) => n >= 0);
 
 let kiosk: JarvisKiosk | null = null;
+let legacy: OpenAIRealtimeProvider | null = null;
 let audioContext: AudioContext | null = null;
 const agentMeter = { meter: null as LevelMeter | null };
 const micMeter = { meter: null as LevelMeter | null };
@@ -62,6 +65,9 @@ const diagnostics = {
   errors: [] as Array<{ t: number; code: KioskErrorCode }>,
   videos: [] as Array<{ t: number; url: string; title: string }>,
   videoRejections: [] as string[],
+  fallbacks: [] as Array<{ t: number; reason: FallbackReason }>,
+  provider: () => kiosk?.provider ?? null,
+  legacyPlayedSeconds: () => legacy?.playedSeconds ?? 0,
   agentLevels: () => agentMeter.meter?.samples ?? [],
   micLevels: () => micMeter.meter?.samples ?? [],
   kiosk: () => kiosk,
@@ -126,16 +132,21 @@ function meterFor(holder: { meter: LevelMeter | null }, track: MediaStreamTrack 
   holder.meter.attach(track);
 }
 
-async function requestSession(badgeId: string): Promise<KioskSessionCredentials & { member_first_name: string }> {
+type SessionAnswer = (KioskSessionCredentials & { member_first_name: string }) | { fallback: FallbackReason };
+
+async function requestSession(badgeId: string): Promise<SessionAnswer> {
   const response = await fetch("/api/kiosk-session", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ badge_id: badgeId }),
   });
   const body = (await response.json().catch(() => ({}))) as unknown;
+  // JARVIS is off for this kiosk or full: the member talks with the previous provider instead.
+  const fallback = fallbackReasonOf(body);
+  if (fallback !== null) return { fallback };
   if (!response.ok) {
     const failure = body as Partial<SessionRouteError>;
-    throw new SessionRefused(failure.error ?? "unexpected");
+    throw new SessionRefused(failure.code ?? "unexpected");
   }
   return body as KioskSessionCredentials & { member_first_name: string };
 }
@@ -163,9 +174,9 @@ async function startSession(badgeId: string): Promise<void> {
   // Created inside the tap's handler so the browser lets it play sound.
   audioContext ??= new AudioContext();
   void audioContext.resume();
-  let credentials: KioskSessionCredentials & { member_first_name: string };
+  let answer: SessionAnswer;
   try {
-    credentials = await requestSession(badgeId);
+    answer = await requestSession(badgeId);
   } catch (error) {
     const code = error instanceof SessionRefused ? codeForRouteError(error.code) : "session_unavailable";
     diagnostics.errors.push({ t: performance.now(), code });
@@ -173,12 +184,20 @@ async function startSession(badgeId: string): Promise<void> {
     return;
   }
 
+  // The previous provider, reached through the demo gym backend's /api/legacy-session (which
+  // holds its key); without one configured there, falling back fails and the member is told.
+  legacy = new OpenAIRealtimeProvider({
+    clientSecret: requestLegacySecret,
+    onClosed: () => void kiosk?.end(),
+  });
   const current = new JarvisKiosk({
     agentTimeoutMs,
+    legacy,
     ...(reconnectDelaysMs?.length ? { reconnectDelaysMs, blipRetryDelaysMs: reconnectDelaysMs } : {}),
   });
   kiosk = current;
-  greeting.textContent = credentials.member_first_name ? `Bonjour ${credentials.member_first_name}` : "Bonjour";
+  const firstName = "fallback" in answer ? "" : answer.member_first_name;
+  greeting.textContent = firstName ? `Bonjour ${firstName}` : "Bonjour";
   renderTranscript([]);
   muteButton.setAttribute("aria-pressed", "false");
   muteButton.textContent = "Couper le micro";
@@ -201,6 +220,7 @@ async function startSession(badgeId: string): Promise<void> {
     muteButton.textContent = muted ? "Réactiver le micro" : "Couper le micro";
   });
   current.on("agentAudio", (track) => meterFor(agentMeter, track));
+  current.on("fallback", ({ reason }) => diagnostics.fallbacks.push({ t: performance.now(), reason }));
   current.on("ended", () => {
     meterFor(agentMeter, null);
     meterFor(micMeter, null);
@@ -209,9 +229,19 @@ async function startSession(badgeId: string): Promise<void> {
     showScreen("badge");
   });
 
-  await current.connect(credentials);
+  if ("fallback" in answer) {
+    await current.fallBack(answer.fallback);
+    return;
+  }
+  await current.connect(answer);
   const micTrack = current.livekitRoom?.localParticipant.getTrackPublications().find((p) => p.kind === "audio")?.track;
   if (micTrack) meterFor(micMeter, micTrack.mediaStreamTrack);
+}
+
+async function requestLegacySecret(): Promise<RealtimeClientSecret> {
+  const response = await fetch("/api/legacy-session", { method: "POST" });
+  if (!response.ok) throw new Error(`the legacy session route answered ${response.status}`);
+  return (await response.json()) as RealtimeClientSecret;
 }
 
 async function loadDemoBadges(): Promise<void> {

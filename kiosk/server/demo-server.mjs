@@ -3,7 +3,11 @@
 //
 // POST /api/kiosk-session {badge_id} asks the JARVIS token service for a session with the
 // gym's key, which stays here on the server, as the gym's Next.js route does in production
-// (see examples/nextjs-route.ts). GET /api/demo-badges lists the demo members' badges.
+// (see examples/nextjs/app/api/kiosk-session/route.ts); a refusal is passed on as
+// {code, detail}, and `jarvis_disabled` / `over_capacity` send the page to the previous provider.
+// POST /api/legacy-session mints that provider's client secret (OpenAI Realtime protocol) with
+// the key held here. GET /api/demo-badges lists the demo members' badges. GET /videos/<gym>/<clip>
+// serves the demo gyms' tutorial clips (made by scripts/setup.sh with ffmpeg).
 //
 // Environment:
 //   JARVIS_TOKEN_SERVICE_URL  token service base URL   (default http://127.0.0.1:8080)
@@ -11,13 +15,24 @@
 //   JARVIS_DEMO_KIOSK_ID      this kiosk's id           (default kiosk-accueil)
 //   JARVIS_KIOSK_HOST         listen address            (default 127.0.0.1)
 //   JARVIS_KIOSK_PORT         listen port, 0 = any free (default 8090)
+//   JARVIS_DEMO_VIDEOS_DIR    the tutorial clips        (default <repo>/.tools/demo-videos)
+//   JARVIS_DEMO_LEGACY_ENDPOINT  the previous provider's Realtime API base URL (unset: no fallback;
+//                                the chain's is https://api.openai.com/v1/realtime)
+//   JARVIS_DEMO_LEGACY_API_KEY   its API key (server-side only)
+//   JARVIS_DEMO_LEGACY_MODEL     its model                (default the seed's, gpt-4o-mini-realtime-preview)
 // Prints "KIOSK_URL=<url>" on stdout once listening.
 import { readFile } from "node:fs/promises";
 import { createServer } from "node:http";
 import { dirname, extname, join, normalize, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { JarvisTokenClient, TokenApiError } from "../dist/src/token-client.js";
+import {
+  createOpenAIRealtimeClientSecret,
+  JarvisTokenClient,
+  RealtimeSecretError,
+  TokenApiError,
+} from "../dist/src/server.js";
+import { SEED_OPENAI_REALTIME } from "../dist/src/openai-realtime.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const pageDir = join(root, "dist", "page");
@@ -28,6 +43,10 @@ const settings = {
   kioskId: process.env.JARVIS_DEMO_KIOSK_ID ?? "kiosk-accueil",
   host: process.env.JARVIS_KIOSK_HOST ?? "127.0.0.1",
   port: Number(process.env.JARVIS_KIOSK_PORT ?? "8090"),
+  videosDir: process.env.JARVIS_DEMO_VIDEOS_DIR ?? join(root, "..", ".tools", "demo-videos"),
+  legacyEndpoint: process.env.JARVIS_DEMO_LEGACY_ENDPOINT ?? "",
+  legacyApiKey: process.env.JARVIS_DEMO_LEGACY_API_KEY ?? "",
+  legacyModel: process.env.JARVIS_DEMO_LEGACY_MODEL ?? SEED_OPENAI_REALTIME.model,
 };
 
 // The demo members of the Lyon Part-Dieu gym, plus one badge of another gym (refused: 403).
@@ -45,6 +64,12 @@ const CONTENT_TYPES = {
   ".js": "text/javascript; charset=utf-8",
   ".css": "text/css; charset=utf-8",
   ".map": "application/json",
+  ".mp4": "video/mp4",
+};
+// The previous provider's session, as the chain configures it today (voice and prompt are its own).
+const LEGACY_SESSION = {
+  voice: "alloy",
+  instructions: "Tu es l’assistant vocal de la salle de sport. Réponds en français, brièvement.",
 };
 
 const tokenClient = new JarvisTokenClient({ baseUrl: settings.tokenServiceUrl, gymKey: settings.gymKey });
@@ -71,11 +96,11 @@ async function createKioskSession(request, response) {
     const parsed = JSON.parse(await readBody(request));
     badgeId = typeof parsed?.badge_id === "string" ? parsed.badge_id.trim() : "";
   } catch {
-    sendJson(response, 400, { error: "invalid_request", detail: "expected JSON {badge_id}" });
+    sendJson(response, 400, { code: "invalid_request", detail: "expected JSON {badge_id}" });
     return;
   }
   if (!BADGE_PATTERN.test(badgeId)) {
-    sendJson(response, 422, { error: "invalid_request", detail: "badge_id must be letters, digits and dashes" });
+    sendJson(response, 422, { code: "invalid_request", detail: "badge_id must be letters, digits and dashes" });
     return;
   }
   try {
@@ -93,20 +118,45 @@ async function createKioskSession(request, response) {
     if (error instanceof TokenApiError) {
       const status = error.status === 0 ? 503 : error.status;
       const headers = error.retryAfterSeconds === undefined ? {} : { "retry-after": String(error.retryAfterSeconds) };
-      sendJson(response, status, { error: error.code, detail: error.detail }, headers);
+      sendJson(response, status, { code: error.code, detail: error.detail }, headers);
       log(`session refused: ${error.code} (${error.status})`);
       return;
     }
-    sendJson(response, 500, { error: "unexpected", detail: "internal error" });
+    sendJson(response, 500, { code: "unexpected", detail: "internal error" });
     log(`session route failed: ${error instanceof Error ? error.name : "unknown"}`);
   }
 }
 
+async function createLegacySession(response) {
+  if (!settings.legacyEndpoint) {
+    sendJson(response, 404, { code: "legacy_unavailable", detail: "no previous provider configured" });
+    return;
+  }
+  try {
+    const secret = await createOpenAIRealtimeClientSecret({
+      apiKey: settings.legacyApiKey,
+      config: { endpoint: settings.legacyEndpoint, model: settings.legacyModel },
+      session: LEGACY_SESSION,
+      timeoutMs: 5_000,
+    });
+    sendJson(response, 201, secret);
+    log("legacy provider session created");
+  } catch (error) {
+    const status = error instanceof RealtimeSecretError ? error.status : 0;
+    sendJson(response, 503, { code: "legacy_unavailable", detail: `previous provider answered ${status || "nothing"}` });
+    log(`legacy session failed (${status})`);
+  }
+}
+
 async function serveStatic(pathname, response) {
-  const relative = pathname === "/" ? "index.html" : decodeURIComponent(pathname).replace(/^\/+/, "");
-  const file = normalize(join(pageDir, relative));
-  if (!file.startsWith(pageDir + sep)) {
-    sendJson(response, 404, { error: "not_found" });
+  // The tutorial clips live beside the page's origin, so the catalogue's "/videos/…" paths play.
+  const [dir, path] = pathname.startsWith("/videos/")
+    ? [settings.videosDir, pathname.slice("/videos/".length)]
+    : [pageDir, pathname === "/" ? "index.html" : pathname];
+  const relative = decodeURIComponent(path).replace(/^\/+/, "");
+  const file = normalize(join(dir, relative));
+  if (!file.startsWith(normalize(dir) + sep)) {
+    sendJson(response, 404, { code: "not_found" });
     return;
   }
   try {
@@ -117,7 +167,7 @@ async function serveStatic(pathname, response) {
     });
     response.end(body);
   } catch {
-    sendJson(response, 404, { error: "not_found" });
+    sendJson(response, 404, { code: "not_found" });
   }
 }
 
@@ -129,10 +179,18 @@ const server = createServer((request, response) => {
   const url = new URL(request.url ?? "/", "http://kiosk.local");
   if (url.pathname === "/api/kiosk-session") {
     if (request.method !== "POST") {
-      sendJson(response, 405, { error: "method_not_allowed" }, { allow: "POST" });
+      sendJson(response, 405, { code: "method_not_allowed" }, { allow: "POST" });
       return;
     }
     void createKioskSession(request, response);
+    return;
+  }
+  if (url.pathname === "/api/legacy-session") {
+    if (request.method !== "POST") {
+      sendJson(response, 405, { code: "method_not_allowed" }, { allow: "POST" });
+      return;
+    }
+    void createLegacySession(response);
     return;
   }
   if (url.pathname === "/api/demo-badges" && request.method === "GET") {
@@ -144,7 +202,7 @@ const server = createServer((request, response) => {
     return;
   }
   if (request.method !== "GET" && request.method !== "HEAD") {
-    sendJson(response, 405, { error: "method_not_allowed" });
+    sendJson(response, 405, { code: "method_not_allowed" });
     return;
   }
   void serveStatic(url.pathname, response);

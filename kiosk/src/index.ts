@@ -2,6 +2,10 @@
 export { JarvisKiosk, CHAT_TOPIC, MICROPHONE_CAPTURE, isTokenRefused } from "./kiosk.js";
 export type { JarvisKioskEvents, JarvisKioskOptions, KioskSessionCredentials, EndReason } from "./kiosk.js";
 export { TypedEmitter } from "./events.js";
+export { fallbackReasonOf, LEGACY_CODES } from "./legacy.js";
+export type { FallbackReason, LegacyVoiceProvider } from "./legacy.js";
+export { OpenAIRealtimeProvider, SEED_OPENAI_REALTIME } from "./openai-realtime.js";
+export type { OpenAIRealtimeConfig, OpenAIRealtimeProviderOptions, RealtimeClientSecret } from "./openai-realtime.js";
 export { FRENCH_MESSAGES, FRENCH_STATE_LABELS, kioskError } from "./messages.js";
 export type { KioskError, KioskErrorCode } from "./messages.js";
 export {

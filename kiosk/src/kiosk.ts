@@ -5,7 +5,8 @@
  * browser's echo cancellation / noise suppression / auto gain, plays the agent's voice,
  * follows the agent's state and the live transcript, answers the agent's
  * `kiosk.show_video` RPC, survives network blips and ends cleanly. The UI only listens
- * to its typed events.
+ * to its typed events. Given a `legacy` provider, it falls back to the chain's previous voice
+ * provider when no agent joined within `agentTimeoutMs`, or when told to (`fallBack`).
  */
 import {
   ConnectionError,
@@ -26,6 +27,7 @@ import {
 } from "livekit-client";
 
 import { TypedEmitter } from "./events.js";
+import type { FallbackReason, LegacyVoiceProvider } from "./legacy.js";
 import { kioskError, type KioskError } from "./messages.js";
 import { classifyDisconnect, DEFAULT_RECONNECT_DELAYS_MS, Reconnector, type AttemptFailure } from "./reconnect.js";
 import { answerShowVideo, SHOW_VIDEO_METHOD, type KioskVideo, type ShowVideoRejection } from "./rpc.js";
@@ -47,8 +49,13 @@ export interface KioskSessionCredentials {
 }
 
 export interface JarvisKioskOptions {
-  /** How long to wait for the agent to join before telling the member (ms). */
+  /**
+   * How long to wait for the agent to join before falling back to `legacy`, or, without one,
+   * telling the member (ms; default 20 s). A kiosk with a fallback may prefer less, e.g. 8 s.
+   */
   agentTimeoutMs?: number;
+  /** The chain's previous voice provider: where the member goes when JARVIS cannot take them. */
+  legacy?: LegacyVoiceProvider;
   /** Delays between rejoin attempts once livekit-client gave up on a blip (ms). */
   reconnectDelaysMs?: readonly number[];
   /**
@@ -75,6 +82,8 @@ export interface JarvisKioskEvents {
   muted: boolean;
   /** The agent's received audio track (for level meters), or null when it goes away. */
   agentAudio: MediaStreamTrack | null;
+  /** The conversation moved to the legacy provider, and why. */
+  fallback: { reason: FallbackReason };
   ended: { reason: EndReason };
 }
 
@@ -102,6 +111,7 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
   private ending = false;
   private mutedFlag = false;
   private currentVideo: KioskVideo | null = null;
+  private legacyActive = false;
 
   constructor(private readonly options: JarvisKioskOptions = {}) {
     super();
@@ -131,6 +141,12 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     return this.transcriptLines.snapshot();
   }
 
+  /** Who carries the conversation: JARVIS, the legacy provider, or nobody yet. */
+  get provider(): "jarvis" | "legacy" | null {
+    if (this.legacyActive) return "legacy";
+    return this.room ? "jarvis" : null;
+  }
+
   /** The underlying LiveKit room (for stats and tests); null outside a session. */
   get livekitRoom(): Room | null {
     return this.room;
@@ -138,7 +154,7 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
 
   /** Joins the session's room; resolves once joined (the agent may still be on its way). */
   async connect(credentials: KioskSessionCredentials): Promise<void> {
-    if (this.room) throw new Error("this kiosk already has a session: call end() first");
+    if (this.room || this.legacyActive) throw new Error("this kiosk already has a session: call end() first");
     this.credentials = credentials;
     this.ending = false;
     this.agentIdentity = null;
@@ -163,7 +179,7 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     try {
       await room.connect(credentials.livekit_url, credentials.token, { autoSubscribe: true });
     } catch (error) {
-      this.failSession(isTokenRefused(error) ? "token_expired" : "connection_failed", describe(error));
+      void this.failSession(isTokenRefused(error) ? "token_expired" : "connection_failed", describe(error));
       return;
     }
     this.machine.update({ connection: "connected" });
@@ -172,6 +188,31 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     // The badge tap is the user gesture that lets audio play on a kiosk browser.
     room.startAudio().catch((error: unknown) => this.logger.warn("[jarvis-kiosk] audio playback blocked", describe(error)));
     if (this.options.microphone ?? true) await this.publishMicrophone();
+  }
+
+  /**
+   * Moves the conversation to the legacy provider: leaves the JARVIS room if there is one, then
+   * starts the provider. Call it when the session route answered `jarvis_disabled` or
+   * `over_capacity` (see fallbackReasonOf); the kiosk calls it itself when no agent came.
+   * Resolves false when no legacy provider is configured or it could not start (the member
+   * is then told, as without a fallback).
+   */
+  async fallBack(reason: FallbackReason): Promise<boolean> {
+    const legacy = this.options.legacy;
+    if (!legacy || this.ending) return false;
+    if (this.legacyActive) return true;
+    await this.leaveRoom();
+    this.legacyActive = true;
+    this.machine.update({ started: true, legacy: true, connection: "disconnected", agentPresent: false, agentState: undefined });
+    this.logger.info(`[jarvis-kiosk] falling back to the legacy provider: ${reason}`);
+    this.emit("fallback", { reason });
+    try {
+      await legacy.start();
+      return true;
+    } catch (error) {
+      await this.failSession(reason === "agent_absent" ? "agent_absent" : "session_unavailable", describe(error));
+      return false;
+    }
   }
 
   /** Mutes or unmutes the member's microphone. */
@@ -223,6 +264,7 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     });
     room.registerRpcMethod(SHOW_VIDEO_METHOD, async (data: RpcInvocationData) =>
       answerShowVideo(data.payload, data.callerIdentity, {
+        base: globalThis.location?.href,
         show: (video) => {
           this.currentVideo = video;
           this.emit("video", video);
@@ -316,7 +358,8 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
   }
 
   private onDisconnected(reason: number | undefined): void {
-    if (this.ending || this.state === "ended") return;
+    // No room: we left it ourselves (end, or the fallback), so this is not a network drop.
+    if (this.ending || this.state === "ended" || this.room === null) return;
     const cause = classifyDisconnect(reason);
     if (!Reconnector.shouldRetry(cause)) {
       void this.finish(cause === "by_member" ? "by_member" : "by_server");
@@ -344,7 +387,7 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
       if ((this.options.microphone ?? true) && !this.mutedFlag) await this.publishMicrophone();
       return;
     }
-    this.failSession(outcome === "token_refused" ? "token_expired" : "network_lost", outcome);
+    void this.failSession(outcome === "token_refused" ? "token_expired" : "network_lost", outcome);
   }
 
   private armAgentTimer(): void {
@@ -352,7 +395,9 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     if (this.agentIdentity !== null) return;
     this.agentTimer = setTimeout(() => {
       this.agentTimer = null;
-      if (this.agentIdentity === null && this.state !== "ended") this.failSession("agent_absent");
+      if (this.agentIdentity !== null || this.state === "ended") return;
+      if (this.options.legacy) void this.fallBack("agent_absent");
+      else void this.failSession("agent_absent");
     }, this.options.agentTimeoutMs ?? DEFAULT_AGENT_TIMEOUT_MS);
   }
 
@@ -361,19 +406,35 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     this.agentTimer = null;
   }
 
-  private failSession(code: Parameters<typeof kioskError>[0], detail?: string): void {
+  private failSession(code: Parameters<typeof kioskError>[0], detail?: string): Promise<void> {
     this.logger.warn(`[jarvis-kiosk] session failed: ${code}`, detail ?? "");
     this.emit("error", kioskError(code, detail));
-    void this.finish("error");
+    return this.finish("error");
   }
 
   private async finish(reason: EndReason): Promise<void> {
     if (this.ending) return;
     this.ending = true;
+    await this.leaveRoom();
+    if (this.legacyActive) {
+      this.legacyActive = false;
+      try {
+        await this.options.legacy?.stop();
+      } catch (error) {
+        this.logger.warn("[jarvis-kiosk] stopping the legacy provider failed", describe(error));
+      }
+    }
+    this.machine.update({ ended: true, legacy: false, connection: "disconnected" });
+    this.emit("ended", { reason });
+  }
+
+  /** Leaves the JARVIS room, if any: timers, retries, video and handlers go with it. */
+  private async leaveRoom(): Promise<void> {
     this.clearAgentTimer();
     this.reconnector.cancel();
     const room = this.room;
     this.room = null;
+    this.agentIdentity = null;
     this.closeVideo();
     if (room) {
       room.unregisterTextStreamHandler(TRANSCRIPTION_TOPIC);
@@ -386,8 +447,6 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
       room.removeAllListeners();
     }
     this.emit("agentAudio", null);
-    this.machine.update({ ended: true, connection: "disconnected" });
-    this.emit("ended", { reason });
   }
 }
 

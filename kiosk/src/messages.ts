@@ -43,5 +43,6 @@ export const FRENCH_STATE_LABELS = {
   thinking: "Je réfléchis…",
   speaking: "JARVIS parle",
   reconnecting: "Reconnexion…",
+  legacy: "Je vous écoute",
   ended: "Session terminée",
 } as const;

@@ -31,7 +31,11 @@ export type ShowVideoReply = { status: "shown" } | { status: "rejected"; reason:
 
 const utf8 = new TextEncoder();
 
-export function validateShowVideoPayload(payload: string): ShowVideoValidation {
+/**
+ * `base` resolves a catalogue path ("/videos/gym/squat.mp4") against the kiosk page's own origin,
+ * so a gym can serve its clips beside the page; without a base only absolute URLs pass.
+ */
+export function validateShowVideoPayload(payload: string, base?: string): ShowVideoValidation {
   // Measure bytes before parsing: a 1 MB payload is refused without ever being parsed.
   if (payload.length > MAX_SHOW_VIDEO_PAYLOAD_BYTES || utf8.encode(payload).length > MAX_SHOW_VIDEO_PAYLOAD_BYTES) {
     return { ok: false, reason: "payload_too_large" };
@@ -51,7 +55,7 @@ export function validateShowVideoPayload(payload: string): ShowVideoValidation {
   if (typeof rawUrl !== "string") return { ok: false, reason: "invalid_url" };
   let url: URL;
   try {
-    url = new URL(rawUrl.trim());
+    url = new URL(rawUrl.trim(), base);
   } catch {
     return { ok: false, reason: "invalid_url" };
   }
@@ -68,11 +72,13 @@ export function validateShowVideoPayload(payload: string): ShowVideoValidation {
 export interface ShowVideoHandlerDeps {
   show: (video: KioskVideo) => void;
   onRejected: (reason: ShowVideoRejection, callerIdentity: string) => void;
+  /** Where relative video paths resolve (the kiosk page's URL). */
+  base?: string;
 }
 
 /** Validates one invocation, shows the video or reports the refusal, and builds the RPC reply. */
 export function answerShowVideo(payload: string, callerIdentity: string, deps: ShowVideoHandlerDeps): string {
-  const result = validateShowVideoPayload(payload);
+  const result = validateShowVideoPayload(payload, deps.base);
   let reply: ShowVideoReply;
   if (result.ok) {
     deps.show(result.video);

@@ -14,6 +14,8 @@ export type KioskState =
   | "thinking"
   | "speaking"
   | "reconnecting"
+  /** The member talks with the chain's previous voice provider (JARVIS is off, full, or absent). */
+  | "legacy"
   | "ended";
 
 export const KIOSK_STATES: readonly KioskState[] = [
@@ -24,6 +26,7 @@ export const KIOSK_STATES: readonly KioskState[] = [
   "thinking",
   "speaking",
   "reconnecting",
+  "legacy",
   "ended",
 ];
 
@@ -41,6 +44,8 @@ export interface StateInputs {
   agentPresent: boolean;
   /** Raw value of `lk.agent.state` (initializing, idle, listening, thinking, speaking), if any. */
   agentState: string | undefined;
+  /** True while the legacy provider carries the conversation (no LiveKit room then). */
+  legacy: boolean;
 }
 
 export const INITIAL_INPUTS: StateInputs = {
@@ -49,10 +54,12 @@ export const INITIAL_INPUTS: StateInputs = {
   ended: false,
   agentPresent: false,
   agentState: undefined,
+  legacy: false,
 };
 
 export function deriveKioskState(inputs: StateInputs): KioskState {
   if (inputs.ended) return "ended";
+  if (inputs.legacy) return "legacy";
   switch (inputs.connection) {
     case "disconnected":
       return inputs.started ? "ended" : "idle";

@@ -24,6 +24,8 @@ export type TokenApiErrorCode =
   | "member_not_found" // 404
   | "invalid_request" // 422
   | "rate_limited" // 429 (see retryAfterSeconds)
+  | "jarvis_disabled" // JARVIS is off for this gym, kiosk or member: use the previous provider
+  | "over_capacity" // JARVIS is full (503 + Retry-After): use the previous provider
   | "unavailable" // 503, or the service could not be reached
   | "unexpected"; // anything else, including a malformed response
 
@@ -91,7 +93,8 @@ export class JarvisTokenClient {
     }
     const body: unknown = await response.json().catch(() => undefined);
     if (!response.ok) {
-      const code = CODES_BY_STATUS[response.status] ?? "unexpected";
+      // The body's own code says more than the status (503 is over_capacity or unavailable).
+      const code = knownCode(body) ?? CODES_BY_STATUS[response.status] ?? "unexpected";
       throw new TokenApiError(code, response.status, detailOf(body, response.statusText), retryAfter(response));
     }
     return parseSession(body);
@@ -115,6 +118,23 @@ export function parseSession(body: unknown): KioskSession {
     expires_at: record["expires_at"] as string,
     member_first_name: record["member_first_name"] as string,
   };
+}
+
+const BODY_CODES: ReadonlySet<string> = new Set<TokenApiErrorCode>([
+  "unauthorized",
+  "forbidden",
+  "member_not_found",
+  "invalid_request",
+  "rate_limited",
+  "jarvis_disabled",
+  "over_capacity",
+  "unavailable",
+]);
+
+function knownCode(body: unknown): TokenApiErrorCode | undefined {
+  if (typeof body !== "object" || body === null) return undefined;
+  const code = (body as { code?: unknown }).code;
+  return typeof code === "string" && BODY_CODES.has(code) ? (code as TokenApiErrorCode) : undefined;
 }
 
 function detailOf(body: unknown, fallback: string): string {

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -14,7 +16,10 @@ interface Seen {
   body: unknown;
 }
 
-/** A stand-in token service answering like the real one for the demo badges. */
+/**
+ * A stand-in token service answering like the real one for the demo badges, and a stand-in of
+ * the previous provider's secret route (`POST /v1/realtime/sessions`).
+ */
 function fakeTokenService(seen: Seen[]): Server {
   return createServer((request: IncomingMessage, response) => {
     let raw = "";
@@ -26,9 +31,17 @@ function fakeTokenService(seen: Seen[]): Server {
         response.writeHead(status, { "content-type": "application/json", ...headers });
         response.end(JSON.stringify(payload));
       };
+      if (request.url === "/v1/realtime/sessions") {
+        if (request.headers.authorization !== "Bearer sk-legacy") return reply(401, { error: { message: "bad key" } });
+        return reply(200, { id: "sess_1", client_secret: { value: "ek_kiosk", expires_at: 0 } });
+      }
       if (request.headers.authorization !== "Bearer demo-key-lyon-part-dieu") return reply(401, { detail: "bad key" });
       if (body.badge_id.startsWith("BDX-")) return reply(403, { detail: "badge of another gym" });
       if (body.badge_id === "LYON-9999") return reply(429, { detail: "slow down" }, { "retry-after": "7" });
+      if (body.badge_id === "LYON-0007") return reply(403, { code: "jarvis_disabled", detail: "use the current provider" });
+      if (body.badge_id === "LYON-0008") {
+        return reply(503, { code: "over_capacity", detail: "full" }, { "retry-after": "5" });
+      }
       reply(201, {
         session_id: "s-1",
         room: "jarvis-s-1",
@@ -51,6 +64,9 @@ describe("demo gym backend (server/demo-server.mjs)", () => {
   const tokenService = fakeTokenService(seen);
   let demo: ChildProcess;
   let base = "";
+  const videos = mkdtempSync(join(tmpdir(), "kiosk-videos-"));
+  mkdirSync(join(videos, "energie-lyon-part-dieu"));
+  writeFileSync(join(videos, "energie-lyon-part-dieu", "squat.mp4"), "not really a video");
 
   before(async () => {
     const tokenPort = await listen(tokenService);
@@ -60,6 +76,9 @@ describe("demo gym backend (server/demo-server.mjs)", () => {
         JARVIS_TOKEN_SERVICE_URL: `http://127.0.0.1:${tokenPort}`,
         JARVIS_KIOSK_PORT: "0",
         JARVIS_DEMO_GYM_KEY: "demo-key-lyon-part-dieu",
+        JARVIS_DEMO_VIDEOS_DIR: videos,
+        JARVIS_DEMO_LEGACY_ENDPOINT: `http://127.0.0.1:${tokenPort}/v1/realtime`,
+        JARVIS_DEMO_LEGACY_API_KEY: "sk-legacy",
       },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -99,7 +118,35 @@ describe("demo gym backend (server/demo-server.mjs)", () => {
   it("passes another gym's badge refusal (403) to the page as a typed error", async () => {
     const response = await post("BDX-0001");
     assert.equal(response.status, 403);
-    assert.deepEqual(await response.json(), { error: "forbidden", detail: "badge of another gym" });
+    assert.deepEqual(await response.json(), { code: "forbidden", detail: "badge of another gym" });
+  });
+
+  it("passes jarvis_disabled and over_capacity (with Retry-After) on, for the page to fall back", async () => {
+    const disabled = await post("LYON-0007");
+    assert.equal(disabled.status, 403);
+    assert.deepEqual(await disabled.json(), { code: "jarvis_disabled", detail: "use the current provider" });
+    const full = await post("LYON-0008");
+    assert.equal(full.status, 503);
+    assert.equal(full.headers.get("retry-after"), "5");
+    assert.deepEqual(await full.json(), { code: "over_capacity", detail: "full" });
+  });
+
+  it("mints the previous provider's client secret with the key it holds, never showing the key", async () => {
+    const response = await fetch(`${base}/api/legacy-session`, { method: "POST" });
+    assert.equal(response.status, 201);
+    const body = (await response.json()) as Record<string, string>;
+    assert.equal(body["value"], "ek_kiosk");
+    assert.equal(body["model"], "gpt-4o-mini-realtime-preview");
+    assert.ok(!JSON.stringify(body).includes("sk-legacy"));
+  });
+
+  it("serves the tutorial clips under /videos/ and nothing outside their folder", async () => {
+    const clip = await fetch(`${base}/videos/energie-lyon-part-dieu/squat.mp4`);
+    assert.equal(clip.status, 200);
+    assert.equal(clip.headers.get("content-type"), "video/mp4");
+    assert.equal(await clip.text(), "not really a video");
+    assert.equal((await fetch(`${base}/videos/..%2F..%2Fpackage.json`)).status, 404);
+    assert.equal((await fetch(`${base}/videos/energie-lyon-part-dieu/absent.mp4`)).status, 404);
   });
 
   it("keeps Retry-After when the token service rate-limits", async () => {
@@ -126,7 +173,7 @@ describe("demo gym backend (server/demo-server.mjs)", () => {
         body: JSON.stringify({ badge_id: "LYON-0001" }),
       });
       assert.equal(response.status, 503);
-      assert.equal(((await response.json()) as { error: string }).error, "unavailable");
+      assert.equal(((await response.json()) as { code: string }).code, "unavailable");
     } finally {
       down.kill("SIGTERM");
     }

@@ -79,6 +79,20 @@ describe("token API client", () => {
     });
   });
 
+  it("reads the body's code: jarvis_disabled (403) and over_capacity (503 + Retry-After) say to fall back", async () => {
+    const disabled = fakeFetch(403, { code: "jarvis_disabled", detail: "use the current provider" });
+    const full = fakeFetch(503, { code: "over_capacity", detail: "full" }, { "retry-after": "5" });
+    for (const [fake, code, retry] of [[disabled, "jarvis_disabled", undefined], [full, "over_capacity", 5]] as const) {
+      const client = new JarvisTokenClient({ baseUrl: "http://t", gymKey: "k", fetch: fake.fetch });
+      await assert.rejects(client.createSession({ badge_id: "LYON-0001", kiosk_id: "k1" }), (error) => {
+        assert.ok(error instanceof TokenApiError);
+        assert.equal(error.code, code);
+        assert.equal(error.retryAfterSeconds, retry);
+        return true;
+      });
+    }
+  });
+
   it("reports an unreachable service as unavailable, without leaking the key", async () => {
     const failing = (async () => {
       throw new TypeError("fetch failed");

@@ -1,16 +1,31 @@
 "use client";
 /**
  * app/kiosk/KioskScreen.tsx — a minimal kiosk screen in the gym's Next.js app, with the
- * useJarvisKiosk hook. The badge reader gives a badge id; the route above gives the session.
+ * useJarvisKiosk hook. The badge reader gives a badge id; the route gives the session, or says
+ * to use the previous provider (flag off, JARVIS full), which the hook then starts; it also
+ * starts it when no agent joined within 8 s.
  */
-import { useState } from "react";
+import { useMemo, useState } from "react";
 
-import { FRENCH_STATE_LABELS, type KioskSessionCredentials } from "@jarvis/kiosk";
-import { useJarvisKiosk } from "@jarvis/kiosk/react";
+import {
+  fallbackReasonOf,
+  FRENCH_STATE_LABELS,
+  OpenAIRealtimeProvider,
+  type RealtimeClientSecret,
+} from "@jarvis/kiosk";
+import { useJarvisKiosk, type KioskSessionAnswer } from "@jarvis/kiosk/react";
+
+async function legacySecret(): Promise<RealtimeClientSecret> {
+  const response = await fetch("/api/legacy-session", { method: "POST" });
+  if (!response.ok) throw new Error(`legacy session route: ${response.status}`);
+  return (await response.json()) as RealtimeClientSecret;
+}
 
 export function KioskScreen({ badgeId }: { badgeId: string | null }) {
-  const [session, setSession] = useState<(KioskSessionCredentials & { member_first_name: string }) | null>(null);
-  const kiosk = useJarvisKiosk(session, { agentTimeoutMs: 20_000 });
+  const [session, setSession] = useState<KioskSessionAnswer | null>(null);
+  const [firstName, setFirstName] = useState("");
+  const legacy = useMemo(() => new OpenAIRealtimeProvider({ clientSecret: legacySecret }), []);
+  const kiosk = useJarvisKiosk(session, { agentTimeoutMs: 8_000, legacy });
 
   async function start(): Promise<void> {
     if (badgeId === null) return;
@@ -19,7 +34,15 @@ export function KioskScreen({ badgeId }: { badgeId: string | null }) {
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ badge_id: badgeId }),
     });
-    if (response.ok) setSession(await response.json());
+    const body: unknown = await response.json().catch(() => null);
+    const fallback = fallbackReasonOf(body);
+    if (fallback !== null) {
+      setSession({ fallback });
+    } else if (response.ok) {
+      const credentials = body as { livekit_url: string; token: string; member_first_name: string };
+      setFirstName(credentials.member_first_name);
+      setSession(credentials);
+    }
   }
 
   return (
@@ -28,7 +51,7 @@ export function KioskScreen({ badgeId }: { badgeId: string | null }) {
         <button onClick={() => void start()}>Commencer</button>
       ) : (
         <>
-          <h1>Bonjour {session.member_first_name}</h1>
+          <h1>{firstName ? `Bonjour ${firstName}` : "Bonjour"}</h1>
           <p>{FRENCH_STATE_LABELS[kiosk.state]}</p>
           {kiosk.error && <p role="alert">{kiosk.error.message}</p>}
           <ol>
@@ -44,9 +67,11 @@ export function KioskScreen({ badgeId }: { badgeId: string | null }) {
               <video src={kiosk.video.url} autoPlay onEnded={kiosk.closeVideo} />
             </div>
           )}
-          <button onClick={() => void kiosk.setMuted(!kiosk.muted)}>
-            {kiosk.muted ? "Réactiver le micro" : "Couper le micro"}
-          </button>
+          {kiosk.provider === "jarvis" && (
+            <button onClick={() => void kiosk.setMuted(!kiosk.muted)}>
+              {kiosk.muted ? "Réactiver le micro" : "Couper le micro"}
+            </button>
+          )}
           <button onClick={() => void kiosk.end().then(() => setSession(null))}>Terminer</button>
         </>
       )}

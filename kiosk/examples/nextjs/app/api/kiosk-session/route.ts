@@ -4,7 +4,10 @@
  *
  * The gym's API key lives in the server's environment (JARVIS_GYM_KEY) and never reaches the
  * browser: the kiosk page posts only {badge_id}, and receives only what it needs to join the
- * room ({livekit_url, token, session_id, expires_at, member_first_name}).
+ * room ({livekit_url, token, session_id, expires_at, member_first_name}). A refusal is passed on
+ * as {code, detail}; `jarvis_disabled` (the rollout flag is off for this gym, kiosk or member)
+ * and `over_capacity` (JARVIS is full, with Retry-After) tell the kiosk to use the previous
+ * provider (see ../legacy-session/route.ts and KioskScreen.tsx).
  *
  * Environment:
  *   JARVIS_TOKEN_SERVICE_URL  e.g. https://jarvis.example.net
@@ -28,7 +31,7 @@ export async function POST(request: Request): Promise<Response> {
   const body = (await request.json().catch(() => null)) as { badge_id?: unknown } | null;
   const badgeId = typeof body?.badge_id === "string" ? body.badge_id.trim() : "";
   if (!BADGE_PATTERN.test(badgeId)) {
-    return Response.json({ error: "invalid_request", detail: "badge_id expected" }, { status: 422 });
+    return Response.json({ code: "invalid_request", detail: "badge_id expected" }, { status: 422 });
   }
   try {
     const session = await client.createSession({
@@ -51,7 +54,7 @@ export async function POST(request: Request): Promise<Response> {
       const status = error.status === 0 || error.code === "unauthorized" ? 503 : error.status;
       const headers: Record<string, string> =
         error.retryAfterSeconds === undefined ? {} : { "retry-after": String(error.retryAfterSeconds) };
-      return Response.json({ error: error.code, detail: error.detail }, { status, headers });
+      return Response.json({ code: error.code, detail: error.detail }, { status, headers });
     }
     throw error;
   }
