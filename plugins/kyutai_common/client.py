@@ -20,8 +20,9 @@ from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APIS
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import is_given
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
-from .protocol import API_KEY_HEADER, CLOSE_CLIENT_ERROR, CLOSE_FULL, NO_FREE_CHANNELS
+from .protocol import API_KEY_HEADER, CLOSE_CLIENT_ERROR, CLOSE_FULL, CLOSE_RESTART, NO_FREE_CHANNELS
 from .settings import PluginSettingsBase
 
 # After an Error the engine closes the stream at once; its close code tells whose fault it was.
@@ -104,6 +105,23 @@ async def received_error(
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(ws.wait_closed(), CLOSE_WAIT_S)
     return engine_error(engine, message, ws.close_code, request_id)
+
+
+class EngineHandOver(APIStatusError):
+    """A draining engine ended the stream at a clean point (CLOSE_RESTART): carry on on another
+    replica now. Not a failure: it neither counts against the stream's failovers nor logs a warning."""
+
+    def __init__(self, engine: str, request_id: str | None = None) -> None:
+        super().__init__(
+            f"{engine} is restarting: stream handed over", status_code=503, request_id=request_id, retryable=True
+        )
+
+
+def closed_error(engine: str, exc: ConnectionClosed, request_id: str | None = None) -> APIError:
+    """What the engine closing a live stream means: a hand-over when it is draining, else a lost link."""
+    if exc.rcvd is not None and exc.rcvd.code == CLOSE_RESTART:
+        return EngineHandOver(engine, request_id)
+    return APIConnectionError(f"the {engine} closed the stream")
 
 
 def can_fail_over(error: BaseException) -> bool:

@@ -9,6 +9,9 @@ How a stream ended is told by the WebSocket close code that follows an `Error` (
   sending the same again fails again.
 - `CLOSE_ENGINE_ERROR` (1011, internal error): the engine failed; another try may work.
 - `CLOSE_FULL` (1013, try again later): no free slot (`Error {message: "no free channels"}`).
+- `CLOSE_RESTART` (1012, service restart; no `Error` before it): a draining STT engine ended the
+  stream between two of the member's turns, after the last final was sent; the client carries on
+  on another replica at once (nothing is lost: it replays the audio sent since that final).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ __all__ = [
     "CLOSE_ENGINE_ERROR",
     "CLOSE_FULL",
     "CLOSE_NORMAL",
+    "CLOSE_RESTART",
     "CLOSE_TOO_BIG",
     "DRAINING",
     "FRAME_RATE",
@@ -49,6 +53,7 @@ CLOSE_NORMAL = 1000
 CLOSE_CLIENT_ERROR = 1008
 CLOSE_ENGINE_ERROR = 1011
 CLOSE_FULL = 1013
+CLOSE_RESTART = 1012
 CLOSE_TOO_BIG = 1009  # a message over the server's max message size (RFC 6455 "message too big")
 
 

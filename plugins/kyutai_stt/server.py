@@ -40,6 +40,9 @@ from .settings import EngineSettings
 logger = logging.getLogger("kyutai_stt.server")
 
 LOGGED_CHARS = 120  # a client's error text is cut to this in logs and Error messages
+# While draining, a stream with no word since its last final (or its start) for this long is
+# between two of the member's turns: it is handed over then (see SttServer.drain).
+DRAIN_QUIET_S = 1.0
 
 
 class Metrics:
@@ -86,6 +89,8 @@ class Stream:
     pending_since: float = 0.0  # when the oldest waiting frame arrived (monotonic)
     steps: int = 0
     markers: deque[tuple[int, int]] = field(default_factory=deque)  # (step to reach, marker id)
+    last_word_step: int = 0  # `steps` when the last Word was sent
+    words_since_marker: bool = False  # a Word was sent since the last Marker went back (a turn is open)
     # Messages to send; an int ends the stream with that WebSocket close code.
     out: asyncio.Queue[dict[str, Any] | int] = field(default_factory=asyncio.Queue)
     closed: bool = False
@@ -164,8 +169,16 @@ class SttServer:
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new streams and wait, up to `timeout_s`, for the live ones to end; True if they all did.
-        The listener stays open meanwhile so health answers "draining" and new streams get 1013."""
+        The listener stays open meanwhile so health answers "draining" and new streams get 1013.
+
+        An STT stream lasts a whole session, so waiting for it to end would only end at the bound,
+        cutting the member mid-sentence. Instead each live stream is handed over at its next turn
+        boundary: when the Marker that closes a turn goes back (the client has its final), or when
+        no word came since the last one for DRAIN_QUIET_S. It is closed with CLOSE_RESTART, and the
+        client reconnects to another replica, replaying what it sent since its last final."""
         self.draining = True
+        for stream in list(self.streams.values()):
+            self._hand_over_if_between_turns(stream)
         logger.info("draining: %d live stream(s), waiting up to %g s", len(self.streams), timeout_s)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
@@ -353,8 +366,28 @@ class SttServer:
                 return
 
     def _emit_markers(self, stream: Stream) -> None:
+        echoed = False
         while stream.markers and stream.steps >= stream.markers[0][0]:
             stream.out.put_nowait(protocol.marker(stream.markers.popleft()[1]))
+            echoed = True
+        if echoed:
+            stream.words_since_marker = False
+            if self.draining and not stream.markers and not stream.closed:
+                self._hand_over(stream, "turn ended")
+
+    def _hand_over_if_between_turns(self, stream: Stream) -> None:
+        quiet_steps = stream.steps - stream.last_word_step
+        if stream.closed or stream.markers or stream.words_since_marker:
+            return
+        if quiet_steps >= DRAIN_QUIET_S * self.engine.frame_rate:
+            self._hand_over(stream, "between turns")
+
+    def _hand_over(self, stream: Stream, why: str) -> None:
+        """Draining: end the stream cleanly so its client goes on on another replica."""
+        self.metrics.connections.labels("handed_over").inc()
+        logger.info("draining: handing the stream on slot %d over (%s)", stream.slot, why)
+        stream.closed = True
+        stream.out.put_nowait(protocol.CLOSE_RESTART)
 
     # The model loop
 
@@ -405,12 +438,16 @@ class SttServer:
                 for event in output.words:
                     if isinstance(event, Word):
                         stream.out.put_nowait(protocol.word(event.text, event.start_time))
+                        stream.last_word_step = stream.steps
+                        stream.words_since_marker = True
                     elif isinstance(event, EndWord):
                         stream.out.put_nowait(protocol.end_word(event.stop_time))
                 stream.out.put_nowait(protocol.step(output.step, output.prs, stream.buffered_samples))
                 self._emit_markers(stream)
                 if stream.out.qsize() > self.settings.max_pending_messages:
                     self._fail(stream, "slow_client", "client reads too slowly")
+                elif self.draining:
+                    self._hand_over_if_between_turns(stream)
 
 
 def build_server(settings: EngineSettings) -> SttServer:

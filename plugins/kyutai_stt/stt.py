@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 from kyutai_common.client import (
+    EngineHandOver,
     KyutaiProvider,
     ReplicaPool,
     can_fail_over,
+    closed_error,
     connect,
     endpoints,
     log_failover,
@@ -60,6 +62,10 @@ END_MARKER_TIMEOUT_S = 5.0  # at end of input, the longest wait for the last wor
 # The member audio kept since the last final, replayed to another replica when the engine fails
 # mid-turn (a turn is a few seconds; longer, its start is lost rather than memory held).
 MAX_REPLAY_S = 30.0
+# Between turns (no word since the last final), the replay keeps only the audio the engine may
+# not have turned into words yet: what waits in its queue plus this, over the model's text delay
+# (0.5 s for stt-1b, 2.5 s for stt-2.6b) and audio still on its way. Older audio brought no word.
+REPLAY_QUIET_KEEP_S = 4.0
 
 
 @dataclass
@@ -255,14 +261,19 @@ class SpeechStream(stt.SpeechStream):
                 await self._serve(conn)
                 return
             except APIError as exc:
-                if not can_fail_over(exc) or self._failovers >= len(self._pool):
+                handed_over = isinstance(exc, EngineHandOver)  # a draining engine: not a failure
+                if not can_fail_over(exc) or (not handed_over and self._failovers >= len(self._pool)):
                     raise
                 # Another replica hears the turn again from the last final (immediately: the
                 # member is speaking; APIConnectOptions' pauses are for when none is left).
                 failing_over = True
-                self._failovers += 1
-                self._pool.mark_down(conn.url, type(exc).__name__)
-                log_failover(ENGINE, conn.url, self._stream_id, f"lost mid-stream: {exc}")
+                if handed_over:
+                    self._pool.mark_down(conn.url, "draining")
+                    logger.info("%s at %s is draining: stream %s moves on", ENGINE, conn.url, self._stream_id)
+                else:
+                    self._failovers += 1
+                    self._pool.mark_down(conn.url, type(exc).__name__)
+                    log_failover(ENGINE, conn.url, self._stream_id, f"lost mid-stream: {exc}")
                 conn.lost_at = time.monotonic()
                 previous = conn
             finally:
@@ -333,7 +344,7 @@ class SpeechStream(stt.SpeechStream):
             except ConnectionClosed as exc:
                 if conn.closing:
                     return
-                raise APIConnectionError("connection to the Kyutai STT server lost") from exc
+                raise closed_error(ENGINE, exc, conn.request_id) from exc
 
     async def _send_audio(self, conn: _Connection, samples: np.ndarray) -> None:
         conn.sent_samples += samples.size
@@ -393,7 +404,7 @@ class SpeechStream(stt.SpeechStream):
             except ConnectionClosed as exc:
                 if conn.closing or conn.ended.is_set():
                     return
-                raise APIConnectionError("the Kyutai STT server closed the stream") from exc
+                raise closed_error(ENGINE, exc, conn.request_id) from exc
             try:
                 message = protocol.unpack(raw)  # type: ignore[arg-type]
             except protocol.ProtocolError as exc:
@@ -404,7 +415,7 @@ class SpeechStream(stt.SpeechStream):
             elif kind == "EndWord":
                 self._on_end_word(conn, float(message["stop_time"]))
             elif kind == "Step":
-                await self._on_step(conn, list(message.get("prs") or []))
+                await self._on_step(conn, list(message.get("prs") or []), message.get("buffered_pcm"))
             elif kind == "Marker":
                 if self._on_marker(conn, int(message["id"])):
                     return
@@ -432,8 +443,12 @@ class SpeechStream(stt.SpeechStream):
             stop = max(float(last.start_time), self._word_time(conn, server_stop))  # type: ignore[arg-type]
             conn.words[-1] = _timed(str(last), float(last.start_time), stop, self.start_time_offset)  # type: ignore[arg-type]
 
-    async def _on_step(self, conn: _Connection, prs: list[float]) -> None:
+    async def _on_step(self, conn: _Connection, prs: list[float], buffered_pcm: object = None) -> None:
         conn.steps += 1
+        if not conn.speaking and not conn.words and not conn.markers:
+            # Between turns: a replay to another replica need not repeat the silence already heard.
+            waiting = buffered_pcm if isinstance(buffered_pcm, int) and buffered_pcm > 0 else 0
+            self._replay.drop_before(self._replay.end - waiting - int(REPLAY_QUIET_KEEP_S * SAMPLE_RATE))
         options = self._opts.end_of_turn
         if conn.has_heads is None:
             conn.has_heads = options.head < len(prs)

@@ -110,6 +110,11 @@ class TTS(KyutaiProvider, tts.TTS):
     def model(self) -> str:
         return "kyutai-tts"
 
+    @property
+    def voice(self) -> str:
+        """The voice this TTS speaks with (what audio made once, as the agent's apologies, is keyed on)."""
+        return self._opts.voice
+
     def update_options(
         self,
         *,
