@@ -1,11 +1,43 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from agent.llm import LLMConfig
 from agent.voice import SpeechSettings
 from jarvis.settings import StoreSettings
+
+
+class SessionLogSettings(BaseModel):
+    """The session log's outbox and the sweeper (``JARVIS_SESSION_LOG__*``).
+
+    Every row of a session is appended to a file in ``spool_dir`` (fsync'd) before it is sent to
+    PostgreSQL, and replayed from there after an outage or a crash: the folder must be on a local
+    disk that outlives the worker process (systemd: ``StateDirectory``), shared by the workers of
+    one host, never by two databases.
+    """
+
+    spool_dir: Path = Path(".data/session-log")
+    # The outbox's bound, all sessions of the folder together: past it, new rows are dropped with
+    # a warning (a database down for hours must not fill the disk). ~1 KB a row.
+    spool_max_mb: float = Field(default=256.0, gt=0)
+    # How long a session's end waits for its rows to reach the database before it leaves the
+    # rest to the sweeper (the job process then exits).
+    drain_timeout_s: float = Field(default=10.0, gt=0)
+    # How often a live session says so (voice_sessions.heartbeat_at).
+    heartbeat_s: float = Field(default=15.0, gt=0)
+    # How often the worker's sweeper replays the outboxes of dead jobs and ends stale sessions.
+    sweep_interval_s: float = Field(default=10.0, gt=0)
+    # An open session whose heartbeat is older than this is ended as "interrompue".
+    sweep_after_s: float = Field(default=90.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sweep_after_several_heartbeats(self) -> SessionLogSettings:
+        if self.sweep_after_s < 3 * self.heartbeat_s:
+            raise ValueError("sweep_after_s must be at least 3 heartbeats: a live session would be swept")
+        return self
 
 
 class AgentSettings(StoreSettings):
@@ -37,3 +69,6 @@ class AgentSettings(StoreSettings):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     # How the member and JARVIS talk: JARVIS_SPEECH__MODE=kyutai|text, JARVIS_SPEECH__TURN_DETECTION=kyutai|vad, …
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
+    # The durable session log and its sweeper: JARVIS_SESSION_LOG__SPOOL_DIR, …__SPOOL_MAX_MB,
+    # …__HEARTBEAT_S, …__SWEEP_INTERVAL_S, …__SWEEP_AFTER_S.
+    session_log: SessionLogSettings = Field(default_factory=SessionLogSettings)

@@ -117,6 +117,8 @@ class LocalStack:
             "LIVEKIT_URL": self.livekit_url,
             "LIVEKIT_API_KEY": self.livekit_api_key,
             "LIVEKIT_API_SECRET": self.livekit_api_secret,
+            # The workers' session-log outboxes: this stack's, replayed into this stack's database only.
+            "JARVIS_SESSION_LOG__SPOOL_DIR": str(self.workdir / "session-log"),
         }
 
     # -- PostgreSQL ---------------------------------------------------------------------
@@ -162,6 +164,18 @@ class LocalStack:
                 [_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "jarvis", "jarvis"],
                 check=True,
             )
+
+    def stop_postgres(self) -> None:
+        """A database outage, as an operator causes one: ``pg_ctl stop -m fast`` (open connections
+        cut, new ones refused). ``start_postgres()`` brings it back, same port and data."""
+        subprocess.run(
+            _as_postgres_user([_postgres_bin("pg_ctl"), "stop", "-D", str(self.workdir / "pg"), "-m", "fast", "-w"]),
+            check=True, capture_output=True,
+        )  # fmt: skip
+        for name, proc in self.processes:
+            if name == "postgres":
+                proc.wait(timeout=30)
+        self.processes = [(name, proc) for name, proc in self.processes if name != "postgres"]
 
     # -- Redis --------------------------------------------------------------------------
     def start_redis(self) -> None:

@@ -55,6 +55,8 @@ def stack() -> Iterator[LocalStack]:
     """PostgreSQL (migrated, demo data loaded), Redis and the LiveKit server."""
     with local_stack() as s:
         asyncio.run(migrate(s.pg_dsn, seed_demo=True))
+        # Session logs built in this process (tests/brain) spool where the stack's workers do.
+        os.environ["JARVIS_SESSION_LOG__SPOOL_DIR"] = s.env()["JARVIS_SESSION_LOG__SPOOL_DIR"]
         yield s
 
 
