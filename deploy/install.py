@@ -417,7 +417,7 @@ def livekit_yaml(args: argparse.Namespace, p: Paths, ports: dict[str, int]) -> s
     values = {
         "PORT": str(ports["livekit"]), "RTC_TCP_PORT": str(ports["livekit_rtc_tcp"]),
         "UDP_START": str(UDP_RANGE[0]), "UDP_END": str(UDP_RANGE[1]),
-        "REDIS_ADDRESS": args.redis_address, "TURN_DOMAIN": args.turn_domain,
+        "REDIS_ADDRESS": args.redis_address, "REDIS_DB": str(args.redis_db), "TURN_DOMAIN": args.turn_domain,
         "TURN_TLS_PORT": str(ports["livekit_turn_tls"]), "TURN_UDP_PORT": str(ports["livekit_turn_udp"]),
         "PROMETHEUS_PORT": str(ports["livekit_prometheus"]), "KEY_FILE": str(p.etc_livekit / "keys.yaml"),
     }
@@ -543,6 +543,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--livekit-url", default="", help="where workers and the token service reach LiveKit")
     ap.add_argument("--public-url", default="", help="what kiosks connect to, e.g. wss://voice.example.fr")
     ap.add_argument("--redis-address", default="127.0.0.1:6379", help="LiveKit's shared Redis (host:port)")
+    ap.add_argument("--redis-db", type=int, default=0, help="LiveKit's Redis database")
     ap.add_argument("--redis-password-file", default="", help="LiveKit's Redis password (kept in secrets.env)")
     ap.add_argument("--turn-domain", default="turn.example.fr", help="TURN/TLS name (its certificate is the proxy's)")
     ap.add_argument("--node-ip", default="", help="this node's public IP (else discovered by STUN)")

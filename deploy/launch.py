@@ -35,6 +35,9 @@ from typing import Any
 # systemd starts services with this PATH and nothing of the caller's environment.
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 RESTART_S = 2.0
+# What systemd's Restart=on-failure counts as clean: exit 0 or death by one of these signals
+# (uvicorn re-raises the SIGTERM it handled, so the token service "dies" of it after a clean stop).
+CLEAN_EXITS = {0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP, -signal.SIGPIPE}
 START_TIMEOUT_S = 900.0  # a first start may fetch several GB of checkpoints
 
 
@@ -90,8 +93,10 @@ class Instance:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
         return env
 
+    keep_user: bool = False
+
     def _user(self) -> pwd.struct_passwd | None:
-        if os.geteuid() != 0:
+        if os.geteuid() != 0 or self.keep_user:
             return None
         try:
             return pwd.getpwnam(str(self.spec["user"]))
@@ -131,12 +136,13 @@ class Instance:
 
 
 class Launcher:
-    def __init__(self, manifest: dict[str, Any], only: set[str] | None) -> None:
+    def __init__(self, manifest: dict[str, Any], only: set[str] | None, keep_user: bool = False) -> None:
         run_dir, log_dir = Path(manifest["run"]), Path(manifest["logs"])
         run_dir.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.instances = [
-            Instance(spec, run_dir, log_dir) for spec in manifest["instances"] if not only or spec["name"] in only
+            Instance(spec, run_dir, log_dir, keep_user=keep_user)
+            for spec in manifest["instances"] if not only or spec["name"] in only
         ]
         self.by_name = {i.name: i for i in self.instances}
         self.stopping = False
@@ -165,7 +171,7 @@ class Launcher:
                     inst.ready = True
                     print(f"ready: {inst.name} {inst.spec['health']}", flush=True)
                 continue
-            if code == 0:
+            if code in CLEAN_EXITS:
                 continue  # Restart=on-failure: a clean exit stays down
             if inst.exited_at is None:
                 inst.exited_at = time.monotonic()
@@ -203,10 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default="/", help="the --root given to install.sh")
     ap.add_argument("--only", default="", help="comma-separated instance names (default: all of host.json)")
+    ap.add_argument("--keep-user", action="store_true",
+                    help="run every instance as the invoking user (a pod where all runs as root; the tests)")
     args = ap.parse_args(argv)
     manifest = json.loads((Path(args.root) / "etc" / "jarvis" / "host.json").read_text())
     only = {n.strip() for n in args.only.split(",") if n.strip()} or None
-    return Launcher(manifest, only).run()
+    return Launcher(manifest, only, args.keep_user).run()
 
 
 if __name__ == "__main__":

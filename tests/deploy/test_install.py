@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import skip_or_fail
 from tests.deploy.installer import ALL_ROLES, REPO, install, read_env, snapshot
@@ -148,3 +150,46 @@ def test_the_python_lock_is_what_the_tests_run() -> None:
                 stale.append(f"{name}: lock {version}, installed {installed}")
     assert not stale, "run `.venv/bin/python deploy/lock.py`: " + "; ".join(stale)
     assert not any(line.startswith(("pytest", "ruff", "mypy")) for line in lock.read_text().splitlines())
+
+
+def test_a_production_livekit_node_is_clustered_on_redis_with_turn_on_443(tmp_path: Path) -> None:
+    root = tmp_path / "lk-1"
+    password = tmp_path / "redis-password"
+    password.write_text("s3cret-redis-password\n")
+    install(root, "--roles", "livekit", "--redis-address", "redis.internal:6379", "--redis-password-file",
+            str(password), "--turn-domain", "turn-1.example.fr", "--node-ip", "203.0.113.10")
+    config = yaml.safe_load((root / "etc/livekit/livekit.yaml").read_text())
+    assert config["redis"] == {"address": "redis.internal:6379", "db": 0}, "every node on the one shared Redis"
+    assert config["node_selector"]["kind"] == "sysload"
+    assert config["turn"] | {"domain": None} == {"enabled": True, "domain": None, "tls_port": 5349,
+                                                 "external_tls": True, "udp_port": 3478}
+    assert config["turn"]["domain"] == "turn-1.example.fr"
+    assert {"mime": "audio/red"} in config["room"]["enabled_codecs"]
+    assert config["prometheus_port"] == 6789 and config["rtc"]["node_ip"] == "203.0.113.10"
+    # The Redis password reaches livekit-server through its environment, never the world-readable yaml.
+    assert "s3cret" not in (root / "etc/livekit/livekit.yaml").read_text()
+    livekit_env = root / "etc/livekit/livekit.env"
+    assert read_env(livekit_env) == {"REDIS_PASSWORD": "s3cret-redis-password"}
+    assert (mode(livekit_env), owner(livekit_env)) == (0o600, "livekit")
+    assert "EnvironmentFile=-" + str(livekit_env) in (root / "etc/systemd/system/livekit.service").read_text()
+
+
+def test_the_tls_proxy_config_is_valid(tmp_path: Path) -> None:
+    """deploy/nginx/nginx.conf, filled in as its header says, passes `nginx -t` (self-signed certificates)."""
+    if shutil.which("nginx") is None or not Path("/usr/lib/nginx/modules/ngx_stream_module.so").exists():
+        skip_or_fail("nginx with its stream module missing (Debian packages nginx, libnginx-mod-stream)")
+    names = {"VOICE_DOMAIN": "voice.example.fr", "TURN_DOMAIN": "turn-1.example.fr", "API_DOMAIN": "api.example.fr"}
+    certs = tmp_path / "certs"
+    for name in names.values():
+        (certs / name).mkdir(parents=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        f"/CN={name}", "-keyout", str(certs / name / "privkey.pem"),
+                        "-out", str(certs / name / "fullchain.pem")], check=True, capture_output=True)
+    text = (REPO / "deploy/nginx/nginx.conf").read_text()
+    for key, value in {**names, "CERT_DIR": str(certs)}.items():
+        text = text.replace(f"@{key}@", value)
+    assert not re.search(r"^[^#]*@[A-Z_]+@", text, re.M), "a field left unfilled"
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text)
+    result = subprocess.run(["nginx", "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
