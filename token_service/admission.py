@@ -123,6 +123,26 @@ class Admission:
             await self.redis.srem(workers_key(self.agent), *gone)
         return sum_heartbeats(beats)
 
+    async def check(self, *, redis_down: bool = False) -> None:
+        """The fast refusal: raise :class:`OverCapacity` when nothing is left, before the caller
+        does any other work (no member load, no reservation). ``admit`` still decides."""
+        if redis_down:
+            return
+        try:
+            reading = await self.capacity()
+            if reading is None:
+                return
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(admitted_key(self.agent), "-inf", time.time() - self.pending_s)
+                pipe.zrange(admitted_key(self.agent), 0, -1)
+                _, ordered = await pipe.execute()
+        except REDIS_ERRORS:
+            return  # admit() says so in the log and the metric
+        on_their_way = sum(1 for m in ordered if (m.decode() if isinstance(m, bytes) else m) not in reading.rooms)
+        if reading.free - on_their_way <= 0:
+            self.decisions.labels("over_capacity").inc()
+            raise OverCapacity(self.retry_after_s, reading)
+
     async def admit(self, room: str, *, redis_down: bool = False) -> Capacity | None:
         """Reserve a place for ``room`` or raise :class:`OverCapacity`. None: capacity unknown, admitted.
 
@@ -143,8 +163,11 @@ class Admission:
                 pipe.expire(key, math.ceil(self.pending_s) + 1)
                 pipe.zrange(key, 0, -1)
                 *_, ordered = await pipe.execute()
-            on_their_way = [r for r in (m.decode() if isinstance(m, bytes) else m for m in ordered)
-                            if r not in reading.rooms]
+            rooms = [m.decode() if isinstance(m, bytes) else m for m in ordered]
+            arrived = [r for r in rooms if r in reading.rooms]
+            if arrived:  # a worker runs them: no longer on their way, even once they end
+                await self.redis.zrem(key, *arrived)
+            on_their_way = [r for r in rooms if r not in reading.rooms]
             if room in on_their_way and on_their_way.index(room) < reading.free:
                 self.decisions.labels("admitted").inc()
                 return reading
