@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 logger = logging.getLogger("token_service.rollout")
@@ -210,7 +211,9 @@ def view(snapshot: Snapshot) -> RolloutView:
     )
 
 
-router = APIRouter(prefix="/v1/admin/rollout", tags=["admin"], dependencies=[Depends(admin)])
+# Declares the scheme in OpenAPI; admin() reads the header and answers with our codes.
+admin_bearer = HTTPBearer(scheme_name="AdminKey", description="JARVIS_ADMIN_API_KEY", auto_error=False)
+router = APIRouter(prefix="/v1/admin/rollout", tags=["admin"], dependencies=[Depends(admin_bearer), Depends(admin)])
 Flags = Annotated[Rollout, Depends(rollout)]
 KioskId = Annotated[str, Path(pattern=ID_PATTERN)]
 
