@@ -46,6 +46,9 @@ async def token_app(stack: LocalStack) -> AsyncIterator[MakeClient]:
             values: dict[str, object] = {
                 "database_url": stack.pg_dsn, "redis_url": stack.redis_url, "livekit_url": stack.livekit_url,
                 "livekit_api_key": stack.livekit_api_key, "livekit_api_secret": stack.livekit_api_secret,
+                # No kiosk uses these tokens: admission control (test_admission.py) would count them
+                # as sessions on their way to the session's worker.
+                "admission_control": False,
                 **overrides,
             }
             app = create_app(TokenServiceSettings(**values))  # type: ignore[arg-type]
