@@ -149,7 +149,8 @@ DB_ERRORS = (DatabaseUnavailable, OSError, asyncpg.PostgresError, asyncpg.Interf
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async: a plain def dependency costs every request a hop to the thread pool.
     return request.app.state.services  # type: ignore[no-any-return]
 
 
@@ -161,24 +162,36 @@ async def authenticated_gym(request: Request, svc: Annotated[Services, Depends(s
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise ApiError(
-            401, "missing_api_key", "missing gym API key: send 'Authorization: Bearer <key>'",
-            {"WWW-Authenticate": "Bearer"},
-        )
-    # Behind a proxy, uvicorn puts the forwarded client here (--forwarded-allow-ips).
+        raise missing_key_error()
+    # Behind a proxy, uvicorn puts the forwarded client here (FORWARDED_ALLOW_IPS names trusted proxies).
     client = request.client.host if request.client else "unknown"
     try:
         gym = await svc.keys.gym_for_key(key.strip(), client)
     except TooManyBadKeys as exc:
-        raise ApiError(
-            429, "too_many_bad_keys", "too many wrong gym API keys from this client, retry later",
-            {"Retry-After": str(exc.retry_after_s)},
-        ) from exc
+        raise too_many_bad_keys_error(exc) from exc
     except DB_ERRORS as exc:
         raise ApiError(503, "database_unavailable", "database unavailable, retry shortly") from exc
     if gym is None:
-        raise ApiError(401, "bad_api_key", "unknown or revoked gym API key", {"WWW-Authenticate": "Bearer"})
+        raise bad_key_error()
     return gym
+
+
+def missing_key_error() -> ApiError:
+    return ApiError(
+        401, "missing_api_key", "missing gym API key: send 'Authorization: Bearer <key>'",
+        {"WWW-Authenticate": "Bearer"},
+    )
+
+
+def bad_key_error() -> ApiError:
+    return ApiError(401, "bad_api_key", "unknown or revoked gym API key", {"WWW-Authenticate": "Bearer"})
+
+
+def too_many_bad_keys_error(exc: TooManyBadKeys) -> ApiError:
+    return ApiError(
+        429, "too_many_bad_keys", "too many wrong gym API keys from this client, retry later",
+        {"Retry-After": str(exc.retry_after_s)},
+    )
 
 
 def build_token(settings: TokenServiceSettings, meta: SessionMetadata) -> str:
@@ -226,6 +239,8 @@ async def open_session(svc: Services, gym: GymKey, body: SessionRequest) -> Sess
     settings = svc.settings
     # Rollout first (token_service/rollout.py): a kiosk sent back to the old provider costs nothing more.
     per_member = await svc.rollout.check(gym.gym_id, body.kiosk_id, member_id=None) is None
+    if svc.admission is not None:  # full: refused now, before any other work
+        await svc.admission.check(redis_down=not svc.redis_in_use())
     now = time.time()
     window = int(now // 60)
     rate_key = f"rl:{gym.gym_id}:{window}"
@@ -258,7 +273,7 @@ async def open_session(svc: Services, gym: GymKey, body: SessionRequest) -> Sess
     session_id = str(uuid.uuid4())
     meta = SessionMetadata(session_id=session_id, gym_id=gym.gym_id, member_id=record.member_id, kiosk_id=body.kiosk_id)
     if svc.admission is not None:  # before the room exists (token_service/admission.py)
-        await svc.admission.admit(meta.room)
+        await svc.admission.admit(meta.room, redis_down=not svc.redis_in_use())
     context = record.context(session_id=session_id, kiosk_id=body.kiosk_id, room=meta.room, weather=weather)
     if use_redis:
         try:
@@ -336,6 +351,43 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+SESSIONS_ROUTE = "/v1/sessions"
+# The route template for the metrics of a request answered before routing (KeyGate).
+ROUTE_LABEL = "jarvis.route"
+
+
+class KeyGate:
+    """The refusals that need no query, answered before FastAPI parses anything (a flood of them
+    then costs little more than uvicorn's own work): no key, a key known wrong, an unknown key from
+    a client over its wrong-key allowance. Anything else goes on to the route, which looks it up."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != SESSIONS_ROUTE or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, key = header.partition(" ")
+        refusal: ApiError | None = None
+        if scheme.lower() != "bearer" or not key.strip():
+            refusal = missing_key_error()
+        else:
+            client = scope["client"][0] if scope.get("client") else "unknown"
+            keys: GymKeys = scope["app"].state.services.keys
+            try:
+                if keys.from_memory(key.strip(), client) is None:
+                    refusal = bad_key_error()
+            except TooManyBadKeys as exc:
+                refusal = too_many_bad_keys_error(exc)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        scope[ROUTE_LABEL] = SESSIONS_ROUTE
+        await _error(refusal.status, refusal.code, refusal.detail, refusal.headers)(scope, receive, send)
+
+
 class MetricsMiddleware:
     """Counts requests by route template and status, and times them (plain ASGI: cheap)."""
 
@@ -359,7 +411,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            path = getattr(scope.get("route"), "path", "unmatched")
+            path = getattr(scope.get("route"), "path", None) or scope.get(ROUTE_LABEL, "unmatched")
             self.metrics.requests.labels(path, str(status)).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)
 
@@ -422,6 +474,8 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
         logger.error("unexpected %s on %s", type(exc).__name__, request.url.path)
         return _error(500, "internal_error", "internal error")
 
+    # Outermost last: metrics, then the body bound, then the key gate, then FastAPI.
+    app.add_middleware(KeyGate)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -437,7 +491,7 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
         }.items()
     }
 
-    @app.post("/v1/sessions", response_model=SessionResponse, status_code=201, responses=error_responses,
+    @app.post(SESSIONS_ROUTE, response_model=SessionResponse, status_code=201, responses=error_responses,
               dependencies=[Depends(gym_bearer)])
     async def create_session(
         body: SessionRequest,

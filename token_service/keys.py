@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from jarvis.db import gym_key_hash
 
@@ -91,26 +91,36 @@ class GymKeys:
         self._known: dict[str, tuple[GymKey, float]] = {}
         self._bad: dict[str, float] = {}
         self.limiter = BadKeyLimiter(bad_keys_per_minute)
-        self.lookups = 0  # database lookups made (tests and the bench read it beside PostgreSQL's count)
 
-    async def gym_for_key(self, key: str, client: str) -> GymKey | None:
-        """The key's gym; None for a wrong or revoked key. Raises TooManyBadKeys, or the driver's error."""
+    def from_memory(self, key: str, client: str) -> GymKey | Literal["ask the database"] | None:
+        """The answer without a query: the gym of a known key, None for a key known wrong, or "ask the
+        database". Raises TooManyBadKeys for an unknown key from a client over its allowance."""
         digest = gym_key_hash(key)
         now = time.monotonic()
         known = self._known.get(digest)
         if known is not None and known[1] > now:
             return known[0]
-        wall = time.time()
         if known is None:
+            wall = time.time()
             if self._bad.get(digest, 0.0) > now:
                 self.limiter.note_bad_key(client, wall)
                 return None
             if self.limiter.blocked(client, wall):
                 raise TooManyBadKeys(self.limiter.retry_after_s(wall))
+        return "ask the database"
+
+    async def gym_for_key(self, key: str, client: str) -> GymKey | None:
+        """The key's gym; None for a wrong or revoked key. Raises TooManyBadKeys, or the driver's error."""
+        answer = self.from_memory(key, client)
+        if answer != "ask the database":
+            return answer
+        digest = gym_key_hash(key)
+        now, wall = time.monotonic(), time.time()
+        known = self._known.get(digest)
+        if known is None:
             # Counted as wrong before the query: concurrent lookups cannot overshoot the allowance.
             self.limiter.note_bad_key(client, wall)
         pool = await self._pool()
-        self.lookups += 1
         row = await pool.fetchrow(KEY_QUERY, digest)
         if row is None:
             self._known.pop(digest, None)
