@@ -87,11 +87,16 @@ def admitted_key(agent: str) -> str:
 
 class Admission:
     def __init__(self, redis_client: Any, agent: str, registry: CollectorRegistry, *, pending_s: float = 15.0,
-                 retry_after_s: int = 5) -> None:
+                 retry_after_s: int = 5, reading_ttl_s: float = 0.1) -> None:
         self.redis = redis_client
         self.agent = agent
         self.pending_s = pending_s
         self.retry_after_s = retry_after_s
+        # The heartbeats change once a second: a reading this young serves a burst of requests
+        # (the rooms on their way are read afresh every time).
+        self.reading_ttl_s = reading_ttl_s
+        self._reading: Capacity | None = None
+        self._read_at = -1e9
         self.decisions = Counter(
             "jarvis_token_admission_total",
             "Admission decisions: admitted, over_capacity, unknown (admitted: Redis down or no worker publishes)",
@@ -101,6 +106,14 @@ class Admission:
 
     async def capacity(self) -> Capacity | None:
         """The live capacity; None when no worker of this agent has ever published."""
+        if time.monotonic() - self._read_at < self.reading_ttl_s:
+            return self._reading
+        started = time.monotonic()
+        self._reading = await self._read_capacity()
+        self._read_at = started
+        return self._reading
+
+    async def _read_capacity(self) -> Capacity | None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(seen_key(self.agent))
             pipe.smembers(workers_key(self.agent))

@@ -92,7 +92,7 @@ async def test_a_full_worker_means_a_fast_over_capacity_answer_and_no_room(
 async def test_capacity_sums_workers_and_counts_a_shared_engine_once(stack: LocalStack) -> None:
     agent = f"jarvis-capacity-{time.monotonic_ns()}"
     redis = aioredis.from_url(stack.redis_url)
-    admission = Admission(redis, agent, CollectorRegistry(), pending_s=5)
+    admission = Admission(redis, agent, CollectorRegistry(), pending_s=5, reading_ttl_s=0)
     try:
         assert await admission.capacity() is None  # no worker of this agent ever published
         assert await admission.admit("room-0") is None  # unknown: admitted (workers not publishing yet)
