@@ -80,9 +80,10 @@ def test_secrets_are_private_to_their_service_and_shared_by_every_host(tmp_path:
     assert not (second / "etc/livekit").exists(), "a host without the livekit role got LiveKit's files"
 
     # The model cache and the service's home are the service user's, never root's code directory.
-    for d in ("var/cache/jarvis/huggingface", "var/lib/jarvis", "var/log/jarvis"):
+    for d in ("var/cache/jarvis/huggingface", "var/lib/jarvis", "var/lib/jarvis/session-log", "var/log/jarvis"):
         assert owner(first / d) == "jarvis", d
     assert env["HF_HOME"] == str(first / "var/cache/jarvis/huggingface")
+    assert env["JARVIS_SESSION_LOG__SPOOL_DIR"] == str(first / "var/lib/jarvis/session-log")
 
 
 def test_every_instance_has_its_own_ports(tmp_path: Path) -> None:
