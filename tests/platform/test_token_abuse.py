@@ -297,3 +297,32 @@ async def test_a_session_token_starts_one_job_only(
     refusals = [line for line in stack.log_tail("agent", 400).splitlines()
                 if f"session {session['session_id']}: job" in line and "refused" in line]
     assert len(refusals) == 1, refusals
+
+
+async def test_a_session_is_claimed_once_in_redis_or_else_by_its_postgresql_record(stack: LocalStack) -> None:
+    import uuid
+
+    from jarvis.context_store import claim_session
+    from jarvis.db import create_pool
+
+    gym = await create_gym(stack.pg_dsn)
+    pool = await create_pool(stack.pg_dsn, min_size=0, max_size=2)
+    redis_up = aioredis.from_url(stack.redis_url)
+    redis_down = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    try:
+        first = str(uuid.uuid4())
+        assert await claim_session(redis_up, pool, first, "job-a")
+        assert await claim_session(redis_up, pool, first, "job-a")  # LiveKit dispatching the same job again
+        assert not await claim_session(redis_up, pool, first, "job-b")  # a rejoin's new job
+
+        second = str(uuid.uuid4())
+        assert await claim_session(redis_down, pool, second, "job-a")  # no record yet: the first job
+        await pool.execute(
+            "INSERT INTO voice_sessions (id, gym_id, member_id, kiosk_id, room) VALUES ($1, $2, $3, 'k1', 'r')",
+            second, gym.gym_id, gym.member_id,
+        )
+        assert not await claim_session(redis_down, pool, second, "job-b")
+    finally:
+        await redis_up.aclose()
+        await redis_down.aclose()
+        await pool.close()
