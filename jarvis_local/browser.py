@@ -5,8 +5,10 @@ plays a scenario in Debian's Chromium."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import secrets
 import subprocess
 import tempfile
 import wave
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiohttp import WSMsgType, web
 from livekit import api, rtc
 
 from jarvis_local.kiosk_page import kiosk_page
@@ -35,9 +38,10 @@ def ensure_kiosk_built() -> None:
     subprocess.run(["npm", "run", "--silent", "build"], cwd=KIOSK, check=True, capture_output=True, timeout=240)
 
 
-def demo_server(token_service_url: str) -> contextlib.AbstractContextManager[str]:
-    """The demo gym backend (kiosk/server/demo-server.mjs) on a free port; yields its URL."""
-    return kiosk_page(token_service_url)
+def demo_server(token_service_url: str, **env: str) -> contextlib.AbstractContextManager[str]:
+    """The demo gym backend (kiosk/server/demo-server.mjs) on a free port; yields its URL.
+    ``env``: its other settings, e.g. JARVIS_DEMO_KIOSK_ID or a LegacyProviderStandIn's env."""
+    return kiosk_page(token_service_url, extra_env=env)
 
 
 def french_wav(path: Path, text: str, lead_silence_s: float = 1.0, tail_silence_s: float = 4.0) -> Path:
@@ -271,3 +275,89 @@ class SignalProxy:
             self.server.close()
             self.server = None
         self.drop_connections()
+
+
+LEGACY_RATE = 24_000  # the Realtime API's PCM16 rate
+
+
+@dataclass
+class LegacyProviderStandIn:
+    """The chain's previous voice provider on loopback, speaking the OpenAI Realtime protocol that
+    the kiosk's example provider (kiosk/src/openai-realtime.ts) uses with the real one:
+    ``POST /v1/realtime/sessions`` (the gym backend, with the provider's API key) mints a client
+    secret; the kiosk opens ``GET /v1/realtime?model=…`` as a WebSocket with that secret, streams
+    its microphone (``input_audio_buffer.append``, PCM16 at 24 kHz) and, once a second of it
+    arrived, hears an answer (``response.audio.delta``: one second of a 440 Hz tone)."""
+
+    api_key: str = field(default_factory=lambda: "sk-standin-" + secrets.token_hex(8))
+    secret: str = field(default_factory=lambda: "ek_" + secrets.token_hex(12))
+    sessions: list[dict[str, Any]] = field(default_factory=list)  # what the gym backend asked for
+    models: list[str] = field(default_factory=list)  # the model each kiosk connection named
+    refused: int = 0  # connections with a wrong secret
+    heard_s: float = 0.0  # seconds of the kiosk's microphone received
+    heard_peak_rms: float = 0.0  # loudest 40 ms chunk of it (0..1)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+    runner: web.AppRunner | None = None
+    port: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/realtime"
+
+    @property
+    def demo_env(self) -> dict[str, str]:
+        """What the demo gym backend needs to reach it (see kiosk/server/demo-server.mjs)."""
+        return {"JARVIS_DEMO_LEGACY_ENDPOINT": self.endpoint, "JARVIS_DEMO_LEGACY_API_KEY": self.api_key}
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/realtime/sessions", self._mint)
+        app.router.add_get("/v1/realtime", self._conversation)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self.runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _mint(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        self.sessions.append(await request.json())
+        return web.json_response({"id": "sess_standin", "client_secret": {"value": self.secret, "expires_at": 0}})
+
+    async def _conversation(self, request: web.Request) -> web.StreamResponse:
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if f"openai-insecure-api-key.{self.secret}" not in offered:
+            self.refused += 1
+            return web.json_response({"error": {"message": "bad client secret"}}, status=401)
+        self.models.append(request.query.get("model", ""))
+        ws = web.WebSocketResponse(protocols=("realtime",))
+        await ws.prepare(request)
+        await ws.send_json({"type": "session.created", "session": {"model": request.query.get("model")}})
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                continue
+            event = json.loads(message.data)
+            if event.get("type") != "input_audio_buffer.append":
+                continue
+            chunk = np.frombuffer(base64.b64decode(event["audio"]), dtype="<i2").astype(np.float32) / 32768.0
+            if chunk.size:
+                self.heard_s += chunk.size / LEGACY_RATE
+                self.heard_peak_rms = max(self.heard_peak_rms, float(np.sqrt(np.mean(chunk * chunk))))
+            if self.heard_s >= 1.0 and not self.answered.is_set():
+                self.answered.set()
+                await self._answer(ws)
+        return ws
+
+    async def _answer(self, ws: web.WebSocketResponse) -> None:
+        t = np.arange(LEGACY_RATE) / LEGACY_RATE
+        tone = (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
+        quarter = len(tone) // 4
+        for start in range(0, len(tone), quarter):
+            delta = base64.b64encode(tone[start:start + quarter]).decode()
+            await ws.send_json({"type": "response.audio.delta", "response_id": "resp_1", "delta": delta})
+        await ws.send_json({"type": "response.done", "response": {"id": "resp_1", "status": "completed"}})

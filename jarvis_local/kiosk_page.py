@@ -22,9 +22,11 @@ class KioskPageError(RuntimeError):
 
 
 def start_kiosk_page(
-    token_service_url: str, port: int = 0, host: str = "127.0.0.1"
+    token_service_url: str, port: int = 0, host: str = "127.0.0.1", extra_env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], str]:
-    """Starts the demo gym backend serving the built page; returns the process and the page URL."""
+    """Starts the demo gym backend serving the built page; returns the process and the page URL.
+
+    ``extra_env``: its other settings (JARVIS_DEMO_KIOSK_ID, JARVIS_DEMO_LEGACY_ENDPOINT, …)."""
     node = shutil.which("node")
     if node is None or not (KIOSK / "dist" / "page" / "index.html").exists():
         raise KioskPageError("the kiosk page is not built: run `make setup` (npm ci and build in kiosk/)")
@@ -33,6 +35,7 @@ def start_kiosk_page(
         "JARVIS_TOKEN_SERVICE_URL": token_service_url,
         "JARVIS_KIOSK_PORT": str(port),
         "JARVIS_KIOSK_HOST": host,
+        **(extra_env or {}),
     }
     proc = subprocess.Popen(
         [node, str(DEMO_SERVER)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -46,9 +49,9 @@ def start_kiosk_page(
 
 
 @contextlib.contextmanager
-def kiosk_page(token_service_url: str, port: int = 0) -> Iterator[str]:
+def kiosk_page(token_service_url: str, port: int = 0, extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """The kiosk page for as long as the block runs; yields its URL."""
-    proc, url = start_kiosk_page(token_service_url, port)
+    proc, url = start_kiosk_page(token_service_url, port, extra_env=extra_env)
     try:
         yield url
     finally:

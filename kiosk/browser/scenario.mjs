@@ -11,7 +11,11 @@
 //   {click_badge: "LYON-0001"}            {wait_state: ["listening", "speaking"]}
 //   {wait_state_seen: "reconnecting"}     (at any time since the page loaded)
 //   {wait_agent_audio: 0.01}              {chat: "Montre-moi le squat"}
-//   {wait_video: "https://…"}             {wait_video_closed: true}   {tap_video: true}
+//   {wait_video: "https://…" or "/videos/…" (resolved against the page)}
+//   {wait_video_playing: 1.5}             (the overlay's clip plays: currentTime ≥ 1.5 s, no error)
+//   {wait_video_closed: true}             {tap_video: true}
+//   {wait_fallback: "jarvis_disabled"}    (the page moved to the legacy provider, for this reason)
+//   {wait_legacy_audio: 0.5}              (seconds of the legacy provider's answer queued for playback)
 //   {wait_message: "microphone_denied"}   {wait_rejections: 3}
 //   {wait_transcript: "Bonjour"}          {screenshot: "name.png"}    {sleep: 500}
 //   {end: true}                           {measure_turn: {threshold, silenceMs}} (one turn's latency)
@@ -67,7 +71,14 @@ async function diagnostics(page) {
     const d = window.jarvisDiagnostics;
     const message = document.getElementById("message");
     const overlay = document.getElementById("video-overlay");
+    const player = document.getElementById("video-player");
     return {
+      fallbacks: d.fallbacks,
+      provider: d.provider(),
+      legacy_played_s: d.legacyPlayedSeconds(),
+      video_time: player.currentTime,
+      video_paused: player.paused,
+      video_error_visible: !document.getElementById("video-error").hidden,
       states: d.states,
       errors: d.errors,
       videos: d.videos,
@@ -162,10 +173,28 @@ async function runStep(page, step) {
   } else if (step.save_diagnostics) {
     result[step.save_diagnostics] = await diagnostics(page);
   } else if (step.wait_video) {
-    await poll(`the video overlay with ${step.wait_video}`, timeoutMs, async () => {
+    const expected = new URL(step.wait_video, page.url()).href;
+    await poll(`the video overlay with ${expected}`, timeoutMs, async () => {
       const d = await diagnostics(page);
-      return d.overlay_visible && d.overlay_url === step.wait_video;
+      return d.overlay_visible && d.overlay_url === expected;
     });
+  } else if (step.wait_video_playing !== undefined) {
+    const times = [];
+    await poll(`the clip to play ${step.wait_video_playing} s`, timeoutMs, async () => {
+      const d = await diagnostics(page);
+      if (d.video_error_visible) throw new Error("the page says the video cannot be played");
+      times.push(Math.round(d.video_time * 1000) / 1000);
+      return d.overlay_visible && d.video_time >= step.wait_video_playing;
+    });
+    result.video_times = times;
+  } else if (step.wait_fallback) {
+    await poll(`the fallback (${step.wait_fallback})`, timeoutMs, async () =>
+      (await diagnostics(page)).fallbacks.some((f) => f.reason === step.wait_fallback),
+    );
+  } else if (step.wait_legacy_audio !== undefined) {
+    await poll(`${step.wait_legacy_audio} s of the legacy provider's audio`, timeoutMs, async () =>
+      (await diagnostics(page)).legacy_played_s >= step.wait_legacy_audio,
+    );
   } else if (step.wait_video_closed) {
     await poll("the video overlay to close", timeoutMs, async () => !(await diagnostics(page)).overlay_visible);
   } else if (step.tap_video) {
