@@ -11,19 +11,23 @@ own process (uvicorn, one worker), the load comes from this process over loopbac
 A real gym's backend (4 connections from 127.0.0.1, cached members) under a flood from another
 address (127.0.0.2, ``--concurrency`` connections), two floods in the same run, alternating in
 rounds: ``--keys`` requests with no Authorization header (the cheapest rejection), and ``--keys``
-random gym API keys, each used once. For each: the flood's rate, the gym's p50/p99 and 5xx, and
-the statements PostgreSQL ran (pg_stat_statements: key lookups and all). Pass: no 5xx for the gym, its p99 under the random-key
-flood within 20% of its p99 under the header-less one, and key lookups far below the key count.
+random gym API keys, each used once. For each: the flood's rate, the gym's p50/p99 and 5xx, the
+statements PostgreSQL ran (pg_stat_statements: key lookups and all) and the service's CPU time per
+flood request (which the box's other load cannot blur, unlike the latencies). Pass: no 5xx for the
+gym, its p99 under the random-key flood within 20% of its p99 under the header-less one, and key
+lookups far below the key count.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -139,6 +143,7 @@ class FloodTally:
     gym_statuses: dict[int, int] = field(default_factory=dict)
     db_key_lookups: int = 0
     db_statements: int = 0
+    server_cpu_s: float = 0.0
 
     def result(self) -> dict[str, Any]:
         flood_requests = sum(self.flood_statuses.values())
@@ -155,15 +160,24 @@ class FloodTally:
             "gym_statuses": {str(k): v for k, v in sorted(self.gym_statuses.items())},
             "db_key_lookups": self.db_key_lookups,
             "db_statements": self.db_statements,
+            # The service's own CPU time (user + system): what the box's other load cannot blur.
+            "server_cpu_s": round(self.server_cpu_s, 2),
+            "server_cpu_ms_per_flood_request": round(1000 * self.server_cpu_s / max(1, flood_requests), 3),
         }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def count(tally: dict[int, int], status: int) -> None:
     tally[status] = tally.get(status, 0) + 1
 
 
-async def flood_round(url: str, dsn: str, key: str, badges: list[str], tally: FloodTally, *, random_keys: bool,
-                      requests: int, concurrency: int) -> None:
+async def flood_round(url: str, dsn: str, pid: int, key: str, badges: list[str], tally: FloodTally, *,
+                      random_keys: bool, requests: int, concurrency: int) -> None:
     """The gym's backend at work while ``requests`` flood requests go out; both added to ``tally``."""
     sent = 0
     flood_done = asyncio.Event()
@@ -202,12 +216,14 @@ async def flood_round(url: str, dsn: str, key: str, badges: list[str], tally: Fl
     async with flood_http, gym_http:
         keys_before = await statement_calls(dsn, "FROM gym_api_keys")
         all_before = await statement_calls(dsn)
+        cpu_before = cpu_seconds(pid)
         gym = [asyncio.create_task(gym_backend(gym_http, i)) for i in range(GYM_CONNECTIONS)]
         began = time.perf_counter()
         await asyncio.gather(*(flooder(flood_http) for _ in range(concurrency)))
         tally.seconds += time.perf_counter() - began
         flood_done.set()
         await asyncio.gather(*gym)
+        tally.server_cpu_s += cpu_seconds(pid) - cpu_before
         tally.db_key_lookups += await statement_calls(dsn, "FROM gym_api_keys") - keys_before
         tally.db_statements += await statement_calls(dsn) - all_before
 
@@ -221,6 +237,7 @@ async def run_flood(keys: int, concurrency: int, rounds: int) -> None:
             # No LiveKit or workers here: admission control (issue 13) would refuse every session.
             "JARVIS_ADMISSION_CONTROL": "false",
         })
+        pid = [proc.pid for name, proc in stack.processes if name == "token_service"][-1]
         progress("warming up: the gym's members into the cache")
         await load(url, key, badges, concurrency=GYM_CONNECTIONS, seconds=3.0, cycle=True)
         header_less, random = FloodTally("no_header"), FloodTally("random_keys")
@@ -230,7 +247,7 @@ async def run_flood(keys: int, concurrency: int, rounds: int) -> None:
             for tally in order:
                 progress(f"round {n + 1}/{rounds}: {keys // rounds} requests, {tally.flood},"
                          f" {concurrency} connections, the gym working beside it")
-                await flood_round(url, stack.pg_dsn, key, badges, tally, random_keys=tally is random,
+                await flood_round(url, stack.pg_dsn, pid, key, badges, tally, random_keys=tally is random,
                                   requests=keys // rounds, concurrency=concurrency)
         results = [header_less.result(), random.result()]
         ratio = results[1]["gym_p99_ms"] / max(results[0]["gym_p99_ms"], 0.001)
