@@ -87,6 +87,8 @@ async def llm() -> AsyncIterator[LLMStandIn]:
         yield standin
 
 
+# About 150 s alone on 2 cores (the engines warm up on CPU); the default 300 s is short on a busy box.
+@pytest.mark.timeout(600)
 async def test_one_host_with_every_role_runs_from_the_generated_config(
     stack: LocalStack, llm: LLMStandIn, tmp_path: Path
 ) -> None:
