@@ -73,6 +73,7 @@ class Instance:
     restarts: int = 0
     exited_at: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    keep_user: bool = False  # run as the launcher's own user, whatever host.json says
 
     @property
     def name(self) -> str:
@@ -92,8 +93,6 @@ class Instance:
             self._chown(directory)
             env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
         return env
-
-    keep_user: bool = False
 
     def _user(self) -> pwd.struct_passwd | None:
         if os.geteuid() != 0 or self.keep_user:
