@@ -24,11 +24,17 @@ from aiohttp import web
 
 @dataclass
 class Say:
-    """Stream this text, in small chunks, after `delay_s` (a slow model)."""
+    """Stream this text, in small chunks, after `delay_s` (a slow model).
+
+    With `stall_after_words`, the stream stops after that many words and sends nothing more for
+    `stall_s` (a provider whose stream stalls mid-answer), then finishes if the client is still there.
+    """
 
     text: str
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
+    stall_after_words: int | None = None
+    stall_s: float = 60.0
 
 
 @dataclass
@@ -38,6 +44,8 @@ class CallTool:
     name: str
     arguments: dict[str, Any] | str = field(default_factory=dict)
     delay_s: float = 0.0
+    # A fixed tool-call id, to send the same call twice as a model or a retry can; random if None.
+    call_id: str | None = None
 
 
 @dataclass
@@ -210,7 +218,7 @@ class LLMStandIn:
     def _tool_call(reply: CallTool) -> dict[str, Any]:
         arguments = reply.arguments if isinstance(reply.arguments, str) else json.dumps(reply.arguments)
         return {
-            "id": f"call_{uuid.uuid4().hex[:12]}",
+            "id": reply.call_id or f"call_{uuid.uuid4().hex[:12]}",
             "type": "function",
             "function": {"name": reply.name, "arguments": arguments},
         }
@@ -236,6 +244,8 @@ class LLMStandIn:
             await send({"role": "assistant", "content": ""})
             words = reply.text.split(" ")
             for index, word in enumerate(words):
+                if index == reply.stall_after_words:
+                    await asyncio.sleep(reply.stall_s)
                 await send({"content": word if index == 0 else " " + word})
                 if reply.chunk_delay_s:
                     await asyncio.sleep(reply.chunk_delay_s)
