@@ -1,0 +1,179 @@
+"""Overload: kiosks ramp past capacity; the admitted sessions keep their latency (issue 13).
+
+``python -m bench.overload [--capacity 4] [--turns 3] [--ramp 12] [--quick]``
+
+What runs: the voice loop's stack (``bench.voice_loop``: PostgreSQL, Redis, LiveKit, the token
+service with admission control on, tiny Kyutai STT and TTS engines, the LLM stand-in, one worker)
+with the worker sized to ``--capacity`` sessions (``JARVIS_MAX_SESSIONS``; the engines have a few
+slots more, so the worker is the bound). Two levels, each measured as ``voice_loop`` measures one
+(kiosks in processes of their own, turns by ``bench.turns``):
+
+- ``half``: capacity / 2 kiosks talk; their voice-to-voice p95 is the reference.
+- ``overload``: capacity kiosks talk (all admitted) while ``--ramp`` more badge scans arrive one
+  every ``--ramp-every`` seconds once the token service reports itself full. Each is timed from the
+  request to the answer; each must be ``503 over_capacity`` with ``Retry-After``, and no room.
+
+Rows (``level``: ``half`` | ``overload``): every ``voice_loop`` turn key of the admitted sessions
+(``v2v_ms_p50``, ``v2v_ms_p95``, ``turns``, ``answered``, ``lost_turns``, ...), ``sessions`` (admitted),
+and for ``overload``: ``offered`` (sessions asked for), ``refused``, ``refusal_ms_p50``,
+``refusal_ms_p95``, ``refusal_ms_max``, ``refusal_codes`` (status/code → count), ``rooms_of_refused``
+(rooms LiveKit holds for refused sessions: 0). Top level: ``capacity``, ``v2v_p95_ratio`` (overload
+p95 / half p95; the promise is ≤ 1.2), ``loadavg_1m_before`` / ``_after`` and ``cpus`` (the machine
+is shared: read the ratio beside the load). Never fails on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from bench.common import emit, progress
+from bench.turns import percentile
+from bench.voice_loop import SENTENCES, TINY_MODELS_DIR, Bench, pid_of, prepare, wait_until_quiet
+from jarvis_local.demo import llm_environment
+from jarvis_local.kiosk_sim import room_names, synthesize_french
+from jarvis_local.speech_models import tiny_models
+from jarvis_local.stack import LocalStack, StackError, local_stack
+from token_service.admission import Admission, OverCapacity
+
+AGENT = "jarvis"
+
+
+async def full(stack: LocalStack) -> bool:
+    """The token service's own verdict: the next session would be refused."""
+    redis = aioredis.from_url(stack.redis_url)
+    try:
+        await Admission(redis, AGENT, CollectorRegistry()).check()
+        return False
+    except OverCapacity:
+        return True
+    finally:
+        await redis.aclose()
+
+
+async def ramp(bench: Bench, count: int, every_s: float, stop: asyncio.Event) -> list[dict[str, Any]]:
+    """Badge scans past capacity, once the service is full; each timed at the gym backend."""
+    answers: list[dict[str, Any]] = []
+    # Until the level's kiosks are all in (greeted: minutes on a loaded machine), or the level ends.
+    while not await full(bench.stack):
+        if stop.is_set():
+            progress("  the token service never reported itself full: no ramp")
+            return answers
+        await asyncio.sleep(0.5)
+    progress(f"  full: {count} more badge scans, one every {every_s:g} s")
+    async with httpx.AsyncClient(timeout=30) as http:
+        for n in range(count):
+            if stop.is_set():
+                break
+            badge = bench.badges[-1 - n % (len(bench.badges) // 2)]
+            started = time.perf_counter()
+            r = await http.post(f"{bench.token_url}/v1/sessions", json={"badge_id": badge, "kiosk_id": f"rampe-{n}"},
+                                headers={"Authorization": f"Bearer {bench.gym_key}"})
+            ms = 1000 * (time.perf_counter() - started)
+            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            answers.append({"status": r.status_code, "code": body.get("code"), "ms": ms,
+                            "retry_after": r.headers.get("retry-after"), "room": body.get("room")})
+            await asyncio.sleep(every_s)
+    return answers
+
+
+async def measure(
+    bench: Bench, capacity: int, turns: int, ramp_count: int, ramp_every_s: float
+) -> list[dict[str, Any]]:
+    half = max(1, capacity // 2)
+    rows: list[dict[str, Any]] = []
+    row, _ = await bench.level(half, turns)
+    rows.append({"level": "half", **row})
+
+    stop = asyncio.Event()
+    ramp_task = asyncio.create_task(ramp(bench, ramp_count, ramp_every_s, stop))
+    row, _ = await bench.level(capacity, turns)
+    stop.set()
+    answers = await ramp_task
+    refused = [a for a in answers if a["status"] == 503 and a["code"] == "over_capacity" and a["retry_after"]]
+    times = [a["ms"] for a in refused]
+    live = await room_names(bench.stack)
+    rows.append({
+        "level": "overload", **row,
+        "offered": capacity + len(answers),
+        "refused": len(refused),
+        "refusal_ms_p50": None if not times else round(percentile(times, 50) or 0.0, 1),
+        "refusal_ms_p95": None if not times else round(percentile(times, 95) or 0.0, 1),
+        "refusal_ms_max": None if not times else round(max(times), 1),
+        "refusal_codes": dict(Counter(f"{a['status']} {a['code']}" for a in answers)),
+        "rooms_of_refused": sum(1 for a in answers if a["room"] and a["room"] in live),
+    })
+    progress(f"  refusals: {len(refused)}/{len(answers)} over_capacity, p50 {rows[-1]['refusal_ms_p50']} ms,"
+             f" max {rows[-1]['refusal_ms_max']} ms")
+    return rows
+
+
+def run(args: argparse.Namespace) -> None:
+    progress("synthesizing the kiosk's French sentences with espeak-ng")
+    sentences = [(text, synthesize_french(text)) for text in SENTENCES]
+    load_before = os.getloadavg()[0]
+    with local_stack() as stack:
+        key, badges = asyncio.run(prepare(stack, args.capacity + args.ramp))
+        models = tiny_models(TINY_MODELS_DIR)
+        speech_env = stack.start_speech_engines(models, streams=args.capacity + 2)
+        url = stack.start_token_service({"JARVIS_AGENT_NAME": AGENT})
+        llm_env, llm_banner = llm_environment(stack)
+        progress(f"starting the agent worker sized to {args.capacity} sessions")
+        stack.start_agent_worker({
+            **llm_env, **speech_env,
+            "JARVIS_AGENT_NAME": AGENT,
+            "JARVIS_SPEECH__MODE": "kyutai",
+            "JARVIS_NUM_IDLE_PROCESSES": str(args.capacity + 1),
+            "JARVIS_MAX_SESSIONS": str(args.capacity),
+            "NO_TORCH_COMPILE": "1",
+            "OMP_NUM_THREADS": "1",
+        })
+        worker = pid_of(stack, "agent")
+        asyncio.run(wait_until_quiet(worker, what="worker warm-up", timeout_s=180, max_cpu_pct=15,
+                                     min_processes=args.capacity + 2))
+        bench = Bench(
+            stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
+            engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sentences=sentences,
+            answer_timeout_s=10.0, join_timeout_s=120.0,
+        )
+        results = asyncio.run(measure(bench, args.capacity, args.turns, args.ramp, args.ramp_every))
+    half, over = results[0]["v2v_ms_p95"], results[-1]["v2v_ms_p95"]
+    emit("overload", weights=models.weights, quick=args.quick, results=results, capacity=args.capacity,
+         turns_per_session=args.turns,
+         v2v_p95_ratio=None if not half or over is None else round(over / half, 2),
+         loadavg_1m_before=round(load_before, 2), loadavg_1m_after=round(os.getloadavg()[0], 2),
+         cpus=os.cpu_count(), notes=[llm_banner] if llm_env else [])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="capacity 2, 2 turns, 6 refused scans")
+    parser.add_argument("--capacity", type=int, default=4, help="sessions the worker takes (JARVIS_MAX_SESSIONS)")
+    parser.add_argument("--turns", type=int, default=3, help="sentences per admitted session")
+    parser.add_argument("--ramp", type=int, default=12, help="badge scans past capacity")
+    parser.add_argument("--ramp-every", type=float, default=0.5, help="seconds between them")
+    args = parser.parse_args()
+    if args.quick:
+        args.capacity, args.turns, args.ramp = 2, 2, 6
+    if args.capacity < 2 or args.turns < 1 or args.ramp < 1:
+        parser.error("capacity must be at least 2, turns and ramp at least 1")
+    os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("overload: terminated"))
+    try:
+        run(args)
+    except StackError as exc:
+        raise SystemExit(f"overload: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()
