@@ -274,15 +274,16 @@ def _statement(row: Row) -> tuple[str, tuple[Any, ...]]:
     raise ValueError(f"unknown outbox row {op!r}")
 
 
-# Errors that mean "the database is not there now": the row waits and is tried again. Any other
-# database error is the row's own (a constraint, bad data): retrying would block the rows after it.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,  # class 08
-    asyncpg.InsufficientResourcesError,  # class 53: too many connections
-    asyncpg.OperatorInterventionError,  # class 57: shutting down, starting up
+# Errors that are the row's own (a constraint, bad data, a malformed outbox line): retrying
+# would only block the rows after it, so it is skipped with an error log. Any other failure
+# (connection refused, shutdown, failover, a migration not yet applied) means the database is
+# not ready for it now: the row waits in the outbox and is tried again, never dropped.
+ROW_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.IntegrityConstraintViolationError,  # class 23
+    asyncpg.DataError,  # class 22
+    ValueError,  # includes asyncpg's client-side DataError
+    KeyError,
+    TypeError,
 )
 
 
@@ -300,16 +301,16 @@ async def write_until_done(pool: Any, row: Row, db_timeout_s: float, what: str) 
     while True:
         try:
             await write_row(pool, row, db_timeout_s)
-        except TRANSIENT_ERRORS as exc:
+        except ROW_ERRORS as exc:
+            logger.error("%s: a log row refused by the database (%s); skipped", what, type(exc).__name__)
+            return False
+        except Exception as exc:
             if failing_since is None:
                 failing_since = time.monotonic()
                 logger.warning("%s: database unavailable (%s); rows wait in the outbox", what, type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
             continue
-        except (asyncpg.PostgresError, ValueError, KeyError) as exc:
-            logger.error("%s: a log row refused by the database (%s); skipped", what, type(exc).__name__)
-            return False
         if failing_since is not None:
             logger.info("%s: database back after %.1f s; sending the outbox", what, time.monotonic() - failing_since)
         return True

@@ -29,13 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from agent.session_log import (
     END_INTERRUPTED,
     INTERRUPTED_SUMMARY,
+    ROW_ERRORS,
     SPOOL_SUFFIX,
-    TRANSIENT_ERRORS,
     read_spool,
     write_row,
 )
@@ -138,9 +136,7 @@ class Sweeper:
                 try:
                     await write_row(self._pool, row, self._settings.db_timeout_s)
                     result.replayed_rows += 1
-                except (asyncpg.PostgresError, ValueError, KeyError) as exc:
-                    if isinstance(exc, TRANSIENT_ERRORS):
-                        raise
+                except ROW_ERRORS as exc:
                     logger.error("%s: a log row refused by the database (%s); skipped", what, type(exc).__name__)
             if rows and rows[-1].get("op") != "end":
                 session_id = str(rows[0]["session_id"])
@@ -150,9 +146,9 @@ class Sweeper:
                 result.ended_orphans.append(session_id)
                 logger.warning("session %s: its job died; %d log row(s) replayed, ended as interrompue",
                                session_id, len(rows))  # fmt: skip
-        except TRANSIENT_ERRORS as exc:
+        except Exception as exc:  # the database is not ready: every row waits for the next sweep
             self._db_ok(False)
-            logger.info("%s: database unavailable (%s); kept for the next sweep", what, type(exc).__name__)
+            logger.info("%s: not replayed now (%s); kept for the next sweep", what, type(exc).__name__)
             return False
         self._db_ok(True)
         with contextlib.suppress(FileNotFoundError):
@@ -168,7 +164,7 @@ class Sweeper:
                 if time.monotonic() - self._db_ok_since < self._log.sweep_after_s:
                     return  # just back: the live sessions' heartbeats have not had their chance
                 ended = await conn.fetch(_END_STALE, self._log.sweep_after_s, INTERRUPTED_SUMMARY)
-        except TRANSIENT_ERRORS as exc:
+        except Exception as exc:
             self._db_ok(False)
             logger.debug("sweep: database unavailable (%s)", type(exc).__name__)
             return
