@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Install everything JARVIS needs on a fresh Debian machine; seconds when already done.
 #   Debian packages, the LiveKit server (from the Go module proxy), .venv with the project,
-#   the kiosk's npm packages and build.
+#   the kiosk's npm packages and build, the Next.js example's npm cache, the demo's tutorial clips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LIVEKIT_VERSION=1.13.5
-APT_PACKAGES=(redis-server postgresql postgresql-client espeak-ng sox chromium ca-certificates)
+APT_PACKAGES=(redis-server postgresql postgresql-client espeak-ng sox chromium ca-certificates ffmpeg)
 # deploy/ tests: promtool checks and unit-tests the alert rules (prometheus: 19 MB); nginx -t checks the
 # TLS proxy config (nginx + its stream module: under 1 MB); systemd-analyze verifies the units.
 APT_PACKAGES+=(prometheus nginx libnginx-mod-stream systemd)
@@ -64,4 +64,36 @@ if [ -f kiosk/package-lock.json ]; then
     fi
   fi
 fi
+
+# 5. The gym's Next.js app (kiosk/examples/nextjs): its npm packages go to a project-local cache,
+#    from which tests/browser/test_kiosk_package.py installs a fresh app offline (its node_modules
+#    are not needed here: 400 MB, removed).
+if [ -f kiosk/examples/nextjs/package-lock.json ]; then
+  nstamp=.tools/npm-cache/.nextjs-example-stamp
+  nwant=$(sha256sum kiosk/examples/nextjs/package-lock.json | cut -d' ' -f1)
+  if [ "$(cat "$nstamp" 2>/dev/null)" != "$nwant" ]; then
+    log "caching the Next.js example's npm packages (.tools/npm-cache)"
+    mkdir -p .tools/npm-cache
+    (cd kiosk/examples/nextjs && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error --cache ../../../.tools/npm-cache)
+    rm -rf kiosk/examples/nextjs/node_modules
+    echo "$nwant" > "$nstamp"
+  fi
+fi
+
+# 6. The demo gyms' tutorial clips: jarvis/sql/seed/demo.sql's catalogue points at
+#    /videos/<gym>/<exercise>.mp4, which the kiosk demo server serves from .tools/demo-videos.
+#    One 6 s test pattern (H.264 + yuv420p: plays in any kiosk browser), linked under every name.
+videos=.tools/demo-videos
+if [ ! -s "$videos/clip.mp4" ]; then
+  log "making the demo tutorial clip (ffmpeg)"
+  mkdir -p "$videos"
+  ffmpeg -loglevel error -y -f lavfi -i "testsrc2=size=640x360:rate=25:duration=6" \
+    -c:v libx264 -preset veryfast -pix_fmt yuv420p -movflags +faststart "$videos/clip.mp4"
+fi
+for gym in energie-lyon-part-dieu atlas-bordeaux-chartrons; do
+  mkdir -p "$videos/$gym"
+  for exercise in squat developpe-couche souleve-de-terre tractions fentes; do
+    ln -f "$videos/clip.mp4" "$videos/$gym/$exercise.mp4"
+  done
+done
 log "ready"

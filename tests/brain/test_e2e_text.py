@@ -95,7 +95,7 @@ async def test_kiosk_chats_with_jarvis_and_gets_the_squat_video(
     finally:
         await room.disconnect()
 
-    assert videos == [{"url": "https://videos.example.com/energie-lyon-part-dieu/squat.mp4", "title": "Le squat"}]
+    assert videos == [{"url": "/videos/energie-lyon-part-dieu/squat.mp4", "title": "Le squat"}]
     assert answer == "D'accord ! La vidéo « Le squat » est affichée sur l'écran de la borne."
     print(
         f"\ne2e text: greeting {greeted_ms:.0f} ms after the session request; "

@@ -55,7 +55,7 @@ async def test_member_asks_how_to_squat_and_the_kiosk_shows_the_video(
         result.expect.no_more_events()
 
     assert kiosk_on_livekit.videos == [
-        {"url": "https://videos.example.com/energie-lyon-part-dieu/squat.mp4", "title": "Le squat"}
+        {"url": "/videos/energie-lyon-part-dieu/squat.mp4", "title": "Le squat"}
     ]
     # The LLM saw the member's prompt and our tools, with no id among their parameters.
     first_request = llm_server.requests[0]

@@ -49,7 +49,7 @@ async def test_video_search_tolerates_how_members_say_it(pool: Any, said: str, s
     kiosk = RecordingKiosk()
     answer = await tools_for(pool, LYON, CAMILLE, kiosk).call("display_video_tutorial", {"exercise": said})
     assert answer.endswith("est affichée sur l'écran de la borne.")
-    assert kiosk.shown[0][0] == f"https://videos.example.com/energie-lyon-part-dieu/{slug}.mp4"
+    assert kiosk.shown[0][0] == f"/videos/energie-lyon-part-dieu/{slug}.mp4"
 
 
 async def test_unknown_exercise_is_reported_with_what_exists(pool: Any) -> None:
@@ -124,7 +124,7 @@ async def test_a_bordeaux_session_never_reads_or_writes_lyon_rows(pool: Any) -> 
     tuesday_11 = next_weekday_at(1, 11).isoformat(timespec="minutes")
 
     await lea.call("display_video_tutorial", {"exercise": "squat"})
-    assert kiosk.shown[0][0] == "https://videos.example.com/atlas-bordeaux-chartrons/squat.mp4"
+    assert kiosk.shown[0][0] == "/videos/atlas-bordeaux-chartrons/squat.mp4"
     assert "trente-quatre euros quatre-vingt-dix" in await lea.call("get_gym_info", {"topic": "tarifs"})
     assert "Inès" in await lea.call("contact_coach", {"message": "Question sur le semi-marathon"})
     with pytest.raises(ToolFailure, match="pas de coach nommé Karim"):  # Lyon's coach does not exist here

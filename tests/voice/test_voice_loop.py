@@ -106,7 +106,7 @@ async def test_member_speaks_and_jarvis_answers_with_audio_and_the_video(
         assert turn.v2v_ms is not None, "JARVIS never answered out loud"
         print(f"\nvoice-to-voice: {turn.v2v_ms:.0f} ms (tiny weights, 2-core CPU, stand-in LLM)")
         video = await poll(lambda: kiosk.videos, 20)
-        assert video == [{"url": "https://videos.example.com/energie-lyon-part-dieu/squat.mp4", "title": "Le squat"}]
+        assert video == [{"url": "/videos/energie-lyon-part-dieu/squat.mp4", "title": "Le squat"}]
         # the member listens to the end of the answer before walking away
         answer_start = turn.first_answer
         assert answer_start is not None

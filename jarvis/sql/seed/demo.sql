@@ -68,7 +68,7 @@ INSERT INTO voice_sessions (id, gym_id, member_id, kiosk_id, room, started_at, e
  'Se plaint de l''attente aux racks à squat le soir.', 'negative');
 
 INSERT INTO exercise_videos (gym_id, slug, title, aliases, url, muscle_group)
-SELECT g.id, v.slug, v.title, v.aliases, 'https://videos.example.com/' || g.slug || '/' || v.slug || '.mp4', v.muscle_group
+SELECT g.id, v.slug, v.title, v.aliases, '/videos/' || g.slug || '/' || v.slug || '.mp4', v.muscle_group
 FROM gyms g CROSS JOIN (VALUES
     ('squat', 'Le squat', ARRAY['squat barre', 'flexion de jambes', 'back squat'], 'jambes'),
     ('developpe-couche', 'Le développé couché', ARRAY['développé couché', 'bench press', 'bench', 'developpe couche'], 'pectoraux'),
