@@ -104,6 +104,28 @@ async def test_mcp_tools_act_for_the_session_of_the_key_s_gym_only(pool: Any, mc
         assert await conn.fetchval("SELECT count(*) FROM missions WHERE title = 'Intrusion'") == 0
 
 
+async def test_an_mcp_client_retrying_a_write_gets_the_first_result_and_one_row(pool: Any, mcp_url: str) -> None:
+    """MCP has no tool-call id: a write repeated with the same arguments in the session (after a
+    timeout, or twice at once) is the same write, answered with its first result."""
+    session_id = await open_session_row(pool, BORDEAUX, LEA)
+    client, tools = await mcp_tools(mcp_url, BORDEAUX_KEY, session_id)
+    mission = {"title": "Tapis de course numéro 2 bloqué"}
+    try:
+        first = str(await tools["create_mission"](raw_arguments=mission))
+        retried = str(await tools["create_mission"](raw_arguments={"title": "  tapis de course NUMÉRO 2 bloqué "}))
+        racing = await asyncio.gather(
+            *(tools["contact_coach"](raw_arguments={"message": "Douleur au dos", "urgency": "high"}) for _ in range(3))
+        )
+    finally:
+        await client.aclose()
+    assert retried == first and "Tapis de course numéro 2 bloqué" in first
+    assert len({str(answer) for answer in racing}) == 1 and "dans les dix minutes" in str(racing[0])
+    async with pool.acquire() as conn:
+        missions = await conn.fetchval("SELECT count(*) FROM missions WHERE session_id = $1", session_id)
+        requests = await conn.fetchval("SELECT count(*) FROM coach_requests WHERE session_id = $1", session_id)
+    assert (missions, requests) == (1, 1)
+
+
 def locker_server() -> Starlette:
     """A gym's own MCP server with one tool of its own (lockers), as a chain might run."""
 
