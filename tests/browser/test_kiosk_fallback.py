@@ -139,3 +139,25 @@ async def test_kiosk_uses_the_previous_provider_when_no_agent_comes(
     # The bound, measured in the page: never early; late only by timer and event-loop slack.
     assert AGENT_BOUND_MS <= moved - waited < AGENT_BOUND_MS + 1500, moved - waited
     print(f"\nno agent: waited {moved - waited:.0f} ms (bound {AGENT_BOUND_MS} ms) before the previous provider")
+
+
+async def test_kiosk_uses_the_previous_provider_when_jarvis_is_full(
+    token_service_url: str, legacy: LegacyProviderStandIn, question: Path
+) -> None:
+    """The gym backend passes on the token service's 503 over_capacity (admission control) →
+    the page goes straight to the previous provider rather than showing "indisponible"."""
+    over_capacity = {"status": 503, "body": {"code": "over_capacity", "detail": "every JARVIS worker is busy"}}
+    with demo_server(token_service_url, **legacy.demo_env) as url:
+        result = await run_scenario({
+            "url": url,
+            "wav": str(question),
+            "sessionOverride": over_capacity,
+            "steps": [
+                {"click_badge": "LYON-0001"},
+                {"wait_fallback": "over_capacity"},
+                {"wait_legacy_audio": 0.9, "timeoutMs": 30_000},
+                {"save_diagnostics": "in_legacy"},
+                {"end": True},
+            ],
+        })
+    assert_moved_to_legacy(result, legacy, "over_capacity")
