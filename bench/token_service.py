@@ -6,9 +6,9 @@ Warm: the same members again and again (context served from Redis). Cold: every 
 member whose context is not cached (one PostgreSQL round trip each). The service runs as its
 own process (uvicorn, one worker), the load comes from this process over loopback.
 
-``python -m bench.token_service --flood [--keys 10000] [--concurrency 32] [--rounds 4]``
+``python -m bench.token_service --flood [--keys 10000] [--concurrency 32] [--rounds 8] [--gym-connections 4]``
 
-A real gym's backend (4 connections from 127.0.0.1, cached members) under a flood from another
+A real gym's backend (``--gym-connections`` from 127.0.0.1, cached members) under a flood from another
 address (127.0.0.2, ``--concurrency`` connections), two floods in the same run, alternating in
 rounds: ``--keys`` requests with no Authorization header (the cheapest rejection), and ``--keys``
 random gym API keys, each used once. For each: the flood's rate, the gym's p50/p99 and 5xx, the
@@ -129,7 +129,6 @@ async def run(quick: bool, concurrency: int, seconds: float) -> None:
 
 
 FLOOD_ADDRESS = "127.0.0.2"  # loopback too: the service sees the flood as another client than the gym
-GYM_CONNECTIONS = 4
 
 
 @dataclass
@@ -177,7 +176,7 @@ def count(tally: dict[int, int], status: int) -> None:
 
 
 async def flood_round(url: str, dsn: str, pid: int, key: str, badges: list[str], tally: FloodTally, *,
-                      random_keys: bool, requests: int, concurrency: int) -> None:
+                      random_keys: bool, requests: int, concurrency: int, gym_connections: int) -> None:
     """The gym's backend at work while ``requests`` flood requests go out; both added to ``tally``."""
     sent = 0
     flood_done = asyncio.Event()
@@ -206,18 +205,18 @@ async def flood_round(url: str, dsn: str, pid: int, key: str, badges: list[str],
             except aiohttp.ClientError:
                 count(tally.gym_statuses, 0)
             tally.gym_latencies.append((time.perf_counter() - started) * 1000)
-            n += GYM_CONNECTIONS
+            n += gym_connections
 
     timeout = aiohttp.ClientTimeout(total=30)
     flood_http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency, local_addr=(FLOOD_ADDRESS, 0)), timeout=timeout
     )
-    gym_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=GYM_CONNECTIONS), timeout=timeout)
+    gym_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=gym_connections), timeout=timeout)
     async with flood_http, gym_http:
         keys_before = await statement_calls(dsn, "FROM gym_api_keys")
         all_before = await statement_calls(dsn)
         cpu_before = cpu_seconds(pid)
-        gym = [asyncio.create_task(gym_backend(gym_http, i)) for i in range(GYM_CONNECTIONS)]
+        gym = [asyncio.create_task(gym_backend(gym_http, i)) for i in range(gym_connections)]
         began = time.perf_counter()
         await asyncio.gather(*(flooder(flood_http) for _ in range(concurrency)))
         tally.seconds += time.perf_counter() - began
@@ -228,7 +227,7 @@ async def flood_round(url: str, dsn: str, pid: int, key: str, badges: list[str],
         tally.db_statements += await statement_calls(dsn) - all_before
 
 
-async def run_flood(keys: int, concurrency: int, rounds: int) -> None:
+async def run_flood(keys: int, concurrency: int, rounds: int, gym_connections: int) -> None:
     with local_stack(livekit=False) as stack:
         await migrate(stack.pg_dsn, seed_demo=False)
         key, badges = await make_bench_gym(stack.pg_dsn, 200)
@@ -239,7 +238,7 @@ async def run_flood(keys: int, concurrency: int, rounds: int) -> None:
         })
         pid = [proc.pid for name, proc in stack.processes if name == "token_service"][-1]
         progress("warming up: the gym's members into the cache")
-        await load(url, key, badges, concurrency=GYM_CONNECTIONS, seconds=3.0, cycle=True)
+        await load(url, key, badges, concurrency=gym_connections, seconds=3.0, cycle=True)
         header_less, random = FloodTally("no_header"), FloodTally("random_keys")
         # Interleaved rounds, in ABBA order: the box's other load falls on both floods alike.
         for n in range(rounds):
@@ -248,12 +247,12 @@ async def run_flood(keys: int, concurrency: int, rounds: int) -> None:
                 progress(f"round {n + 1}/{rounds}: {keys // rounds} requests, {tally.flood},"
                          f" {concurrency} connections, the gym working beside it")
                 await flood_round(url, stack.pg_dsn, pid, key, badges, tally, random_keys=tally is random,
-                                  requests=keys // rounds, concurrency=concurrency)
+                                  requests=keys // rounds, concurrency=concurrency, gym_connections=gym_connections)
         results = [header_less.result(), random.result()]
         ratio = results[1]["gym_p99_ms"] / max(results[0]["gym_p99_ms"], 0.001)
         emit(
             "token_service_flood", weights="n/a", quick=False, results=results, concurrency=concurrency,
-            gym_connections=GYM_CONNECTIONS, rounds=rounds, p99_ratio=round(ratio, 3),
+            gym_connections=gym_connections, rounds=rounds, p99_ratio=round(ratio, 3),
             passed=bool(ratio <= 1.2 and results[0]["gym_5xx"] == 0 and results[1]["gym_5xx"] == 0
                         and results[1]["db_key_lookups"] < keys // 100),
         )
@@ -266,10 +265,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--flood", action="store_true", help="random-key flood versus header-less flood")
     parser.add_argument("--keys", type=int, default=10_000, help="--flood: requests per flood (each a new key)")
-    parser.add_argument("--rounds", type=int, default=4, help="--flood: the floods alternate in this many rounds")
+    parser.add_argument("--rounds", type=int, default=8, help="--flood: the floods alternate in this many rounds")
+    parser.add_argument("--gym-connections", type=int, default=4, help="--flood: the gym backend's connections")
     args = parser.parse_args()
     if args.flood:
-        asyncio.run(run_flood(args.keys, args.concurrency or 32, args.rounds))
+        asyncio.run(run_flood(args.keys, args.concurrency or 32, args.rounds, args.gym_connections))
         return
     asyncio.run(run(args.quick, args.concurrency or 8, args.seconds or (4.0 if args.quick else 15.0)))
 
