@@ -7,7 +7,9 @@ by whoever builds the session (`stt`, `tts`, `vad`), nothing else changes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +23,7 @@ from livekit.agents import vad as lk_vad
 from livekit.agents.llm import LLMError, mcp
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import ErrorEvent
+from livekit.agents.voice.speech_handle import SpeechHandle
 from livekit.agents.voice.turn import TurnHandlingOptions
 
 from agent.llm import LLMConfig, build_llm, llm_connect_options
@@ -142,18 +145,56 @@ LLM_DOWN_APOLOGY = (
 SPEECH_DOWN_APOLOGY = "Désolé, j'ai un souci technique, peux-tu répéter ?"
 
 
+# The apologies as audio, made while the TTS works (see prepare_apologies), by (voice, text): with
+# no TTS replica left the member still hears one. A few seconds of audio per gym voice and worker.
+_APOLOGY_CLIPS: dict[tuple[str, str], list[rtc.AudioFrame]] = {}
+_background: set[asyncio.Task[None]] = set()  # tasks held until done (the loop keeps weak references)
+
+
+def _voice_key(tts: lk_tts.TTS) -> str:
+    return f"{tts.provider}/{tts.model}/{getattr(tts, 'voice', '')}"
+
+
+async def prepare_apologies(tts: lk_tts.TTS) -> None:
+    """Synthesise each apology once per voice, so that it can be played when the TTS cannot speak."""
+    for text in (SPEECH_DOWN_APOLOGY, LLM_DOWN_APOLOGY):
+        key = (_voice_key(tts), text)
+        if key in _APOLOGY_CLIPS:
+            continue
+        try:
+            async with tts.synthesize(text) as stream:
+                frames = [audio.frame async for audio in stream]
+        except Exception as exc:  # the TTS is down already: the apology will be synthesised when asked
+            logger.warning("could not prepare the apology audio (%s)", type(exc).__name__)
+            return
+        _APOLOGY_CLIPS[key] = frames
+        seconds = sum(frame.duration for frame in frames)
+        logger.info("apology audio ready (%.1f s): heard even with no TTS replica left", seconds)
+
+
+async def _play(frames: list[rtc.AudioFrame]) -> AsyncIterator[rtc.AudioFrame]:
+    for frame in frames:
+        yield frame
+
+
 def _apologise_when_the_llm_is_down(session: AgentSession[Any]) -> None:
     """When every LLM failed, or the speech engines did, the member hears a fixed apology instead of silence."""
+
+    def apologise(text: str) -> None:
+        clip = _APOLOGY_CLIPS.get((_voice_key(session.tts), text)) if session.tts is not None else None
+        if clip:  # prepared audio: heard even when no TTS replica is left
+            session.say(text, audio=_play(clip))
+        else:
+            session.say(text)
 
     def on_error(event: ErrorEvent) -> None:
         if isinstance(event.error, LLMError) and not event.error.recoverable:
             logger.error("all LLMs failed this turn; apologising")
-            session.say(LLM_DOWN_APOLOGY)
+            apologise(LLM_DOWN_APOLOGY)
         elif isinstance(event.error, (lk_stt.STTError, lk_tts.TTSError)) and not event.error.recoverable:
-            # A TTS with no replica left may fail this too; a replica back within LiveKit's
-            # retries speaks it. The error names the kind only: no transcript text in logs.
+            # The error names the kind only: no transcript text in logs.
             logger.error("speech engines failed (%s); apologising", event.error.type)
-            session.say(SPEECH_DOWN_APOLOGY)
+            apologise(SPEECH_DOWN_APOLOGY)
 
     session.on("error", on_error)
 
@@ -213,5 +254,15 @@ async def start_conversation(
         ),
     )
     # Spoken at once from a fixed text: the member hears their name before any LLM call.
-    conversation.session.say(conversation.greeting)
+    greeting = conversation.session.say(conversation.greeting)
+    if spoken and speech is not None and speech.tts is not None:
+        task = asyncio.create_task(_prepare_after(greeting, speech.tts))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
     return conversation.session
+
+
+async def _prepare_after(greeting: SpeechHandle, tts: lk_tts.TTS) -> None:
+    """The apologies' audio, once the greeting is out (so it never delays the greeting)."""
+    await greeting.wait_for_playout()
+    await prepare_apologies(tts)
