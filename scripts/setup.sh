@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LIVEKIT_VERSION=1.13.5
-APT_PACKAGES=(redis-server postgresql postgresql-client espeak-ng sox chromium ca-certificates ffmpeg)
+APT_PACKAGES=(redis-server postgresql postgresql-client espeak-ng sox chromium ca-certificates ffmpeg iproute2)
 # deploy/ tests: promtool checks and unit-tests the alert rules (prometheus: 19 MB); nginx -t checks the
 # TLS proxy config (nginx + its stream module: under 1 MB); systemd-analyze verifies the units.
 APT_PACKAGES+=(prometheus nginx libnginx-mod-stream systemd)
