@@ -41,8 +41,10 @@ logger = logging.getLogger("kyutai_stt.server")
 
 LOGGED_CHARS = 120  # a client's error text is cut to this in logs and Error messages
 # While draining, a stream with no word since its last final (or its start) for this long is
-# between two of the member's turns: it is handed over then (see SttServer.drain).
+# between two of the member's turns: it is handed over then (see SttServer.drain). One whose
+# client never ends its turns (no Marker) is handed over after DRAIN_WORDLESS_S without a word.
 DRAIN_QUIET_S = 1.0
+DRAIN_WORDLESS_S = 3.0
 
 
 class Metrics:
@@ -177,9 +179,9 @@ class SttServer:
         no word came since the last one for DRAIN_QUIET_S. It is closed with CLOSE_RESTART, and the
         client reconnects to another replica, replaying what it sent since its last final."""
         self.draining = True
+        logger.info("draining: %d live stream(s), waiting up to %g s", len(self.streams), timeout_s)
         for stream in list(self.streams.values()):
             self._hand_over_if_between_turns(stream)
-        logger.info("draining: %d live stream(s), waiting up to %g s", len(self.streams), timeout_s)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 while self.streams:
@@ -376,10 +378,10 @@ class SttServer:
                 self._hand_over(stream, "turn ended")
 
     def _hand_over_if_between_turns(self, stream: Stream) -> None:
-        quiet_steps = stream.steps - stream.last_word_step
-        if stream.closed or stream.markers or stream.words_since_marker:
+        quiet_s = (stream.steps - stream.last_word_step) / self.engine.frame_rate
+        if stream.closed or stream.markers:
             return
-        if quiet_steps >= DRAIN_QUIET_S * self.engine.frame_rate:
+        if quiet_s >= (DRAIN_WORDLESS_S if stream.words_since_marker else DRAIN_QUIET_S):
             self._hand_over(stream, "between turns")
 
     def _hand_over(self, stream: Stream, why: str) -> None:
