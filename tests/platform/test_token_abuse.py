@@ -279,7 +279,10 @@ async def test_a_session_token_starts_one_job_only(
     session = await open_session(token_service_url, LYON_KEY, CAMILLE["badge_id"])
     room = rtc.Room()
     await room.connect(session["livekit_url"], session["token"])
-    await poll(lambda: agent_participant(room), 60, what="JARVIS to join and be ready")
+    try:
+        await poll(lambda: agent_participant(room), 60, what="JARVIS to join and be ready")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the worker's log:\n{stack.log_tail('agent', 60)}") from None
     await room.disconnect()
 
     async def room_gone() -> bool:
@@ -294,9 +297,14 @@ async def test_a_session_token_starts_one_job_only(
     await again.connect(session["livekit_url"], session["token"])
     await asyncio.wait_for(left.wait(), 30)  # the worker refused the job and closed the room
     assert agent_participant(again) is None
-    refusals = [line for line in stack.log_tail("agent", 400).splitlines()
+
+    def refusals() -> list[str]:
+        return [line for line in stack.log_tail("agent", 400).splitlines()
                 if f"session {session['session_id']}: job" in line and "refused" in line]
-    assert len(refusals) == 1, refusals
+
+    # The job process's log line reaches the worker's log shortly after the room is gone.
+    await poll(refusals, 15, every_s=0.2, what="the worker's refusal in its log")
+    assert len(refusals()) == 1, refusals()
 
 
 async def test_a_session_is_claimed_once_in_redis_or_else_by_its_postgresql_record(stack: LocalStack) -> None:
