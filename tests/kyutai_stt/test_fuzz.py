@@ -198,3 +198,66 @@ async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: E
     await assert_survived(engine, pid, report, len(inputs))
     assert beside == alone
     assert rss_after - rss_before < 20 * 1024
+
+
+async def slow_client_drops(engine: EngineProcess) -> float:
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"{engine.http}/metrics", params={"auth_id": KEY})).text
+    for line in metrics.splitlines():
+        if line.startswith('kyutai_stt_errors_total{type="slow_client"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.fixture
+async def small_queue_engine(tiny_stt_dir: Path, tmp_path: Path) -> AsyncIterator[EngineProcess]:
+    """The fuzz engine with the smallest outgoing queue (10 messages), so that a client that does
+    not read fills it after about a minute of audio rather than the default 160 s."""
+    env = {
+        "KYUTAI_STT_CHECKPOINT": str(tiny_stt_dir),
+        "KYUTAI_STT_DEVICE": "cpu",
+        "KYUTAI_STT_MAX_STREAMS": "2",
+        "KYUTAI_STT_API_KEYS": json.dumps([KEY]),
+        "KYUTAI_STT_MAX_PENDING_MESSAGES": "10",
+        "KYUTAI_STT_TORCH_THREADS": "1",
+        "KYUTAI_STT_WARMUP_STEPS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    async with engine_process(tmp_path, "stt", env) as started:
+        yield started
+
+
+async def test_a_client_that_never_reads_is_dropped_and_the_healthy_stream_is_unchanged(
+    small_queue_engine: EngineProcess,
+) -> None:
+    engine = small_queue_engine
+    pcm = speech(HEALTHY_S, seed=42)
+    alone = await transcribe(engine.port, pcm, paced=False)
+    assert alone, "the tiny model heard no word: the comparison would prove nothing"
+    # The healthy kiosk on its own thread and loop, holding slot 0 as when it ran alone.
+    healthy = asyncio.create_task(asyncio.to_thread(asyncio.run, transcribe(engine.port, pcm, paced=True)))
+    await asyncio.sleep(0.5)
+    bad = NonReadingClient(f"{engine.ws}/api/asr-streaming", HEADERS)
+    sent_s = 0.0
+    try:
+        # Audio 4x faster than real time (the engine keeps up, so it is not "ahead" of it): its
+        # Steps fill the socket buffers, then the engine's queue, and the engine drops the client.
+        chunk = speech(0.4, seed=5)
+        while await slow_client_drops(engine) == 0 and sent_s < 240:
+            for _ in range(5):
+                bad.send(audio(chunk))
+                sent_s += 0.4
+            await asyncio.sleep(0.5)
+    except OSError:
+        pass  # the engine closed the connection: dropped
+    finally:
+        bad.close()
+    beside = await healthy
+    drops = await slow_client_drops(engine)
+    print(f"\nSTT non-reading client: dropped after {sent_s:.0f} s of audio; healthy stream {len(beside)} words "
+          f"(alone {len(alone)})")
+    assert drops == 1, "the client that never reads was not dropped"
+    assert "client reads too slowly" in engine.log.read_text()
+    assert beside == alone
+    assert await engine.healthy()
+
