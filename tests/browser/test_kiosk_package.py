@@ -57,6 +57,7 @@ def test_kiosk_package_unit_tests_pass() -> None:
 
 
 @pytest.mark.requires(CACHE_STAMP.exists(), reason="the Next.js example's npm cache is missing: run `make setup`")
+@pytest.mark.timeout(600)  # ~60 s alone; tsc over next's types took up to 120 s on a loaded 2-core box
 def test_packed_kiosk_installs_into_a_fresh_nextjs_app_that_type_checks(tmp_path: Path) -> None:
     """npm pack → a fresh Next.js app (next, react, typescript from the setup's npm cache, offline)
     → npm install the tarball → tsc --noEmit on the example routes and screen, against the
