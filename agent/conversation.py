@@ -156,8 +156,10 @@ def _voice_key(tts: lk_tts.TTS) -> str:
 
 
 async def prepare_apologies(tts: lk_tts.TTS) -> None:
-    """Synthesise each apology once per voice, so that it can be played when the TTS cannot speak."""
-    for text in (SPEECH_DOWN_APOLOGY, LLM_DOWN_APOLOGY):
+    """Synthesise the speech apology once per voice, so that it can be played when the TTS cannot speak.
+    (The LLM apology is said while the TTS works: synthesising it too would double the cost at every
+    session's start for nothing.)"""
+    for text in (SPEECH_DOWN_APOLOGY,):
         key = (_voice_key(tts), text)
         if key in _APOLOGY_CLIPS:
             continue
