@@ -34,14 +34,25 @@ IFF_NO_PI = 0x1000
 
 @dataclass(frozen=True)
 class Impairment:
-    """netem's words: ``delay <delay_ms>ms <jitter_ms>ms loss <loss_percent>%`` on each direction."""
+    """netem's words: ``delay <delay_ms>ms <jitter_ms>ms loss <loss_percent>% rate 100mbit`` on each
+    direction (the rate keeps packets in order, as a real link's queue does)."""
 
     loss_percent: float = 10.0
     delay_ms: float = 100.0
     jitter_ms: float = 100.0
 
     def netem_args(self) -> list[str]:
-        return ["netem", "delay", f"{self.delay_ms:g}ms", f"{self.jitter_ms:g}ms", "loss", f"{self.loss_percent:g}%"]
+        # With a rate, netem queues each packet behind the previous one: jitter without reordering.
+        return [
+            "netem",
+            "delay",
+            f"{self.delay_ms:g}ms",
+            f"{self.jitter_ms:g}ms",
+            "loss",
+            f"{self.loss_percent:g}%",
+            "rate",
+            "100mbit",
+        ]
 
     def packet_delay_s(self, rng: random.Random) -> float:
         # netem's default (no distribution table): uniform in delay ± jitter, never negative.
@@ -105,15 +116,16 @@ class _Relay(threading.Thread):
         self._rng = random.Random(seed)
         self._due: list[tuple[float, int, int, bytes]] = []  # (when, seq, out fd, packet)
         self._seq = 0
-        self._stop = threading.Event()
+        self._last_due: dict[int, float] = {}
+        self._halt = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
 
     def run(self) -> None:
         kiosk_fd, host_fd = self._fds
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             now = time.monotonic()
             while self._due and self._due[0][0] <= now:
                 _when, _seq, out, packet = heapq.heappop(self._due)
@@ -132,7 +144,11 @@ class _Relay(threading.Thread):
                 self._counts.sent += 1
                 self._seq += 1
                 out = host_fd if fd == kiosk_fd else kiosk_fd
-                due = time.monotonic() + self._impairment.packet_delay_s(self._rng)
+                # A link's queue is first in, first out: a packet's delay varies, it never overtakes
+                # the one before it (with reordering as well as loss the WebRTC handshake never
+                # completed here; either alone, it did in 0.1-1.3 s).
+                due = max(time.monotonic() + self._impairment.packet_delay_s(self._rng), self._last_due.get(out, 0.0))
+                self._last_due[out] = due
                 heapq.heappush(self._due, (due, self._seq, out, packet))
 
 

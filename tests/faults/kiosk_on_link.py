@@ -1,0 +1,73 @@
+"""The kiosk process of the impaired-link row: run inside the kiosk's network namespace.
+
+    ip netns exec <ns> python -m tests.faults.kiosk_on_link '<json: livekit_url, token, questions>'
+
+Joins with the token the gym backend got, hears the greeting out, speaks each question (espeak-ng)
+and waits for the answer to be heard to its end, then leaves. Prints one JSON line: the greeting's
+wait, each turn's voice-to-voice time (null: no answer, a lost turn) and what JARVIS said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+import time
+from typing import Any
+
+from livekit import rtc
+
+from jarvis_local.kiosk_sim import SimulatedKiosk, poll, synthesize_french
+
+ANSWER_WITHIN_S = 20.0
+JOIN_ATTEMPTS = 3
+
+
+def said_lines(kiosk: SimulatedKiosk, count: int) -> bool:
+    return len(kiosk.transcripts) >= count
+
+
+async def visit(livekit_url: str, token: str, questions: list[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {"turns": []}
+    joined = time.perf_counter()
+    # As the kiosk library does (kiosk/src/reconnect.ts): a join the lossy link broke is tried again.
+    for attempt in range(1, JOIN_ATTEMPTS + 1):
+        kiosk = SimulatedKiosk()
+        try:
+            await kiosk.join(livekit_url, token)
+            break
+        except rtc.ConnectError:
+            await kiosk.leave()
+            if attempt == JOIN_ATTEMPTS:
+                raise
+    result["join_attempts"] = attempt
+    try:
+        await poll(kiosk.agent, 60, what="JARVIS to join")
+        greeting = await poll(lambda: kiosk.heard.first_speech_after(joined), 30, what="the greeting")
+        result["greeting_after_s"] = greeting - joined
+        # A line's transcription is complete once it has been spoken to its end: the member waits
+        # for that (a gap in the audio of a slow TTS is not the end of the answer).
+        await poll(lambda: kiosk.transcripts, 30, what="the end of the greeting")
+        for index, question in enumerate(questions):
+            turn = await kiosk.say(synthesize_french(question), question)
+            answered = await poll(functools.partial(kiosk.heard.first_speech_after, turn.voice_end), ANSWER_WITHIN_S)
+            v2v_ms = None if answered is None else 1000 * (answered - turn.voice_end)
+            result["turns"].append({"question": question, "v2v_ms": v2v_ms})
+            if answered is not None:
+                await poll(functools.partial(said_lines, kiosk, index + 2), 30)
+        result["jarvis_said"] = [text for _at, text in kiosk.transcripts]
+        result["stt_heard"] = len(kiosk.member_transcripts)
+    finally:
+        await kiosk.leave()
+    return result
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    result = asyncio.run(visit(args["livekit_url"], args["token"], args["questions"]))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
