@@ -59,7 +59,10 @@ slower than real time and turns are lost), and the 20-session level did not fini
 ``--soak MINUTES`` (not in CI): ``--soak-sessions`` kiosks (20) visit again and again (join,
 ``--turns`` turns, leave) until the time is up; one row with the same turn keys plus the memory
 growth of the worker's main process, of its whole tree and of the engines, from the first
-sample after a minute to the last (``timeline``: a sample every 15 s). There, as job processes
+sample after a minute to the last (``worker_rss_growth_pct`` too), and the growth of the open file
+descriptors of the worker's main process and of its tree (``worker_fds_growth``, ``tree_fds_growth``;
+``timeline``: a sample every 15 s). The asyncio task count lives inside the worker and is not
+read from outside (it would need a gauge in the worker's metrics). There, as job processes
 come and go, ``cpu_pct_per_session`` is the whole tree's CPU (exited processes included) and
 ``rss_mb_per_session`` the whole tree's RSS at the end (idle processes included), per kiosk,
 and the top-level fit is ``null``.
@@ -132,6 +135,8 @@ class ProcSample:
     created: float
     # CPU of its children that have exited (and were reaped): job processes come and go.
     reaped_cpu_s: float = 0.0
+    # Open file descriptors (sockets, pipes, files): a leak shows as growth over a soak.
+    fds: int = 0
 
 
 def sample_tree(root_pid: int) -> dict[int, ProcSample]:
@@ -147,7 +152,7 @@ def sample_tree(root_pid: int) -> dict[int, ProcSample]:
             with p.oneshot():
                 t = p.cpu_times()
                 samples[p.pid] = ProcSample(t.user + t.system, p.memory_info().rss / 2**20, p.create_time(),
-                                            t.children_user + t.children_system)
+                                            t.children_user + t.children_system, p.num_fds())
         except psutil.Error:
             continue
     return samples
@@ -407,6 +412,9 @@ class Bench:
                     "t_s": round(time.perf_counter() - began, 1),
                     "worker_rss_mb": round(tree.get(self.worker_pid, ProcSample(0, 0, 0)).rss_mb, 1),
                     "tree_rss_mb": round(sum(s.rss_mb for s in tree.values()), 1),
+                    "worker_fds": tree.get(self.worker_pid, ProcSample(0, 0, 0)).fds,
+                    "tree_fds": sum(s.fds for s in tree.values()),
+                    "job_processes": len(tree) - 1,
                     "engines_rss_mb": round(sum(s.rss_mb for s in (await asyncio.to_thread(self.engines)).values()), 1),
                 })
                 await asyncio.sleep(15)
@@ -433,6 +441,9 @@ class Bench:
             "stages_ms_p50": stage_medians(stages),
             "minutes": round(seconds / 60, 1),
             "worker_rss_growth_mb": round(last["worker_rss_mb"] - first["worker_rss_mb"], 1),
+            "worker_rss_growth_pct": round(100 * (last["worker_rss_mb"] / max(first["worker_rss_mb"], 1e-9) - 1), 2),
+            "worker_fds_growth": last["worker_fds"] - first["worker_fds"],
+            "tree_fds_growth": last["tree_fds"] - first["tree_fds"],
             "tree_rss_growth_mb": round(last["tree_rss_mb"] - first["tree_rss_mb"], 1),
             "engines_rss_growth_mb": round(last["engines_rss_mb"] - first["engines_rss_mb"], 1),
             "timeline": timeline,
