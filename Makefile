@@ -1,5 +1,5 @@
 # JARVIS Voice Engine: `make demo` runs the whole stack with a simulated kiosk; `make test` runs the tests.
-.PHONY: setup demo up test lint bench migrate
+.PHONY: setup demo up test lint bench migrate models
 
 PY := .venv/bin/python
 
@@ -21,6 +21,11 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench.token_service --quick
+
+# The STT and TTS checkpoints and configured voices into the Hugging Face cache (HF_HOME), verified;
+# the engines then start with HF_HUB_OFFLINE=1.
+models: setup
+	$(PY) -m jarvis_local.fetch_models
 
 migrate: setup
 	$(PY) -m jarvis.migrate

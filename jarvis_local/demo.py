@@ -22,7 +22,7 @@ from jarvis.migrate import migrate
 from jarvis.session_contract import ATTR_MEMBER_ID
 from jarvis_local.kiosk_page import KioskPageError, start_kiosk_page
 from jarvis_local.kiosk_sim import SessionRefused, SimulatedKiosk, open_session, poll, synthesize_french
-from jarvis_local.speech_models import real_models, tiny_models
+from jarvis_local.speech_models import choose_speech_models
 from jarvis_local.stack import REPO, LocalStack, StackError, free_port, local_stack, wait_for_port
 
 DEMO_GYM_KEY = "demo-key-lyon-part-dieu"
@@ -53,20 +53,10 @@ def llm_environment(stack: LocalStack) -> tuple[dict[str, str], str]:
 
 
 def speech_environment(stack: LocalStack, data: Path, *, text: bool) -> tuple[dict[str, str], str]:
-    """The Kyutai engines on real weights when at hand, else tiny random ones (with a banner)."""
+    """The Kyutai engines on real weights (fetched when the hub answers), else tiny random ones (with a banner)."""
     if text:
         return {"JARVIS_SPEECH__MODE": "text"}, "SPEECH: text mode (--text): the kiosk types and reads."
-    models = real_models()
-    if models is not None:
-        note = f"SPEECH: Kyutai {models.stt_checkpoint} + {models.tts_checkpoint} (real weights)."
-    else:
-        say("building tiny random-weight Kyutai checkpoints (first run only)")
-        models = tiny_models(data / "tiny-models")
-        note = (
-            "OFFLINE DEMO SPEECH: real Kyutai weights not found (Hugging Face cache or KYUTAI_*_CHECKPOINT),"
-            " so tiny random-weight models run: JARVIS speaks noise and the STT hears gibberish,"
-            " but every stage is real and timed."
-        )
+    models, note = choose_speech_models(data, log=say)
     say("starting the Kyutai STT and TTS engine servers")
     return stack.start_speech_engines(models, streams=8), note
 
