@@ -88,21 +88,27 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_file(path: Path, sibling: RepoSibling | None, label: str) -> None:
-    """Raises FetchError unless `path` has the hub's size (and SHA-256 for an LFS file)."""
+def verify_file(path: Path, sibling: RepoSibling | None, label: str, *, sha256: bool = True) -> None:
+    """Raises FetchError unless `path` has the hub's size (and SHA-256 for an LFS file, when `sha256`)."""
     if sibling is None:
         raise FetchError(f"{label}: not listed in the repository's files")
     size = path.stat().st_size
     expected = sibling.lfs.size if sibling.lfs is not None else sibling.size
     if expected is not None and size != expected:
         raise FetchError(f"{label}: {size} bytes on disk, the hub lists {expected}")
-    if sibling.lfs is not None and _sha256(path) != sibling.lfs.sha256:
+    if sha256 and sibling.lfs is not None and _sha256(path) != sibling.lfs.sha256:
         raise FetchError(f"{label}: SHA-256 differs from the hub's {sibling.lfs.sha256}")
 
 
 class Fetcher:
-    def __init__(self, endpoint: str | None = None, log: Callable[[str], None] = print) -> None:
+    """`rehash_present`: hash files already in the cache again (``make models``); the demo, which runs
+    this at every start, checks only their sizes (hashing ~6.5 GB takes tens of seconds)."""
+
+    def __init__(
+        self, endpoint: str | None = None, log: Callable[[str], None] = print, *, rehash_present: bool = True
+    ) -> None:
         self._endpoint = endpoint
+        self._rehash_present = rehash_present
         self._api = HfApi(endpoint=endpoint)
         self._log = log
         self._siblings: dict[str, dict[str, RepoSibling]] = {}
@@ -122,10 +128,11 @@ class Fetcher:
             path = Path(hf_hub_download(repo, filename, endpoint=self._endpoint))
         except Exception as exc:  # the hub client raises many kinds (HTTP, offline, timeouts)
             raise FetchError(f"{label}: {exc}") from exc
-        verify_file(path, self._sibling(repo, filename), label)
-        (self.report.present if isinstance(cached, str) else self.report.fetched).append(label)
+        present = isinstance(cached, str)
+        verify_file(path, self._sibling(repo, filename), label, sha256=self._rehash_present or not present)
+        (self.report.present if present else self.report.fetched).append(label)
         self.report.bytes_total += path.stat().st_size
-        self._log(f"{'present' if isinstance(cached, str) else 'fetched'}  {label}  ({_size(path)}, verified)")
+        self._log(f"{'present' if present else 'fetched'}  {label}  ({_size(path)}, verified)")
         return path
 
     def checkpoint(self, repo: str) -> dict[str, object]:
@@ -166,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = fetch_models(args.endpoint)
     except FetchError as exc:
-        print(f"models: {exc}", file=sys.stderr)
+        # A damaged cached file is not fetched again by the hub client: it must be deleted first.
+        print(
+            f"models: {exc} (a damaged cached file: remove its repo folder under $HF_HOME/hub and run again)",
+            file=sys.stderr,
+        )
         return 1
     print(
         f"models: {len(report.fetched)} files fetched, {len(report.present)} already present,"

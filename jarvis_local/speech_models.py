@@ -10,6 +10,7 @@ checkpoints with moshi's own classes (they speak noise, but every code path runs
 from __future__ import annotations
 
 import os
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -73,12 +74,21 @@ def hub_answers(endpoint: str | None = None, timeout_s: float = 3.0) -> bool:
         from huggingface_hub import constants
 
         endpoint = constants.ENDPOINT
-    request = urllib.request.Request(f"{endpoint.rstrip('/')}/api/models/{REAL_STT}", method="HEAD")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):  # refused, DNS, timeout, HTTP 4xx/5xx
-        return False
+    url = f"{endpoint.rstrip('/')}/api/models/{REAL_STT}"
+    answered: list[bool] = []
+
+    def ask() -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                answered.append(response.status == 200)
+        except (urllib.error.URLError, OSError, ValueError):  # refused, DNS, timeout, HTTP 4xx/5xx
+            answered.append(False)
+
+    # urlopen's timeout does not bound the DNS lookup (minutes where no resolver answers): a thread does.
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    asker.join(timeout_s + 1.0)
+    return bool(answered and answered[0])
 
 
 def choose_speech_models(
@@ -97,7 +107,7 @@ def choose_speech_models(
         log("the Hugging Face hub answers: fetching the real Kyutai models (first run only, several GB)")
         wanted = Wanted.from_settings()
         try:
-            report = Fetcher(endpoint, log).all(wanted)
+            report = Fetcher(endpoint, log, rehash_present=False).all(wanted)
         except FetchError as exc:
             log(f"fetching the real models failed ({exc}); trying the cache, else the tiny models")
         else:
