@@ -38,9 +38,10 @@ from jarvis.db import DatabaseUnavailable, create_pool
 from jarvis.session_contract import SessionMetadata
 from token_service import rollout
 from token_service.admission import Admission, OverCapacity
+from token_service.errors import ApiError
 from token_service.keys import GymKey, GymKeys, TooManyBadKeys
 from token_service.metrics import TokenServiceMetrics
-from token_service.rollout import Rollout, RolloutError
+from token_service.rollout import Rollout
 from token_service.settings import TokenServiceSettings
 from token_service.weather import WeatherClient
 
@@ -68,17 +69,6 @@ class SessionResponse(BaseModel):
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable and machine-readable, e.g. 'unknown_badge'")
     detail: str = Field(description="The reason, for the gym's developers")
-
-
-class ApiError(Exception):
-    """An answer with a status, a stable code and a reason the gym's developers can act on."""
-
-    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = headers or {}
 
 
 # The same answer for a badge of another gym and a badge that does not exist: a gym cannot
@@ -444,10 +434,6 @@ def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def on_api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.detail, exc.headers)
-
-    @app.exception_handler(RolloutError)
-    async def on_rollout_error(_request: Request, exc: RolloutError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.detail, exc.headers)
 
     @app.exception_handler(OverCapacity)

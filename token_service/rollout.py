@@ -29,21 +29,12 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from token_service.errors import ApiError
+
 logger = logging.getLogger("token_service.rollout")
 
 Mode = Literal["off", "percent", "on"]
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-
-
-class RolloutError(Exception):
-    """An answer with a stable code (the app turns it into its JSON error body)."""
-
-    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
@@ -87,8 +78,8 @@ def jarvis_enabled(snapshot: Snapshot, gym_id: str, kiosk_id: str, member_id: st
     return member_bucket(gym_id, member_id) < flag.percent * 100
 
 
-def disabled_error() -> RolloutError:
-    return RolloutError(
+def disabled_error() -> ApiError:
+    return ApiError(
         403, "jarvis_disabled", "JARVIS is not enabled for this kiosk or member: use the current provider"
     )
 
@@ -119,7 +110,7 @@ class Rollout:
                 self._read_at = started
             except Exception as exc:
                 if self._snapshot is None:
-                    raise RolloutError(503, "database_unavailable", "database unavailable, retry shortly") from exc
+                    raise ApiError(503, "database_unavailable", "database unavailable, retry shortly") from exc
                 # Retry on the next request, not at every one: keep the old one for refresh_s.
                 self._read_at = started
                 logger.warning("rollout flags not read (%s): keeping the last ones", type(exc).__name__)
@@ -188,10 +179,10 @@ async def admin(request: Request) -> None:
     """``Authorization: Bearer <JARVIS_ADMIN_API_KEY>``; without that setting the routes are off."""
     expected = request.app.state.admin_api_key
     if not expected:
-        raise RolloutError(404, "admin_disabled", "admin routes are off: JARVIS_ADMIN_API_KEY is not set")
+        raise ApiError(404, "admin_disabled", "admin routes are off: JARVIS_ADMIN_API_KEY is not set")
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), expected.encode()):
-        raise RolloutError(401, "invalid_admin_key", "missing or wrong admin key", {"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "invalid_admin_key", "missing or wrong admin key", {"WWW-Authenticate": "Bearer"})
 
 
 def view(snapshot: Snapshot) -> RolloutView:
@@ -223,7 +214,7 @@ async def _write(flags: Rollout, what: str, sql: str, *args: object, must_match:
     async with pool.acquire(timeout=flags.timeout_s) as conn:
         status = await conn.execute(sql, *args, timeout=flags.timeout_s)
     if must_match and status.endswith(" 0"):
-        raise RolloutError(404, "unknown_gym", "no such gym")
+        raise ApiError(404, "unknown_gym", "no such gym")
     logger.info("rollout changed by the admin route: %s", what)
     flags.invalidate()  # this instance at once; the others within their refresh
     return view(await flags.snapshot())
