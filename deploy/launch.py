@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The same reading of the environment files as the installer's (run from the checkout, beside it).
+from install import parse_env
+
 # systemd starts services with this PATH and nothing of the caller's environment.
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 RESTART_S = 2.0
@@ -39,20 +42,6 @@ RESTART_S = 2.0
 # (uvicorn re-raises the SIGTERM it handled, so the token service "dies" of it after a clean stop).
 CLEAN_EXITS = {0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP, -signal.SIGPIPE}
 START_TIMEOUT_S = 900.0  # a first start may fetch several GB of checkpoints
-
-
-def parse_env_file(path: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        env[key.strip()] = value
-    return env
 
 
 def healthy(url: str) -> bool:
@@ -84,7 +73,7 @@ class Instance:
         for item in self.spec["env_files"]:
             path = Path(item)
             if path.exists():  # optional files (local.env, livekit.env) may be absent, as `EnvironmentFile=-`
-                env |= parse_env_file(path)
+                env |= parse_env(path.read_text())
         if self.spec.get("prometheus_multiproc"):
             # Fresh at each start, as the unit's RuntimeDirectory: stale files would keep dead sessions counted.
             directory = self.run_dir / f"jarvis-agent-{self.name.split('@')[1]}"
