@@ -118,7 +118,11 @@ def build_conversation(
 ) -> Conversation:
     """Everything a session needs, not started yet; tests drive it with `session.run`."""
     ids = SessionIds(gym_id=context.gym.id, member_id=context.member.id, session_id=context.session_id)
-    tools = GymTools(pool, ids, kiosk=kiosk, notify_coach=notify_coach, db_timeout_s=db_timeout_s)
+    log = SessionLog(pool, context, db_timeout_s)
+    tools = GymTools(
+        pool, ids, kiosk=kiosk, notify_coach=notify_coach, db_timeout_s=db_timeout_s,
+        ensure_session=log.ensure_session_row,
+    )
     # Only what is given: AgentSession tells "not given" apart from None.
     options: dict[str, Any] = {"llm": llm, "stt": stt, "tts": tts}
     options = {key: value for key, value in options.items() if value is not None}
@@ -130,7 +134,6 @@ def build_conversation(
     session: AgentSession[GymTools] = AgentSession(userdata=tools, max_tool_steps=MAX_TOOL_STEPS, **options)
     _apologise_when_the_llm_is_down(session)
     agent = JarvisAgent(context, tools, mcp_servers=mcp_servers, now=now)
-    log = SessionLog(pool, context, db_timeout_s)
     log.attach(session)
     return Conversation(session=session, agent=agent, tools=tools, log=log, greeting=greeting(context, now))
 

@@ -358,13 +358,22 @@ class SessionLog:
         """The session's outbox file (gone once every row reached the database)."""
         return self._spool_path
 
+    def session_row(self) -> Row:
+        """The session's voice_sessions row, as the outbox writes it."""
+        ctx = self._context
+        return {"op": "session", "session_id": ctx.session_id, "gym_id": ctx.gym.id, "member_id": ctx.member.id,
+                "kiosk_id": ctx.kiosk_id, "room": ctx.room, "at": self._started_at}  # fmt: skip
+
+    async def ensure_session_row(self, conn: Any) -> None:
+        """Writes the voice_sessions row on ``conn`` now, unless it is there (the outbox's own row,
+        same values): a tool's booking made before the outbox drained still points at its session."""
+        sql, args = _statement(self.session_row())
+        await conn.execute(sql, *args)
+
     def start(self) -> None:
         """Queue the voice_sessions row and start the writers. Returns at once."""
         ctx = self._context
-        self._enqueue(
-            {"op": "session", "session_id": ctx.session_id, "gym_id": ctx.gym.id, "member_id": ctx.member.id,
-             "kiosk_id": ctx.kiosk_id, "room": ctx.room, "at": self._started_at}
-        )  # fmt: skip
+        self._enqueue(self.session_row())
         name = f"session-log-{ctx.session_id}"
         self._spooler = asyncio.create_task(self._spool_rows(), name=f"{name}-spool")
         self._sender = asyncio.create_task(self._send_rows(), name=f"{name}-send")

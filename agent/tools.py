@@ -55,8 +55,8 @@ logger = logging.getLogger("jarvis.agent.tools")
 BOOKING_DURATION_MIN = 60
 BOOKING_HORIZON_DAYS = 90
 KIOSK_RPC_METHOD = "kiosk.show_video"
-# Rows written by a tool point at the session when its voice_sessions row exists (it is written
-# off the conversation's path and may be missing if the database was down at the start).
+# Rows written by a tool point at the session when its voice_sessions row exists: a live session's
+# tools write it first (GymTools' ensure_session); over MCP the session is known to exist already.
 SESSION_REF = "(SELECT id FROM voice_sessions WHERE id = {} AND gym_id = $1)"
 
 
@@ -394,10 +394,14 @@ class GymTools:
         notify_coach: CoachNotifier = log_only_notifier,
         now: Callable[[], datetime] | None = None,
         db_timeout_s: float = DB_TIMEOUT_S,
+        ensure_session: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         self._pool = pool
         self._db_timeout_s = db_timeout_s
         self.ids = ids
+        # Writes the session's voice_sessions row in the effect's transaction (the session log
+        # writes it asynchronously): without it an early booking would lose its session link.
+        self._ensure_session = ensure_session
         self.kiosk = kiosk
         self._notify_coach = notify_coach
         self._now = now or (lambda: datetime.now(ZoneInfo("UTC")))
@@ -463,6 +467,8 @@ class GymTools:
                         # The other key(s) of this call now point at the same effect too.
                         await self._record(conn, mine, first["result"], first["effect_id"])
                         return str(first["result"])
+                if self._ensure_session is not None:
+                    await self._ensure_session(conn)
                 effect = await write(conn, args)
                 await self._record(conn, mine, effect.said, effect.effect_id)
         if effect.after_commit is not None:

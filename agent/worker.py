@@ -19,7 +19,7 @@ from agent.resources import SessionResources
 from agent.settings import AgentSettings
 from agent.sweeper import Sweeper
 from agent.voice import build_speech
-from jarvis.context_store import claim_session
+from jarvis.context_store import claim_session, end_session_claim
 from jarvis.session_contract import (
     ATTR_GYM_ID,
     ATTR_MEMBER_ID,
@@ -44,20 +44,29 @@ async def entrypoint(ctx: JobContext) -> None:
     resources = await SessionResources.open(settings)
     ctx.add_shutdown_callback(resources.aclose)
     if not await claim_session(resources.redis, resources.db_pool, meta.session_id, ctx.job.id):
-        # A rejoin with a used token: a second job would overwrite the first one's record.
-        logger.warning("session %s: job %s refused, the session already had its job", meta.session_id, ctx.job.id)
+        # A rejoin with a spent token: a second job would overwrite the first one's record.
+        logger.warning("session %s: job %s refused, the session has already ended", meta.session_id, ctx.job.id)
         await ctx.delete_room(meta.room)  # the kiosk is sent away at once, not left waiting for JARVIS
         ctx.shutdown(reason="session token already used")
         return
+    resources.on_close(lambda _reason: end_session_claim(resources.redis, meta.session_id))
     context = await load_member_context(meta, redis=resources.redis, db_pool=resources.db_pool)
     await ctx.connect()
 
+    async def close_session() -> None:
+        # The token is spent before the room goes: a rejoin racing the close finds it ended.
+        await end_session_claim(resources.redis, meta.session_id)
+        await ctx.delete_room()
+        ctx.shutdown(reason="kiosk left")
+
+    closing: set[asyncio.Task[None]] = set()
+
     def on_participant_left(participant: rtc.RemoteParticipant) -> None:
         # The kiosk is the session: when it leaves, the room has no reason to live on.
-        if participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+        if participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and not closing:
             logger.info("session %s: kiosk left, closing the room", meta.session_id)
-            ctx.delete_room()
-            ctx.shutdown(reason="kiosk left")
+            task = asyncio.get_running_loop().create_task(close_session())
+            closing.add(task)
 
     ctx.room.on("participant_disconnected", on_participant_left)
     gym_voice = context.gym.agent_settings.get("voice")

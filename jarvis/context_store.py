@@ -180,21 +180,42 @@ def session_claim_key(session_id: str) -> str:
     return f"session:{session_id}:claim"
 
 
-async def claim_session(redis: Any, db_pool: Any, session_id: str, job_id: str) -> bool:
-    """True for the first job of a session (or that same job dispatched again); False for any other.
+SESSION_ENDED = "ended"
 
-    A session token is single-use: a kiosk rejoining with it after the room closed makes LiveKit
-    dispatch a new job for the same session id, whose summary would overwrite the first one's.
-    Redis SET NX decides atomically. With Redis down, PostgreSQL's record decides: a session
-    that already has its voice_sessions row has had its job.
+
+async def claim_session(redis: Any, db_pool: Any, session_id: str, job_id: str) -> bool:
+    """True unless the session has already ended: its token is then spent.
+
+    A kiosk rejoining with a used token after the room closed makes LiveKit dispatch a new job
+    for the same session id, whose summary would overwrite the first one's: that job is refused.
+    A job dispatched again while the session is still open (LiveKit re-dispatches when an
+    assignment times out on a busy worker) takes the session over: refusing it would leave the
+    member with no JARVIS at all. Redis holds the live claim; with Redis down, or once Redis
+    forgot, PostgreSQL's record decides: a session whose row has ``ended_at`` is spent.
     """
     key = session_claim_key(session_id)
     try:
-        if await redis.set(key, job_id, nx=True, ex=SESSION_CLAIM_TTL_S):
-            return True
         holder = await redis.get(key)
-        return holder in (job_id, job_id.encode())
+        if holder in (SESSION_ENDED, SESSION_ENDED.encode()):
+            return False
+        if holder is not None and holder not in (job_id, job_id.encode()):
+            logger.warning("session %s: job %s takes over from job %s (dispatched again)",
+                           session_id, job_id, holder.decode() if isinstance(holder, bytes) else holder)
+        await redis.set(key, job_id, ex=SESSION_CLAIM_TTL_S)
     except Exception as exc:  # a Redis outage must not cost the member their session
         logger.warning("session %s: redis unavailable for the claim (%s), asking the database",
                        session_id, type(exc).__name__)
-    return await db_pool.fetchval("SELECT 1 FROM voice_sessions WHERE id = $1::uuid", session_id) is None
+    ended = await db_pool.fetchval(
+        "SELECT ended_at IS NOT NULL AND outcome IS DISTINCT FROM 'interrompue'"
+        " FROM voice_sessions WHERE id = $1::uuid",
+        session_id,
+    )
+    return not ended
+
+
+async def end_session_claim(redis: Any, session_id: str) -> None:
+    """Marks the session's token spent, before its room closes: a rejoin then finds no session."""
+    try:
+        await redis.set(session_claim_key(session_id), SESSION_ENDED, ex=SESSION_CLAIM_TTL_S)
+    except Exception as exc:  # PostgreSQL's ended_at still refuses the rejoin once the log is written
+        logger.warning("session %s: redis unavailable to end the claim (%s)", session_id, type(exc).__name__)

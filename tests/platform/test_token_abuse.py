@@ -307,10 +307,10 @@ async def test_a_session_token_starts_one_job_only(
     assert len(refusals()) == 1, refusals()
 
 
-async def test_a_session_is_claimed_once_in_redis_or_else_by_its_postgresql_record(stack: LocalStack) -> None:
+async def test_a_spent_session_is_refused_by_redis_or_else_by_its_postgresql_record(stack: LocalStack) -> None:
     import uuid
 
-    from jarvis.context_store import claim_session
+    from jarvis.context_store import claim_session, end_session_claim
     from jarvis.db import create_pool
 
     gym = await create_gym(stack.pg_dsn)
@@ -321,7 +321,10 @@ async def test_a_session_is_claimed_once_in_redis_or_else_by_its_postgresql_reco
         first = str(uuid.uuid4())
         assert await claim_session(redis_up, pool, first, "job-a")
         assert await claim_session(redis_up, pool, first, "job-a")  # LiveKit dispatching the same job again
-        assert not await claim_session(redis_up, pool, first, "job-b")  # a rejoin's new job
+        # The assignment timed out on a busy worker and LiveKit dispatched anew: the member still gets JARVIS.
+        assert await claim_session(redis_up, pool, first, "job-b")
+        await end_session_claim(redis_up, first)
+        assert not await claim_session(redis_up, pool, first, "job-c")  # a rejoin after the end
 
         second = str(uuid.uuid4())
         assert await claim_session(redis_down, pool, second, "job-a")  # no record yet: the first job
@@ -329,7 +332,10 @@ async def test_a_session_is_claimed_once_in_redis_or_else_by_its_postgresql_reco
             "INSERT INTO voice_sessions (id, gym_id, member_id, kiosk_id, room) VALUES ($1, $2, $3, 'k1', 'r')",
             second, gym.gym_id, gym.member_id,
         )
-        assert not await claim_session(redis_down, pool, second, "job-b")
+        assert await claim_session(redis_down, pool, second, "job-b")  # still open: dispatched again
+        await pool.execute("UPDATE voice_sessions SET ended_at = now(), outcome = 'info' WHERE id = $1", second)
+        assert not await claim_session(redis_down, pool, second, "job-c")
+        assert not await claim_session(redis_up, pool, second, "job-c")  # Redis forgot; the record has not
     finally:
         await redis_up.aclose()
         await redis_down.aclose()
