@@ -1,7 +1,13 @@
 /**
  * A typed client for the JARVIS token API (`POST /v1/sessions`), for the gym's SERVER side
  * only: it holds the gym's API key, which must never reach a browser.
+ *
+ * A refusal is read by the body's machine-readable `code` (token_service/errors.py), not by its
+ * HTTP status: only `jarvis_disabled` and `over_capacity` send the kiosk to the previous
+ * provider (`TokenApiError.fallback`); a bare 403 or 503 does not.
  */
+
+import type { FallbackReason } from "./legacy.js";
 
 export interface CreateSessionRequest {
   badge_id: string;
@@ -20,8 +26,8 @@ export interface KioskSession {
 
 export type TokenApiErrorCode =
   | "unauthorized" // 401: wrong or missing gym key
-  | "forbidden" // 403: the badge belongs to another gym
-  | "member_not_found" // 404
+  | "forbidden" // 403 without a code the client knows
+  | "member_not_found" // 404: unknown badge (also another gym's), inactive membership
   | "invalid_request" // 422
   | "rate_limited" // 429 (see retryAfterSeconds)
   | "jarvis_disabled" // JARVIS is off for this gym, kiosk or member: use the previous provider
@@ -39,8 +45,15 @@ export class TokenApiError extends Error {
     /** The service's `detail`, safe to log (it carries no personal data). */
     readonly detail: string,
     readonly retryAfterSeconds?: number,
+    /** The body's own `code`, verbatim (e.g. `unknown_badge`, `bad_api_key`), when it had one. */
+    readonly serviceCode?: string,
   ) {
     super(`token API ${status || "unreachable"} (${code}): ${detail}`);
+  }
+
+  /** Why the kiosk must use the previous provider instead of JARVIS, or null when it must not. */
+  get fallback(): Exclude<FallbackReason, "agent_absent"> | null {
+    return this.code === "jarvis_disabled" || this.code === "over_capacity" ? this.code : null;
   }
 }
 
@@ -52,6 +65,8 @@ export interface TokenClientOptions {
   timeoutMs?: number;
   /** Injected for tests; defaults to the global fetch (Node 18+, Next.js). */
   fetch?: typeof fetch;
+  /** Injected for tests: the clock (ms) that Retry-After of over_capacity is counted on. */
+  now?: () => number;
 }
 
 const CODES_BY_STATUS: Readonly<Record<number, TokenApiErrorCode>> = {
@@ -63,18 +78,51 @@ const CODES_BY_STATUS: Readonly<Record<number, TokenApiErrorCode>> = {
   503: "unavailable",
 };
 
+/**
+ * The token service's codes (token_service/errors.py and its callers), in this client's words;
+ * a gym backend in front of it may pass this client's own words on, so they map to themselves.
+ */
+const SERVICE_CODES: ReadonlyMap<string, TokenApiErrorCode> = new Map<string, TokenApiErrorCode>([
+  ["missing_api_key", "unauthorized"],
+  ["bad_api_key", "unauthorized"],
+  ["jarvis_disabled", "jarvis_disabled"],
+  ["unknown_badge", "member_not_found"],
+  ["inactive_badge", "member_not_found"],
+  ["body_too_large", "invalid_request"],
+  ["rate_limited", "rate_limited"],
+  ["too_many_bad_keys", "rate_limited"],
+  ["over_capacity", "over_capacity"],
+  ["database_unavailable", "unavailable"],
+  ["internal_error", "unexpected"],
+  ...(["unauthorized", "forbidden", "member_not_found", "invalid_request", "unavailable"] as const).map(
+    (code) => [code, code] as const,
+  ),
+]);
+
 export class JarvisTokenClient {
   private readonly baseUrl: string;
   private readonly fetchImpl: typeof fetch;
+  private readonly now: () => number;
+  /** While JARVIS is full (over_capacity's Retry-After): the refusal, and when it ends (ms). */
+  private full: { error: TokenApiError; until: number } | null = null;
 
   constructor(private readonly options: TokenClientOptions) {
     if (!options.gymKey) throw new Error("JarvisTokenClient needs the gym's API key");
     this.baseUrl = options.baseUrl.replace(/\/+$/, "");
     this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+    this.now = options.now ?? Date.now;
   }
 
-  /** Asks for a kiosk session for a scanned badge. Throws TokenApiError on any failure. */
+  /**
+   * Asks for a kiosk session for a scanned badge. Throws TokenApiError on any failure.
+   *
+   * After an `over_capacity` with Retry-After, the next badges get the same refusal at once,
+   * without asking, until Retry-After has passed: the kiosks go straight to the previous provider
+   * and the full service is not asked again by every badge scan.
+   */
   async createSession(request: CreateSessionRequest): Promise<KioskSession> {
+    const held = this.stillFull();
+    if (held !== null) throw held;
     let response: Response;
     try {
       response = await this.fetchImpl(`${this.baseUrl}/v1/sessions`, {
@@ -94,10 +142,32 @@ export class JarvisTokenClient {
     const body: unknown = await response.json().catch(() => undefined);
     if (!response.ok) {
       // The body's own code says more than the status (503 is over_capacity or unavailable).
-      const code = knownCode(body) ?? CODES_BY_STATUS[response.status] ?? "unexpected";
-      throw new TokenApiError(code, response.status, detailOf(body, response.statusText), retryAfter(response));
+      const serviceCode = codeOf(body);
+      const code =
+        (serviceCode === undefined ? undefined : SERVICE_CODES.get(serviceCode)) ??
+        CODES_BY_STATUS[response.status] ??
+        "unexpected";
+      const wait = retryAfter(response);
+      const error = new TokenApiError(code, response.status, detailOf(body, response.statusText), wait, serviceCode);
+      if (code === "over_capacity" && wait !== undefined && wait > 0) {
+        this.full = { error, until: this.now() + wait * 1000 };
+      }
+      throw error;
     }
+    this.full = null;
     return parseSession(body);
+  }
+
+  /** The over_capacity refusal still in force, its Retry-After counted down; or null. */
+  private stillFull(): TokenApiError | null {
+    if (this.full === null) return null;
+    const leftMs = this.full.until - this.now();
+    if (leftMs <= 0) {
+      this.full = null;
+      return null;
+    }
+    const { code, status, detail, serviceCode } = this.full.error;
+    return new TokenApiError(code, status, detail, Math.ceil(leftMs / 1000), serviceCode);
   }
 }
 
@@ -120,21 +190,10 @@ export function parseSession(body: unknown): KioskSession {
   };
 }
 
-const BODY_CODES: ReadonlySet<string> = new Set<TokenApiErrorCode>([
-  "unauthorized",
-  "forbidden",
-  "member_not_found",
-  "invalid_request",
-  "rate_limited",
-  "jarvis_disabled",
-  "over_capacity",
-  "unavailable",
-]);
-
-function knownCode(body: unknown): TokenApiErrorCode | undefined {
+function codeOf(body: unknown): string | undefined {
   if (typeof body !== "object" || body === null) return undefined;
   const code = (body as { code?: unknown }).code;
-  return typeof code === "string" && BODY_CODES.has(code) ? (code as TokenApiErrorCode) : undefined;
+  return typeof code === "string" && code ? code : undefined;
 }
 
 function detailOf(body: unknown, fallback: string): string {

@@ -93,6 +93,62 @@ describe("token API client", () => {
     }
   });
 
+  it("reads the token service's own codes: another gym's badge (404 unknown_badge) and a wrong key are no fallback", async () => {
+    const cases = [
+      [404, "unknown_badge", "member_not_found"],
+      [404, "inactive_badge", "member_not_found"],
+      [401, "bad_api_key", "unauthorized"],
+      [503, "database_unavailable", "unavailable"],
+      [403, "some_new_refusal", "forbidden"],
+    ] as const;
+    for (const [status, serviceCode, code] of cases) {
+      const fake = fakeFetch(status, { code: serviceCode, detail: "refused" });
+      const client = new JarvisTokenClient({ baseUrl: "http://t", gymKey: "k", fetch: fake.fetch });
+      await assert.rejects(client.createSession({ badge_id: "LYON-0001", kiosk_id: "k1" }), (error) => {
+        assert.ok(error instanceof TokenApiError);
+        assert.equal(error.code, code);
+        assert.equal(error.serviceCode, serviceCode);
+        assert.equal(error.fallback, null, `${status} ${serviceCode} must not send the kiosk to the old provider`);
+        return true;
+      });
+    }
+  });
+
+  it("says which refusals send the kiosk to the previous provider", async () => {
+    for (const [status, code] of [[403, "jarvis_disabled"], [503, "over_capacity"]] as const) {
+      const fake = fakeFetch(status, { code, detail: "use the current provider" });
+      const client = new JarvisTokenClient({ baseUrl: "http://t", gymKey: "k", fetch: fake.fetch });
+      await assert.rejects(client.createSession({ badge_id: "LYON-0001", kiosk_id: "k1" }), (error) => {
+        assert.ok(error instanceof TokenApiError);
+        assert.equal(error.fallback, code);
+        return true;
+      });
+    }
+  });
+
+  it("honours over_capacity's Retry-After: the next badges are refused at once, without asking, until it passes", async () => {
+    let now = 1_000_000;
+    const full = fakeFetch(503, { code: "over_capacity", detail: "full" }, { "retry-after": "5" });
+    let answer = full;
+    const fetchNow = ((url: string | URL | Request, init?: RequestInit) => answer.fetch(url, init)) as typeof fetch;
+    const client = new JarvisTokenClient({ baseUrl: "http://t", gymKey: "k", fetch: fetchNow, now: () => now });
+    const refusal = (left: number) => (error: unknown) => {
+      assert.ok(error instanceof TokenApiError);
+      assert.equal(error.fallback, "over_capacity");
+      assert.equal(error.retryAfterSeconds, left);
+      return true;
+    };
+    await assert.rejects(client.createSession({ badge_id: "LYON-0001", kiosk_id: "k1" }), refusal(5));
+    answer = fakeFetch(201, SESSION);
+    now += 3_200;
+    await assert.rejects(client.createSession({ badge_id: "LYON-0002", kiosk_id: "k2" }), refusal(2));
+    assert.equal(full.calls.length, 1);
+    assert.equal(answer.calls.length, 0, "the full service is not asked while Retry-After lasts");
+    now += 1_800;
+    assert.deepEqual(await client.createSession({ badge_id: "LYON-0002", kiosk_id: "k2" }), SESSION);
+    assert.equal(answer.calls.length, 1);
+  });
+
   it("reports an unreachable service as unavailable, without leaking the key", async () => {
     const failing = (async () => {
       throw new TypeError("fetch failed");

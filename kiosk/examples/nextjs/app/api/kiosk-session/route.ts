@@ -5,9 +5,12 @@
  * The gym's API key lives in the server's environment (JARVIS_GYM_KEY) and never reaches the
  * browser: the kiosk page posts only {badge_id}, and receives only what it needs to join the
  * room ({livekit_url, token, session_id, expires_at, member_first_name}). A refusal is passed on
- * as {code, detail}; `jarvis_disabled` (the rollout flag is off for this gym, kiosk or member)
- * and `over_capacity` (JARVIS is full, with Retry-After) tell the kiosk to use the previous
- * provider (see ../legacy-session/route.ts and KioskScreen.tsx).
+ * as {code, detail}. The token service's machine-readable code decides, never the HTTP status
+ * alone: `jarvis_disabled` (the rollout flag is off for this gym, kiosk or member) and
+ * `over_capacity` (JARVIS is full, with Retry-After) tell the kiosk to use the previous provider
+ * (see ../legacy-session/route.ts and KioskScreen.tsx). For Retry-After after an over_capacity,
+ * the client answers over_capacity itself without asking the full service again, so every
+ * kiosk of the gym goes straight to the previous provider until then.
  *
  * Environment:
  *   JARVIS_TOKEN_SERVICE_URL  e.g. https://jarvis.example.net
@@ -50,10 +53,14 @@ export async function POST(request: Request): Promise<Response> {
     );
   } catch (error) {
     if (error instanceof TokenApiError) {
+      const headers: Record<string, string> = { "cache-control": "no-store" };
+      if (error.retryAfterSeconds !== undefined) headers["retry-after"] = String(error.retryAfterSeconds);
+      if (error.fallback !== null) {
+        // jarvis_disabled or over_capacity: the kiosk starts the previous provider (fallbackReasonOf).
+        return Response.json({ code: error.fallback, detail: error.detail }, { status: error.status, headers });
+      }
       // 401 means this server's key is wrong: the kiosk shows "service unavailable", ops get paged.
       const status = error.status === 0 || error.code === "unauthorized" ? 503 : error.status;
-      const headers: Record<string, string> =
-        error.retryAfterSeconds === undefined ? {} : { "retry-after": String(error.retryAfterSeconds) };
       return Response.json({ code: error.code, detail: error.detail }, { status, headers });
     }
     throw error;
