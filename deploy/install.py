@@ -23,6 +23,11 @@ What it writes (all under --root, "/" on a real host):
 Python packages come from deploy/requirements/runtime.lock into <app>/.venv; Debian packages per role.
 --no-packages skips both (the tests; a host whose venv is already built). --dry-run changes nothing and
 prints what would change. Stdlib only: it runs before any virtual environment exists.
+
+The engines role fetches the models ahead into the model cache (`python -m jarvis_local.fetch_models`,
+progress bars, verified; a second run downloads nothing) and the engines start with HF_HUB_OFFLINE=1:
+they read only that cache. --no-models skips the fetch (a host without the hub: copy a fetched
+/var/cache/jarvis/huggingface over); HF_ENDPOINT in the installer's environment selects a mirror.
 """
 
 from __future__ import annotations
@@ -328,7 +333,7 @@ def build_instances(args: argparse.Namespace, p: Paths, ports: dict[str, int]) -
                     "argv": [py, "-m", module], "cwd": str(p.app),
                     "env_files": [*common, str(p.etc / "instances" / f"{name}.env")],
                     "health": f"http://127.0.0.1:{ports[kind] + gpu}/api/health", "after": [],
-                    "stop_timeout_s": STOP_S["engine"],
+                    "stop_timeout_s": STOP_S["engine"], "environment": ENGINE_ENVIRONMENT,
                 })
     if "token" in args.roles:
         out.append({
@@ -352,6 +357,12 @@ def build_instances(args: argparse.Namespace, p: Paths, ports: dict[str, int]) -
                 "prometheus_multiproc": True,
             })
     return out
+
+
+# What the engine units set with Environment= (the launcher applies it the same way, before the env
+# files, which may override it): the engines read only the model cache the installer filled, so a hub
+# outage or a slow link never stalls a (re)start; HF_HOME (jarvis.env) is that writable cache.
+ENGINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1"}
 
 
 def engine_urls(args: argparse.Namespace, ports: dict[str, int], kind: str) -> str:
@@ -460,7 +471,8 @@ def render_unit(template: str, p: Paths, args: argparse.Namespace) -> str:
               "WORKER_DRAIN_S": str(WORKER_DRAIN_S), "WORKER_STOP_S": str(STOP_S["worker"]),
               "LIVEKIT_STOP_S": str(STOP_S["livekit"]), "ENGINE_STOP_S": str(STOP_S["engine"]),
               "TOKEN_STOP_S": str(STOP_S["token"]), "STT_PORT_BASE": str(PORTS["stt"]),
-              "TTS_PORT_BASE": str(PORTS["tts"])}
+              "TTS_PORT_BASE": str(PORTS["tts"]),
+              "ENGINE_ENVIRONMENT": " ".join(f"{k}={v}" for k, v in ENGINE_ENVIRONMENT.items())}
     text = (DEPLOY / "systemd" / template).read_text()
     for key, value in values.items():
         text = text.replace(f"@{key}@", value)
@@ -526,6 +538,52 @@ def install_packages(ch: Changes, args: argparse.Namespace, p: Paths) -> None:
         write_file(ch, p.livekit_binary, source.read_bytes(), 0o755)
 
 
+# -- models --------------------------------------------------------------------------------
+
+
+def fetch_models(ch: Changes, args: argparse.Namespace, p: Paths, engine_extra: dict[str, str]) -> None:
+    """The checkpoints and voices the engines load, into the model cache, ahead of their first start.
+
+    Runs `python -m jarvis_local.fetch_models` from the app's venv with the engines' settings and their
+    HF_HOME (progress bars on the console); then hands the cache to the service user. A file already in
+    the cache is not downloaded again, so a second install changes nothing.
+    """
+    checkpoints = [engine_extra.get(f"KYUTAI_{kind}_CHECKPOINT", "") for kind in ("STT", "TTS")]
+    if all(c and Path(c).is_dir() for c in checkpoints):
+        print("models: the engines' checkpoints are local directories: nothing to fetch")
+        return
+    cache = p.cache / "huggingface"
+    if ch.dry_run:
+        print(f"models: a real run fetches what is missing into {cache}")
+        return
+    python = p.venv / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"{python} missing: drop --no-packages, or pass --no-models")
+    env = {**os.environ, **engine_extra, "HF_HOME": str(cache)}
+    env.pop("HF_HUB_OFFLINE", None)  # the fetch is the one time the hub is used
+    print(f"models: fetching into {cache} (several GB the first time; --no-models skips)", flush=True)
+    result = subprocess.run([str(python), "-m", "jarvis_local.fetch_models"], cwd=p.app, env=env,
+                            stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(result.stdout)
+    if result.returncode != 0:
+        raise SystemExit("models: the fetch failed (above); with no hub here, pass --no-models and copy a "
+                         f"fetched model cache to {cache}")
+    fetched = re.search(r"models: (\d+) files fetched", result.stdout)
+    if fetched is None or int(fetched.group(1)) > 0:
+        ch.note(f"{cache} (models fetched)")
+    else:
+        ch.unchanged += 1
+    # Fetched as root (the service user may not run the installer's Python): the cache is the engines'.
+    try:
+        uid, gid = _owner_ids(args.user)
+    except KeyError:
+        return
+    for path in [cache, *cache.rglob("*")]:
+        st = path.lstat()
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.lchown(path, uid, gid)
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -561,6 +619,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="add to every engine instance's env file (checkpoints, streams)")
     ap.add_argument("--loopback", action="store_true", help="LiveKit on loopback: tests and one-box trials")
     ap.add_argument("--no-packages", action="store_true", help="skip Debian packages, the venv and the LiveKit binary")
+    ap.add_argument("--no-models", action="store_true",
+                    help="engines role: do not fetch the models (offline host: copy a filled model cache over)")
     ap.add_argument("--no-users", action="store_true", help="use the existing --user/--livekit-user as they are")
     ap.add_argument("--dry-run", action="store_true", help="change nothing; print what would change")
     args = ap.parse_args(argv)
@@ -666,6 +726,9 @@ def main(argv: list[str] | None = None) -> int:
             p.livekit_binary.parent.mkdir(parents=True, exist_ok=True)
             p.livekit_binary.symlink_to(source)
             ch.note(f"{p.livekit_binary} (link to {source})")
+
+    if "engines" in args.roles and not args.no_models:
+        fetch_models(ch, args, p, engine_extra)
 
     if root == Path("/") and not args.dry_run and ch.changed and shutil.which("systemctl"):
         subprocess.run(["systemctl", "daemon-reload"], check=False)

@@ -5,7 +5,9 @@
 
 It reads what deploy/install.sh generated (/etc/jarvis/host.json, the same environment files the
 systemd units read) and does what the units do:
-  - starts each instance with its environment files (later files win, as systemd's EnvironmentFile),
+  - starts each instance with its unit's fixed environment (the engines read only the model cache the
+    installer filled: HF_HUB_OFFLINE=1) and its environment files (later files win, as systemd's
+    EnvironmentFile),
     as its user when run as root, in its working directory, output to /var/log/jarvis/<name>.log;
   - starts an instance once those it comes after answer their health URL (workers after the engines);
   - gives each worker a fresh, empty PROMETHEUS_MULTIPROC_DIR (the units' RuntimeDirectory);
@@ -69,7 +71,8 @@ class Instance:
         return str(self.spec["name"])
 
     def environment(self) -> dict[str, str]:
-        env = dict(BASE_ENV)
+        # The unit's Environment= (the engines' HF_HUB_OFFLINE=1), then its env files, which may override it.
+        env = {**BASE_ENV, **self.spec.get("environment", {})}
         for item in self.spec["env_files"]:
             path = Path(item)
             if path.exists():  # optional files (local.env, livekit.env) may be absent, as `EnvironmentFile=-`

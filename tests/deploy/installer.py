@@ -14,10 +14,13 @@ LAUNCH = REPO / "deploy" / "launch.py"
 ALL_ROLES = "livekit,engines,worker,token"
 
 
-def install(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """The installer as ops run it (no packages: nothing is fetched in tests); its output."""
+def install(root: Path, *args: str, env: dict[str, str] | None = None, models: bool = False) -> str:
+    """The installer as ops run it, with no packages (nothing is fetched in tests) and, unless
+    ``models``, no model fetch (give it HF_ENDPOINT: a stand-in hub); its output."""
+    no_models = [] if models else ["--no-models"]
     result = subprocess.run(
-        [sys.executable, str(INSTALL), "--root", str(root), "--no-packages", "--venv", str(REPO / ".venv"), *args],
+        [sys.executable, str(INSTALL), "--root", str(root), "--no-packages", *no_models, "--venv",
+         str(REPO / ".venv"), *args],
         capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
     )
     assert result.returncode == 0, f"install failed:\n{result.stdout}\n{result.stderr}"

@@ -20,6 +20,7 @@ import yaml
 
 from tests.conftest import skip_or_fail
 from tests.deploy.installer import ALL_ROLES, REPO, install, read_env, snapshot
+from tests.deploy.test_fetch_models import REAL_STT, REAL_TTS, StandInHub, hub, tiny  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the installer creates users: run as root")
 
@@ -132,6 +133,13 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "TimeoutStopSec=3630" in worker, "the worker's stop timeout is livekit-agents' drain (3600 s) + 30 s"
     dropin = (units / "jarvis-agent@.service.d/engines.conf").read_text()
     assert "After=livekit.service kyutai-stt@0.service kyutai-tts@0.service" in dropin
+    # The engines read only the model cache the installer filled, under systemd and the plain launcher.
+    for kind in ("stt", "tts"):
+        assert "Environment=HF_HUB_OFFLINE=1" in (units / f"kyutai-{kind}@.service").read_text(), kind
+    host = json.loads((root / "etc/jarvis/host.json").read_text())
+    engines = [i for i in host["instances"] if i["name"].startswith("kyutai-")]
+    assert len(engines) == 4 and all(i["environment"] == {"HF_HUB_OFFLINE": "1"} for i in engines)
+    assert read_env(root / "etc/jarvis/jarvis.env")["HF_HOME"] == str(root / "var/cache/jarvis/huggingface")
 
 
 def test_the_python_lock_is_what_the_tests_run() -> None:
@@ -194,3 +202,25 @@ def test_the_tls_proxy_config_is_valid(tmp_path: Path) -> None:
     conf.write_text(text)
     result = subprocess.run(["nginx", "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_engines_role_fetches_the_models_ahead_once(hub: StandInHub, tmp_path: Path) -> None:  # noqa: F811
+    """The engine host's install fills the model cache from the hub (here the stand-in on loopback), hands
+    it to the service user, and a second install downloads nothing and changes nothing."""
+    root = tmp_path / "gpu-1"
+    args = ["--roles", "engines", "--gpus", "1"]
+    first = install(root, *args, env={"HF_ENDPOINT": hub.url}, models=True)
+    cache = root / "var/cache/jarvis/huggingface"
+    assert "11 files fetched" in first and f"changed: {cache} (models fetched)" in first, first
+    assert len(hub.gets) == 11, hub.gets
+    for repo in (REAL_STT, REAL_TTS):
+        snapshots = cache / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots"
+        assert any(snapshots.iterdir()), repo
+    assert {owner(path) for path in [cache, *cache.rglob("*")]} == {"jarvis"}, "the engines' cache is theirs"
+    before = snapshot(root)
+
+    second = install(root, *args, env={"HF_ENDPOINT": hub.url}, models=True)
+    assert "0 files fetched, 11 already present" in second, second
+    assert second.strip().splitlines()[-1].startswith("0 changed"), second
+    assert len(hub.gets) == 11, "the second install downloaded again"
+    assert snapshot(root) == before, "the second run rewrote or touched a file"
