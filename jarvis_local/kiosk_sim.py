@@ -20,10 +20,10 @@ import subprocess
 import tempfile
 import time
 import wave
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import httpx
 import numpy as np
@@ -189,6 +189,20 @@ class AgentAudioLog:
         return sum(FRAME_MS / 1000 for _at, level in self.frames if level >= SPEECH_RMS)
 
 
+def transcript_kind(
+    attributes: Mapping[str, str], sender: str, my_identity: str, my_track_sids: Iterable[str]
+) -> Literal["agent", "member_final", "member_interim"]:
+    """What a `lk.transcription` text stream is: JARVIS's words, or the STT's of the member's.
+
+    The member's own words come back attributed to the kiosk (the STT transcribing its track).
+    The STT's interim guesses arrive as streams of their own; only its finals are what the
+    member said (`make demo` once printed every interim as if the member had said it)."""
+    transcribed = attributes.get("lk.transcribed_track_id") or ""
+    if transcribed not in set(my_track_sids) and sender != my_identity:
+        return "agent"
+    return "member_final" if attributes.get("lk.transcription_final") == "true" else "member_interim"
+
+
 class SimulatedKiosk:
     def __init__(self) -> None:
         self.room = rtc.Room()
@@ -220,17 +234,16 @@ class SimulatedKiosk:
             self._tasks.append(asyncio.create_task(self._listen(track)))
 
     def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
-        # The member's own words come back attributed to the kiosk (the STT transcribing them).
-        transcribed = (reader.info.attributes or {}).get("lk.transcribed_track_id") or ""
-        about_member = transcribed in self._my_track_sids() or identity == self.room.local_participant.identity
-        target = self.member_transcripts if about_member else self.transcripts
-        # The STT's interim guesses arrive as their own streams; only its finals are what the
-        # member said.
-        interim = about_member and (reader.info.attributes or {}).get("lk.transcription_final") != "true"
+        kind = transcript_kind(
+            reader.info.attributes or {}, identity, self.room.local_participant.identity, self._my_track_sids()
+        )
+        if kind == "member_interim":
+            return
+        target = self.member_transcripts if kind == "member_final" else self.transcripts
 
         async def read() -> None:
             text = await reader.read_all()
-            if text.strip() and not interim:
+            if text.strip():
                 target.append((time.perf_counter(), text))
 
         self._tasks.append(asyncio.create_task(read()))

@@ -152,14 +152,19 @@ class SlotState:
     word_tokens: list[int] = field(default_factory=list)
     last_stop_time: float = 0.0
     unended_word: bool = False
+    end_of_word_seen: bool = False  # an end-of-word id came since the last Word
+    word_start: float = 0.0  # the start of the word being read
 
 
 @dataclass(frozen=True, slots=True)
 class Word:
-    """A word is complete; `start_time` in seconds of the client's audio."""
+    """A word is complete; `start_time` in seconds of the client's audio. `end_time`: when its
+    last piece came (the padding that closed it), what the server sends as its `EndWord` when
+    a Marker closes the turn before the next word does (moshi-server would send none)."""
 
     text: str
     start_time: float
+    end_time: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,10 +332,16 @@ class SttEngine:
                 text = self.checkpoint.tokenizer.decode(slot.word_tokens)
                 slot.word_tokens = []
                 if text.strip():
-                    events.append(Word(text.strip(), slot.last_stop_time))
+                    events.append(Word(text.strip(), slot.word_start, self._time(slot.outputs)))
                     slot.unended_word = True
+                    slot.end_of_word_seen = False
         elif token > padding and token < self._vocabulary_size:
             # (ids past the tokenizer's vocabulary can only come from a mismatched checkpoint)
+            if not slot.word_tokens:
+                # A word starts at the last end-of-word id, as moshi-server's do; a word without
+                # one since the previous word (random tiny checkpoints) at its first piece, not
+                # back at the previous word's start.
+                slot.word_start = slot.last_stop_time if slot.end_of_word_seen else self._time(slot.outputs - 1)
             slot.word_tokens.append(token)
         if token == END_OF_WORD_ID:
             stop_time = self._time(slot.outputs)
@@ -338,4 +349,5 @@ class SttEngine:
                 slot.unended_word = False
                 events.append(EndWord(stop_time))
             slot.last_stop_time = stop_time
+            slot.end_of_word_seen = True
         return events

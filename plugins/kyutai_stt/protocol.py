@@ -8,6 +8,10 @@ client → server: `Audio {pcm: [float]}` (mono, 24 kHz, any length), `Marker {i
 server → client: `Ready`, `Word {text, start_time}`, `EndWord {stop_time}`,
                  `Step {step_idx, prs, buffered_pcm}`, `Marker {id}`, `Error {message}`
 
+Our server also closes a word still open when it echoes a Marker (`EndWord` just before it, the
+time the word's last piece came): moshi-server sends a word's `EndWord` only when the next word
+starts, so a turn's last word would have no end.
+
 Authentication, framing and close codes: `kyutai_common.protocol`.
 """
 

@@ -93,6 +93,10 @@ class Stream:
     markers: deque[tuple[int, int]] = field(default_factory=deque)  # (step to reach, marker id)
     last_word_step: int = 0  # `steps` when the last Word was sent
     words_since_marker: bool = False  # a Word was sent since the last Marker went back (a turn is open)
+    # The end of the last Word sent while no EndWord closed it yet: a Marker closes it with that
+    # time, so the turn's final carries where its last word ended (the model's EndWord would
+    # only come with the next word, after the turn).
+    open_word_end: float | None = None
     # Messages to send; an int ends the stream with that WebSocket close code.
     out: asyncio.Queue[dict[str, Any] | int] = field(default_factory=asyncio.Queue)
     closed: bool = False
@@ -370,6 +374,9 @@ class SttServer:
     def _emit_markers(self, stream: Stream) -> None:
         echoed = False
         while stream.markers and stream.steps >= stream.markers[0][0]:
+            if stream.open_word_end is not None:
+                stream.out.put_nowait(protocol.end_word(stream.open_word_end))
+                stream.open_word_end = None
             stream.out.put_nowait(protocol.marker(stream.markers.popleft()[1]))
             echoed = True
         if echoed:
@@ -440,10 +447,13 @@ class SttServer:
                 for event in output.words:
                     if isinstance(event, Word):
                         stream.out.put_nowait(protocol.word(event.text, event.start_time))
+                        stream.open_word_end = event.end_time
                         stream.last_word_step = stream.steps
                         stream.words_since_marker = True
-                    elif isinstance(event, EndWord):
+                    elif isinstance(event, EndWord) and stream.open_word_end is not None:
+                        # (none when a Marker already closed the word)
                         stream.out.put_nowait(protocol.end_word(event.stop_time))
+                        stream.open_word_end = None
                 stream.out.put_nowait(protocol.step(output.step, output.prs, stream.buffered_samples))
                 self._emit_markers(stream)
                 if stream.out.qsize() > self.settings.max_pending_messages:

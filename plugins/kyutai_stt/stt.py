@@ -178,6 +178,7 @@ class _Connection:
     marker_at: dict[int, int] = field(default_factory=dict)  # marker id -> member samples sent before it
     next_marker: int = 1
     flushing: bool = False
+    audio_since_marker: bool = False  # member audio sent since the last Marker (a flush has work)
     closing: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     usage_samples: int = 0  # member audio not yet reported as usage
@@ -185,8 +186,9 @@ class _Connection:
     lost_at: float | None = None  # when this connection's replica was lost (monotonic)
 
     def audio_time(self, server_time: float) -> float:
-        """Server time (which counts the flush silence we inserted) -> time in the member's audio."""
-        inserted = sum(seconds for at, seconds in self.inserted if at < server_time - 1e-6)
+        """Server time (which counts the flush silence we inserted) -> time in the member's audio.
+        A time inside inserted silence is where the member's audio stopped for it."""
+        inserted = sum(min(seconds, server_time - at) for at, seconds in self.inserted if at < server_time - 1e-6)
         return max(0.0, server_time - inserted)
 
 
@@ -227,6 +229,9 @@ class SpeechStream(stt.SpeechStream):
         self._replay = _ReplayBuffer(int(MAX_REPLAY_S * SAMPLE_RATE))
         self._failovers = 0  # since the last final: bounded, so a sick fleet ends in an error
         self._time_base: float | None = None
+        # Wall clock (time.time()) at the stream's time 0: LiveKit wants speech_start_time and
+        # speech_end_time as wall-clock times, and the agent's end_of_turn reads from them.
+        self._wall_base: float | None = None
         # Per mid-stream failover: (replica lost, the turn's audio replayed to the next one), monotonic s.
         self.failovers: list[tuple[float, float]] = []
 
@@ -244,6 +249,9 @@ class SpeechStream(stt.SpeechStream):
             # Word times count member audio across replicas; LiveKit's retry loop shifts
             # start_time_offset by wall time instead, which a replay would count twice.
             self._time_base = self.start_time_offset
+            # The session set start_time_offset to now minus the time its audio input started,
+            # which is where LiveKit anchors the transcripts' start_time / end_time.
+            self._wall_base = time.time() - self._time_base
         previous: _Connection | None = None
         while True:
             try:
@@ -353,7 +361,9 @@ class SpeechStream(stt.SpeechStream):
     async def _send_loop(self, conn: _Connection) -> None:
         async for item in self._input_ch:
             if isinstance(item, self._FlushSentinel):
-                if conn.speaking or conn.words:
+                # The words of audio just sent come only after the model's text delay: flush
+                # whenever audio went in since the last Marker, not only once words are out.
+                if conn.speaking or conn.words or conn.audio_since_marker:
                     await self._flush(conn, "flush")
                 continue
             samples = _to_mono_float(item)
@@ -362,6 +372,7 @@ class SpeechStream(stt.SpeechStream):
             conn.usage_samples += samples.size
             self._replay.append(samples)  # before sending: a frame lost with the engine is replayed
             await self._send_audio(conn, samples)
+            conn.audio_since_marker = True
             if conn.has_heads is not True and conn.speaking and not conn.flushing:
                 # No pause heads (moshi-server then sends no Step at all): the turn ends after a
                 # stretch of audio that brought no new word.
@@ -392,6 +403,7 @@ class SpeechStream(stt.SpeechStream):
         conn.markers[marker_id] = kind
         conn.marker_at[marker_id] = self._replay.end
         conn.flushing = True
+        conn.audio_since_marker = False
         frames = self._opts.end_of_turn.flush_frames
         await self._send(conn, protocol.marker(marker_id))
         conn.inserted.append((conn.sent_samples / SAMPLE_RATE, frames * FRAME_SECONDS))
@@ -427,11 +439,16 @@ class SpeechStream(stt.SpeechStream):
         base = self.start_time_offset if self._time_base is None else self._time_base
         return conn.audio_time(server_time) + conn.base_samples / SAMPLE_RATE + base
 
+    def _wall_time(self, stream_time: float) -> float:
+        """A time in the stream's time base (word times) -> wall clock, never in the future."""
+        base = time.time() - self.start_time_offset if self._wall_base is None else self._wall_base
+        return min(time.time(), base + stream_time)
+
     def _on_word(self, conn: _Connection, text: str, server_start: float) -> None:
         start = self._word_time(conn, server_start)
         if not conn.speaking:
             conn.speaking = True
-            self._emit(conn, stt.SpeechEventType.START_OF_SPEECH, speech_start_time=start)
+            self._emit(conn, stt.SpeechEventType.START_OF_SPEECH, speech_start_time=self._wall_time(start))
         conn.words.append(_timed(text, start, start, self.start_time_offset))
         conn.last_word_sample = conn.sent_samples
         conn.last_word_step = conn.steps
@@ -490,7 +507,7 @@ class SpeechStream(stt.SpeechStream):
         if conn.words:
             self._emit(conn, stt.SpeechEventType.FINAL_TRANSCRIPT, alternatives=[self._speech_data(conn)])
         if conn.speaking:
-            end_time = float(conn.words[-1].end_time) if conn.words else None  # type: ignore[arg-type]
+            end_time = self._wall_time(float(conn.words[-1].end_time)) if conn.words else None  # type: ignore[arg-type]
             self._emit(conn, stt.SpeechEventType.END_OF_SPEECH, speech_end_time=end_time)
         conn.words = []
         conn.speaking = False
