@@ -174,7 +174,7 @@ def test_a_production_livekit_node_is_clustered_on_redis_with_turn_on_443(tmp_pa
                                                  "external_tls": True, "udp_port": 3478}
     assert config["turn"]["domain"] == "turn-1.example.fr"
     assert {"mime": "audio/red"} in config["room"]["enabled_codecs"]
-    assert config["prometheus_port"] == 6789 and config["rtc"]["node_ip"] == "203.0.113.10"
+    assert config["prometheus"]["port"] == 6789 and config["rtc"]["node_ip"] == "203.0.113.10"
     # The Redis password reaches livekit-server through its environment, never the world-readable yaml.
     assert "s3cret" not in (root / "etc/livekit/livekit.yaml").read_text()
     livekit_env = root / "etc/livekit/livekit.env"
