@@ -80,6 +80,25 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
 
 
 @dataclass
+class LiveKitNode:
+    """A LiveKit node of a local cluster (``LocalStack.start_livekit_node``)."""
+
+    name: str
+    host: str
+    port: int
+    prometheus_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}/metrics"
+
+
+@dataclass
 class LocalStack:
     """Handles on the running services; ``stop()`` ends them all."""
 
@@ -96,6 +115,8 @@ class LocalStack:
     engines: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # How each engine was started (name, module, env prefix, env), by URL: restart_engine reuses it.
     engine_specs: dict[str, tuple[str, str, str, dict[str, str]]] = field(default_factory=dict)
+    # The extra LiveKit nodes of a local cluster, by name (start_livekit_node).
+    livekit_nodes: dict[str, LiveKitNode] = field(default_factory=dict)
 
     @property
     def pg_dsn(self) -> str:
@@ -189,17 +210,25 @@ class LocalStack:
         _wait_for(lambda: _tcp_open(self.redis_port), "Redis", 15, proc)
 
     # -- LiveKit ------------------------------------------------------------------------
-    def livekit_config(self) -> dict[str, object]:
-        """The production livekit.yaml, bent to loopback: same room defaults, local ports."""
+    def livekit_config(
+        self, host: str = "127.0.0.1", port: int = 0, redis_db: int = 1, prometheus_port: int = 0
+    ) -> dict[str, object]:
+        """The production livekit.yaml, bent to loopback: same room defaults, local ports.
+
+        With no ``port``, the stack's own node (``livekit_port``); a cluster node passes its own
+        ``host`` (a 127.0.0.x address: its node IP, as each host of a cluster has its own) and port.
+        """
         config: dict[str, object] = yaml.safe_load(LIVEKIT_YAML.read_text("utf-8"))
-        self.livekit_port = self.livekit_port or free_port()
-        config["port"] = self.livekit_port
-        config["bind_addresses"] = ["127.0.0.1"]
+        if not port:
+            self.livekit_port = self.livekit_port or free_port()
+            port = self.livekit_port
+        config["port"] = port
+        config["bind_addresses"] = [host]
         rtc = dict(config.get("rtc") or {})  # type: ignore[call-overload]
         rtc.update(
             tcp_port=free_port(),
             udp_port=free_port(socket.SOCK_DGRAM),
-            node_ip="127.0.0.1",
+            node_ip=host,
             use_external_ip=False,
             enable_loopback_candidate=True,
         )
@@ -209,28 +238,64 @@ class LocalStack:
         config.pop("key_file", None)
         config["keys"] = {self.livekit_api_key: self.livekit_api_secret}
         if self.redis_port:
-            config["redis"] = {"address": f"127.0.0.1:{self.redis_port}", "db": 1}
+            config["redis"] = {"address": f"127.0.0.1:{self.redis_port}", "db": redis_db}
         else:
             config.pop("redis", None)
+        if prometheus_port:
+            config["prometheus"] = {"port": prometheus_port}
         config["logging"] = {"level": os.environ.get("JARVIS_LIVEKIT_LOG_LEVEL", "warn"), "json": False}
         return config
 
-    def start_livekit(self) -> None:
+    def _run_livekit(self, name: str, config: dict[str, object]) -> subprocess.Popen[bytes]:
         if not LIVEKIT_BINARY.exists():
             raise StackError(f"{LIVEKIT_BINARY} missing: run `make setup`")
-        path = self.workdir / "livekit.yaml"
-        path.write_text(yaml.safe_dump(self.livekit_config()), "utf-8")
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config), "utf-8")
         proc = subprocess.Popen(
             [str(LIVEKIT_BINARY), "--config", str(path)],
-            stdout=open(self.workdir / "livekit.log", "ab"), stderr=subprocess.STDOUT,
+            stdout=open(self.workdir / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
         )
-        self.processes.append(("livekit", proc))
+        self.processes.append((name, proc))
+        host, port = (config["bind_addresses"] or ["127.0.0.1"])[0], config["port"]  # type: ignore[index]
 
         def healthy() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.livekit_port}/", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{host}:{port}/", timeout=1) as r:
                 return bool(r.status == 200)
 
-        _wait_for(healthy, "LiveKit server", 30, proc)
+        _wait_for(healthy, f"LiveKit server (log: {self.workdir / (name + '.log')})", 30, proc)
+        return proc
+
+    def start_livekit(self) -> None:
+        self._run_livekit("livekit", self.livekit_config())
+
+    def start_livekit_node(
+        self, name: str, host: str, redis_db: int, overrides: dict[str, object] | None = None
+    ) -> LiveKitNode:
+        """One more LiveKit node on ``host`` (127.0.0.x), in the cluster of every node on this stack's
+        Redis database ``redis_db``; ``overrides`` replace top-level keys of its configuration.
+        ``stop_livekit_node`` takes it down."""
+        node = LiveKitNode(name=name, host=host, port=free_port(), prometheus_port=free_port())
+        config = {
+            **self.livekit_config(host, node.port, redis_db, node.prometheus_port),
+            **(overrides or {}),
+        }
+        node.proc = self._run_livekit(name, config)
+        self.livekit_nodes[name] = node
+        return node
+
+    def stop_livekit_node(self, name: str, *, kill: bool = False, timeout_s: float = 30.0) -> None:
+        """SIGTERM (the node drains, then exits) or, with ``kill``, SIGKILL: a crashed host."""
+        node = self.livekit_nodes.pop(name)
+        assert node.proc is not None
+        if kill:
+            node.proc.kill()
+        else:
+            node.proc.terminate()
+        try:
+            node.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            node.proc.kill()
+            node.proc.wait()
 
     # -- our own services ---------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
