@@ -379,8 +379,13 @@ class SpeechStream(stt.SpeechStream):
                 quiet_s = (conn.sent_samples - conn.last_word_sample) / SAMPLE_RATE
                 if quiet_s >= self._opts.end_of_turn.no_heads_silence_s:
                     await self._flush(conn, "turn")
-        # Input ended: push the last words out of the model, then close.
-        await self._flush(conn, "end")
+        # Input ended: push the last words out of the model, then close. (end_input() flushes
+        # first: a Marker already on its way after the last audio is the end one, not a second
+        # Marker and burst of silence.)
+        if conn.markers and not conn.audio_since_marker:
+            conn.markers[max(conn.markers)] = "end"
+        else:
+            await self._flush(conn, "end")
         silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
         deadline = time.monotonic() + END_MARKER_TIMEOUT_S
         while not conn.ended.is_set() and time.monotonic() < deadline:
