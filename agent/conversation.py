@@ -111,6 +111,7 @@ def build_conversation(
     tts: lk_tts.TTS | None = None,
     vad: lk_vad.VAD | None = None,
     turn_handling: TurnHandlingOptions | None = None,
+    aec_warmup_s: float | None = None,
     notify_coach: CoachNotifier = log_only_notifier,
     mcp_servers: list[mcp.MCPServer] | None = None,
     now: datetime | None = None,
@@ -129,6 +130,9 @@ def build_conversation(
     # Always explicit: left out, LiveKit would pick its cloud turn detector and a default VAD.
     options["vad"] = vad
     options["turn_handling"] = turn_handling or text_turn_handling()
+    if aec_warmup_s is not None:
+        # None turns LiveKit's warm-up off (agent/voice.py, SpeechSettings.aec_warmup_s says why).
+        options["aec_warmup_duration"] = aec_warmup_s or None
     if llm_conn_options is not None:
         options["conn_options"] = SessionConnectOptions(llm_conn_options=llm_conn_options)
     session: AgentSession[GymTools] = AgentSession(userdata=tools, max_tool_steps=MAX_TOOL_STEPS, **options)
@@ -241,6 +245,7 @@ async def start_conversation(
         tts=speech.tts if speech else None,
         vad=speech.vad if speech else None,
         turn_handling=speech.turn_handling if speech else None,
+        aec_warmup_s=speech.aec_warmup_s if speech else None,
         notify_coach=notify_coach,
         mcp_servers=external_mcp_servers(context.gym.agent_settings),
         db_timeout_s=resources.settings.db_timeout_s,

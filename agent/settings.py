@@ -52,6 +52,11 @@ class AgentSettings(StoreSettings):
     agent_name: str = "jarvis"
     # Idle job processes kept warm; each costs a Python process (~150 MB).
     num_idle_processes: int = 2
+    # How long a new job process may take to start (imports, the silero VAD) before LiveKit kills it.
+    # Its 10 s default killed every attempt on a busy 2-core host (the process started in 10-12 s):
+    # after three, the job was refused and the kiosk got no JARVIS. A slow start costs one kiosk a
+    # few seconds; a killed one costs it the session.
+    process_init_timeout_s: float = Field(default=60.0, gt=0.0, le=600.0)
     # A worker's load is its sessions / max_sessions (the models run in the engines, so a session
     # costs the worker little CPU); at load_threshold it takes no new session and LiveKit routes
     # the next kiosk to another worker.

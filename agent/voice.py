@@ -40,6 +40,13 @@ class SpeechSettings(BaseModel):
     interruption_min_s: float = Field(default=0.3, ge=0.05, le=3.0)
     # Start the LLM on the STT's interim words, before the turn is confirmed.
     preemptive_generation: bool = True
+    # livekit-agents' "AEC warm-up": for this long after JARVIS first starts speaking (the greeting),
+    # the STT gets silence instead of the member's microphone and nothing interrupts. The kiosk
+    # captures with the browser's echo cancellation (kiosk MICROPHONE_CAPTURE), so there is no echo
+    # to guard against, and LiveKit's 3 s default dropped a member who asked at once: a question
+    # spoken over the greeting's first seconds was never transcribed nor answered. 0 = off; raise
+    # it for a kiosk whose microphone has no echo cancellation.
+    aec_warmup_s: float = Field(default=0.0, ge=0.0, le=10.0)
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Speech:
     tts: lk_tts.TTS | None
     vad: lk_vad.VAD | None
     turn_handling: TurnHandlingOptions
+    aec_warmup_s: float = 0.0
 
 
 def turn_handling(settings: SpeechSettings) -> TurnHandlingOptions:
@@ -82,4 +90,4 @@ def build_speech(settings: SpeechSettings, gym_id: str, gym_voice: str | None = 
     # Silero (bundled with livekit-agents, runs locally) tells when the member talks over JARVIS.
     vad = inference.VAD(model="silero")
     logger.info("speech: kyutai stt+tts, turn detection %s", settings.turn_detection)
-    return Speech(stt=stt, tts=tts, vad=vad, turn_handling=handling)
+    return Speech(stt=stt, tts=tts, vad=vad, turn_handling=handling, aec_warmup_s=settings.aec_warmup_s)

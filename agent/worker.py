@@ -172,6 +172,7 @@ def build_server(settings: AgentSettings | None = None) -> AgentServer:
 
     server = AgentServer(
         num_idle_processes=settings.num_idle_processes,
+        initialize_process_timeout=settings.process_init_timeout_s,
         load_threshold=settings.load_threshold,
         load_fnc=worker_load,
         prometheus_port=settings.prometheus_port or None,

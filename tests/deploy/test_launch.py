@@ -73,6 +73,12 @@ def agent_state(kiosk: SimulatedKiosk) -> str | None:
     return None if agent is None else agent.attributes.get("lk.agent.state")
 
 
+def environment(pid: int) -> dict[str, str]:
+    """A running process's environment, as it was started."""
+    items = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
 def registered(worker_log: Path) -> bool:
     return b"registered worker" in worker_log.read_bytes()
 
@@ -97,8 +103,9 @@ async def llm() -> AsyncIterator[LLMStandIn]:
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "2026-12-02: the session's turn did not reach the workers' /metrics within 90 s in 3 of 4 runs on the "
-        "fresh clone (passed in the full CI run); under investigation"
+        "2026-12-03: root cause of the 3-of-4 failures fixed (the question was spoken into the greeting's AEC "
+        "warm-up and dropped; the greeting's end was read from a stale agent state); to be un-xfailed once "
+        "it passed 3 runs in a row (the runs so far met a 2-core host at load 16)"
     ),
 )
 async def test_one_host_with_every_role_runs_from_the_generated_config(
@@ -111,7 +118,7 @@ async def test_one_host_with_every_role_runs_from_the_generated_config(
              "worker_metrics": free_block(WORKERS)}
     root = tmp_path / "host"
     engine_env = {**stt_env, **tts_env, "KYUTAI_STT_MAX_STREAMS": "4", "KYUTAI_TTS_MAX_STREAMS": "4",
-                  "KYUTAI_STT_TORCH_THREADS": "1", "KYUTAI_TTS_TORCH_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+                  "KYUTAI_STT_TORCH_THREADS": "1", "KYUTAI_TTS_TORCH_THREADS": "1"}
     env = {"JARVIS_DATABASE_URL": stack.pg_dsn, "JARVIS_REDIS_URL": stack.redis_url, "NO_TORCH_COMPILE": "1",
            "JARVIS_NUM_IDLE_PROCESSES": "1", "KYUTAI_TTS_VOICE": models.tts_default_voice or "", **llm.worker_env}
     args = ["--roles", ALL_ROLES, "--gpus", "1", "--workers", str(WORKERS), "--loopback", "--engine-bind",
@@ -143,8 +150,11 @@ async def test_one_host_with_every_role_runs_from_the_generated_config(
             assert await poll(kiosk.agent, 60), "JARVIS did not join the kiosk's room"
             joined = time.perf_counter()
             await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30, what="the greeting's audio")
-            # The greeting is over when the agent says it listens (its audio may pause mid-sentence on a
-            # busy machine, so silence alone is not the end).
+            # The greeting is over when the agent says it listens again (its audio may pause mid-sentence on
+            # a busy machine, so silence alone is not the end). The state is a participant attribute and
+            # may reach the kiosk after the greeting's first audio: until it says "speaking", its
+            # "listening" is the one from before the greeting.
+            await poll(lambda: agent_state(kiosk) == "speaking", 30, every_s=0.1, what="the agent to say it speaks")
             await poll(lambda: agent_state(kiosk) == "listening", 60, every_s=0.1, what="the end of the greeting")
             turn = await kiosk.hear_answer(await kiosk.say(synthesize_french(QUESTION), QUESTION), 45)
             assert turn.v2v_ms is not None, "JARVIS never answered out loud"
@@ -156,9 +166,9 @@ async def test_one_host_with_every_role_runs_from_the_generated_config(
                 done = metric(text, "jarvis_voice_latency_seconds_count", 'stage="voice_to_voice"') >= 1
                 return text if done and metric(text, "jarvis_voice_sessions_active") >= 1 else None
 
-            # The turn is recorded by the session's job process: it reaches /metrics only through
-            # PROMETHEUS_MULTIPROC_DIR, which the launcher gives each worker as the unit does.
-            # (recorded once the answer finished playing)
+            # The turn is recorded by the session's job process once the answer finished playing: it
+            # reaches /metrics only through PROMETHEUS_MULTIPROC_DIR, which the launcher gives each
+            # worker as the unit does.
             text = await poll(voice_metrics, 90, every_s=0.5, what="the session's turn on the workers' /metrics")
         finally:
             await kiosk.leave()
@@ -177,6 +187,12 @@ async def test_one_host_with_every_role_runs_from_the_generated_config(
         await poll(lambda: out.read_text().count("ready: jarvis-token") >= 2, 60, every_s=0.5,
                    what="the launcher to restart the killed token service")
         assert (await asyncio.to_thread(get, f"{token_url}/readyz"))[0] == 200
+        # The engines read only their model cache (the units' Environment=, applied by the launcher too).
+        for engine in ("kyutai-stt@0", "kyutai-tts@0"):
+            pid = int(re.findall(rf"started: {re.escape(engine)} \(pid (\d+)\)", out.read_text())[-1])
+            env = environment(pid)
+            assert env.get("HF_HUB_OFFLINE") == "1", engine
+            assert env.get("HF_HOME") == str(root / "var/cache/jarvis/huggingface"), engine
         host = json.loads((root / "etc/jarvis/host.json").read_text())
         assert [i["name"] for i in host["instances"]] == [
             "livekit", "kyutai-stt@0", "kyutai-tts@0", "jarvis-token", "jarvis-agent@1", "jarvis-agent@2"]

@@ -126,6 +126,23 @@ async def test_member_speaks_and_jarvis_answers_with_audio_and_the_video(
     )
 
 
+async def test_member_who_asks_as_jarvis_starts_greeting_is_answered(voice_services: VoiceServices) -> None:
+    """The member does not wait for the greeting: they ask over JARVIS's first words, and get the video.
+
+    (LiveKit's AEC warm-up fed the STT silence for the first 3 s JARVIS spoke: such a question was never
+    heard. The kiosk's microphone has its own echo cancellation; agent/voice.py turns the warm-up off.)
+    """
+    _session, kiosk = await visit(voice_services)
+    try:
+        joined = time.perf_counter()
+        await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30, what="the greeting's audio")
+        await kiosk.say(synthesize_french(QUESTION), QUESTION)
+        video = await poll(lambda: kiosk.videos, 45, what="the video the member asked for over the greeting")
+        assert video == [{"url": "/videos/energie-lyon-part-dieu/squat.mp4", "title": "Le squat"}]
+    finally:
+        await kiosk.leave()
+
+
 async def test_member_talks_over_jarvis_and_jarvis_stops(stack: LocalStack, voice_services: VoiceServices) -> None:
     session, kiosk = await visit(voice_services)
     try:
