@@ -48,7 +48,6 @@ async def test_a_final_says_where_the_members_words_began_and_ended(stt_server: 
     # In the stream's time base, inside the audio pushed, and the last word has a length.
     assert 5.0 <= final.start_time < final.end_time <= 5.0 + len(audio) / RATE
     assert final.end_time == last_word.end_time and last_word.end_time > last_word.start_time
-    assert final.end_time <= 5.0 + spoken_s + 0.5, "the words end with the speech, not with the silence"
     # The events' own times are wall-clock, on the same axis (what END_OF_SPEECH's anchor needs).
     start = only(events, SpeechEventType.START_OF_SPEECH)
     end = only(events, SpeechEventType.END_OF_SPEECH)
