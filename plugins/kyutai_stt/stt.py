@@ -184,6 +184,7 @@ class _Connection:
     usage_samples: int = 0  # member audio not yet reported as usage
     has_heads: bool | None = None
     lost_at: float | None = None  # when this connection's replica was lost (monotonic)
+    replayed_steps: int = 0  # model steps over audio replayed after a failover (turn ends judged before)
 
     def audio_time(self, server_time: float) -> float:
         """Server time (which counts the flush silence we inserted) -> time in the member's audio.
@@ -320,6 +321,16 @@ class SpeechStream(stt.SpeechStream):
         audio = self._replay.samples()
         for start in range(0, audio.size, FRAME_SAMPLES):
             await self._send_audio(conn, audio[start : start + FRAME_SAMPLES])
+        # The replay went out at once, far ahead of the model, and the new connection has seen no
+        # Step yet (so no heads known): counted from sample 0, the quiet rule for checkpoints
+        # without heads would end the turn with the first live frame, splitting it where the
+        # member never paused. The replayed words come back as the model catches up.
+        conn.last_word_sample = conn.sent_samples
+        # The lost replica heard this audio and did not end the turn in it (else it would have
+        # been final, or its Marker is sent again below): the new one must not either. It is
+        # marked speaking from its first step, before the replayed words come back, so a pause
+        # head high on the turn's first steps would cut the turn where the member never paused.
+        conn.replayed_steps = audio.size // FRAME_SAMPLES
         self.failovers.append((previous.lost_at or time.monotonic(), time.monotonic()))
         if any(kind != "end" for kind in previous.markers.values()):
             await self._flush(conn, "turn")  # the turn had ended: end it again, at once
@@ -484,7 +495,7 @@ class SpeechStream(stt.SpeechStream):
                 )
         if conn.has_heads and options.head < len(prs) and conn.steps > options.ignore_first_steps:
             self._pause.update(min(1.0, max(0.0, float(prs[options.head]))))
-        if not conn.speaking or conn.flushing:
+        if not conn.speaking or conn.flushing or conn.steps <= conn.replayed_steps:
             return
         if conn.has_heads:
             ended = self._pause.value > options.threshold
