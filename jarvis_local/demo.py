@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from jarvis.db import LegacyLayout
 from jarvis.migrate import migrate
 from jarvis.session_contract import ATTR_MEMBER_ID
 from jarvis_local.kiosk_page import KioskPageError, start_kiosk_page
@@ -170,7 +171,11 @@ def main() -> None:
     args = parser.parse_args()
     try:
         with local_stack(args.data) as stack:
-            asyncio.run(migrate(stack.pg_dsn, seed_demo=True))
+            try:
+                asyncio.run(migrate(stack.pg_dsn, seed_demo=True))
+            except LegacyLayout:
+                sys.exit(f"[demo] {args.data / 'pg'} holds a demo database of the first layout (tables in"
+                         " public, before schema jarvis): it has demo data only, remove it and run again")
             say(f"PostgreSQL {stack.pg_dsn}  Redis {stack.redis_url}  LiveKit {stack.livekit_url}")
             url = stack.start_token_service()
             say(f"token service {url}  (OpenAPI: {url}/docs)")

@@ -185,6 +185,14 @@ class LocalStack:
                 [_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "jarvis", "jarvis"],
                 check=True,
             )
+            # Our own throwaway database: any client (tests' ad-hoc connections, psql) sees our
+            # schema as our services do (jarvis.db sets the same per connection). Never done to a
+            # chain's database: its own unqualified names must keep meaning its public tables.
+            subprocess.run(
+                [_postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "jarvis", "-d", "jarvis",
+                 "-q", "-c", "ALTER DATABASE jarvis SET search_path = jarvis, public"],
+                check=True, stdout=subprocess.DEVNULL,
+            )
 
     def stop_postgres(self) -> None:
         """A database outage, as an operator causes one: ``pg_ctl stop -m fast`` (open connections

@@ -1,3 +1,6 @@
+-- Our tables live in schema jarvis (20260101000000_jarvis_schema.sql); unqualified names resolve there.
+SET search_path = jarvis, public;
+
 -- Rollout (issue 13): which kiosks talk to JARVIS and which keep the chain's current provider.
 -- PostgreSQL is the source of truth; every token-service instance reads these two tables into a
 -- snapshot at most JARVIS_ROLLOUT_REFRESH_S old (0.5 s), so a change here takes effect within 1 s.
@@ -29,6 +32,6 @@ CREATE TABLE jarvis_rollout (
     PRIMARY KEY (gym_id, kiosk_id)
 );
 
--- Our tables are for the service role only (Supabase exposes public schemas to anon/authenticated).
+-- Our tables are for the service role only (every table of ours gets the same in 20261203000000_row_level_security.sql).
 ALTER TABLE jarvis_rollout_global ENABLE ROW LEVEL SECURITY;
 ALTER TABLE jarvis_rollout ENABLE ROW LEVEL SECURITY;

@@ -1,3 +1,6 @@
+-- Our tables live in schema jarvis (20260101000000_jarvis_schema.sql); unqualified names resolve there.
+SET search_path = jarvis, public;
+
 -- The durable session log (agent/session_log.py, agent/sweeper.py).
 --
 -- Each jarvis_interactions row carries the id its worker gave it when it was spooled to the

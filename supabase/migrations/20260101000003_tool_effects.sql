@@ -1,3 +1,6 @@
+-- Our tables live in schema jarvis (20260101000000_jarvis_schema.sql); unqualified names resolve there.
+SET search_path = jarvis, public;
+
 -- Exactly-once tools: the first result of every write tool (book_session, contact_coach,
 -- log_churn_risk, create_mission), written in the same transaction as the row it describes.
 -- A repeat of the same call (same LLM tool-call id, or the same tool and arguments within one

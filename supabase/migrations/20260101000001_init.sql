@@ -1,7 +1,11 @@
--- JARVIS Voice Engine schema. Plain PostgreSQL (runs unchanged on Supabase).
+-- Our tables live in schema jarvis (20260101000000_jarvis_schema.sql); unqualified names resolve there.
+SET search_path = jarvis, public;
+
+-- JARVIS Voice Engine schema. Plain PostgreSQL (runs unchanged on Supabase, in its own schema).
 -- Personal data stays in gym_members; every other table refers to members by id only.
 
-CREATE EXTENSION IF NOT EXISTS pgcrypto;  -- gen_random_uuid() on PostgreSQL < 13
+-- gen_random_uuid() on PostgreSQL < 13 (Supabase has it already, in schema extensions).
+CREATE EXTENSION IF NOT EXISTS pgcrypto SCHEMA public;
 
 CREATE TABLE gyms (
     id                    uuid PRIMARY KEY DEFAULT gen_random_uuid(),
