@@ -12,6 +12,8 @@ from PostgreSQL, without the per-gym rate limit (logged once per outage). Every 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -39,7 +41,7 @@ from jarvis.session_contract import SessionMetadata
 from token_service import rollout
 from token_service.admission import Admission, OverCapacity
 from token_service.errors import ApiError
-from token_service.keys import GymKey, GymKeys, TooManyBadKeys
+from token_service.keys import BadKeyLimiter, GymKey, GymKeys, TooManyBadKeys
 from token_service.metrics import TokenServiceMetrics
 from token_service.rollout import Rollout
 from token_service.settings import TokenServiceSettings
@@ -90,6 +92,7 @@ class Services:
             timeout_s=settings.weather_timeout_s, cache_ttl_s=settings.weather_cache_ttl_s,
         )
         self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
         self.keys = GymKeys(
             self.pool, cache_ttl_s=settings.api_key_cache_ttl_s, bad_key_ttl_s=settings.bad_key_cache_ttl_s,
             bad_keys_per_minute=settings.bad_keys_per_minute,
@@ -104,11 +107,14 @@ class Services:
         ) if settings.admission_control else None
 
     async def pool(self) -> Any:
-        # Made lazily so the service starts (and /readyz says why) while PostgreSQL is down.
+        # Made lazily so the service starts (and /readyz says why) while PostgreSQL is down. One at a
+        # time: the first requests of a flood would otherwise each make a pool (and a connection).
         if self._pool is None:
-            self._pool = await create_pool(
-                self.settings.database_url, min_size=0, max_size=10, timeout_s=self.settings.db_timeout_s
-            )
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await create_pool(
+                        self.settings.database_url, min_size=0, max_size=10, timeout_s=self.settings.db_timeout_s
+                    )
         return self._pool
 
     def redis_in_use(self) -> bool:
@@ -360,22 +366,22 @@ class KeyGate:
             return
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         scheme, _, key = header.partition(" ")
-        refusal: ApiError | None = None
+        refusal: Response | None = None
         if scheme.lower() != "bearer" or not key.strip():
-            refusal = missing_key_error()
+            refusal = MISSING_KEY
         else:
             client = scope["client"][0] if scope.get("client") else "unknown"
             keys: GymKeys = scope["app"].state.services.keys
-            try:
-                if keys.from_memory(key.strip(), client) is None:
-                    refusal = bad_key_error()
-            except TooManyBadKeys as exc:
-                refusal = too_many_bad_keys_error(exc)
+            answer = keys.answer_from_memory(key.strip(), client)
+            if answer == "wrong":
+                refusal = BAD_KEY
+            elif answer == "too many wrong":
+                refusal = too_many_bad_keys_response(BadKeyLimiter.retry_after_s(time.time()))
         if refusal is None:
             await self.app(scope, receive, send)
             return
         scope[ROUTE_LABEL] = SESSIONS_ROUTE
-        await _error(refusal.status, refusal.code, refusal.detail, refusal.headers)(scope, receive, send)
+        await refusal(scope, receive, send)
 
 
 class MetricsMiddleware:
@@ -408,6 +414,22 @@ class MetricsMiddleware:
 
 def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"code": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def _rendered(error: ApiError) -> Response:
+    return _error(error.status, error.code, error.detail, error.headers)
+
+
+# The gate's refusals, rendered once: a response is sent as it is (no JSON encoding or header building
+# per request), so a flood of random keys costs the service what a flood without a key costs.
+MISSING_KEY = _rendered(missing_key_error())
+BAD_KEY = _rendered(bad_key_error())
+
+
+@functools.cache
+def too_many_bad_keys_response(retry_after_s: int) -> Response:
+    """One per Retry-After value (1 to 60 s)."""
+    return _rendered(too_many_bad_keys_error(TooManyBadKeys(retry_after_s)))
 
 
 def create_app(settings: TokenServiceSettings | None = None) -> FastAPI:

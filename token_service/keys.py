@@ -13,6 +13,7 @@ processes a client gets N times the allowance, still a bounded number of queries
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ class GymKeys:
 
     # Bounds the memory a flood can take: past it the wrong-key cache starts over (a few lookups more).
     MAX_BAD_KEYS = 10_000
+    # Lookups of keys never seen valid at once, of the pool's 10 connections.
+    UNKNOWN_LOOKUPS = 2
 
     def __init__(
         self, pool: Callable[[], Awaitable[Any]], *, cache_ttl_s: float, bad_key_ttl_s: float,
@@ -91,10 +94,15 @@ class GymKeys:
         self._known: dict[str, tuple[GymKey, float]] = {}
         self._bad: dict[str, float] = {}
         self.limiter = BadKeyLimiter(bad_keys_per_minute)
+        self._unknown_lookups = asyncio.Semaphore(self.UNKNOWN_LOOKUPS)
 
-    def from_memory(self, key: str, client: str) -> GymKey | Literal["ask the database"] | None:
-        """The answer without a query: the gym of a known key, None for a key known wrong, or "ask the
-        database". Raises TooManyBadKeys for an unknown key from a client over its allowance."""
+    def answer_from_memory(
+        self, key: str, client: str
+    ) -> GymKey | Literal["ask the database", "wrong", "too many wrong"]:
+        """What memory alone says, without raising (the key gate's path: a refusal costs the key's hash
+        and three dict lookups, close to a request without a key): the gym of a key known valid,
+        "wrong" for a key known wrong, "too many wrong" for an unknown key from a client over its
+        allowance, else "ask the database". Only hashes are compared, never the keys."""
         digest = gym_key_hash(key)
         now = time.monotonic()
         known = self._known.get(digest)
@@ -104,10 +112,20 @@ class GymKeys:
             wall = time.time()
             if self._bad.get(digest, 0.0) > now:
                 self.limiter.note_bad_key(client, wall)
-                return None
+                return "wrong"
             if self.limiter.blocked(client, wall):
-                raise TooManyBadKeys(self.limiter.retry_after_s(wall))
+                return "too many wrong"
         return "ask the database"
+
+    def from_memory(self, key: str, client: str) -> GymKey | Literal["ask the database"] | None:
+        """The answer without a query: the gym of a known key, None for a key known wrong, or "ask the
+        database". Raises TooManyBadKeys for an unknown key from a client over its allowance."""
+        answer = self.answer_from_memory(key, client)
+        if answer == "wrong":
+            return None
+        if answer == "too many wrong":
+            raise TooManyBadKeys(self.limiter.retry_after_s(time.time()))
+        return answer
 
     async def gym_for_key(self, key: str, client: str) -> GymKey | None:
         """The key's gym; None for a wrong or revoked key. Raises TooManyBadKeys, or the driver's error."""
@@ -120,8 +138,12 @@ class GymKeys:
         if known is None:
             # Counted as wrong before the query: concurrent lookups cannot overshoot the allowance.
             self.limiter.note_bad_key(client, wall)
-        pool = await self._pool()
-        row = await pool.fetchrow(KEY_QUERY, digest)
+            # Keys never seen valid take turns on a few connections: the allowances of a flood's
+            # addresses, all at once, would otherwise hold the pool the gyms' sessions need.
+            async with self._unknown_lookups:
+                row = await (await self._pool()).fetchrow(KEY_QUERY, digest)
+        else:
+            row = await (await self._pool()).fetchrow(KEY_QUERY, digest)
         if row is None:
             self._known.pop(digest, None)
             if len(self._bad) >= self.MAX_BAD_KEYS:

@@ -11,6 +11,9 @@ class TokenServiceSettings(StoreSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # Processes serving the port (uvicorn's workers): each a whole service with its own pools and
+    # in-memory key caches; the refusals a flood costs spread over the host's cores.
+    token_workers: int = Field(default=1, ge=1)
 
     livekit_url: str = Field(
         default="ws://127.0.0.1:7880", validation_alias=AliasChoices("JARVIS_LIVEKIT_URL", "LIVEKIT_URL")

@@ -104,7 +104,7 @@ async def test_a_random_key_flood_costs_no_query_per_key_and_the_gym_keeps_worki
     lookups = await statement_calls(stack.pg_dsn, KEY_LOOKUP) - before
 
     print(f"\n2000 random keys: answers {answers}, key lookups in PostgreSQL {lookups}")
-    assert gym_statuses == [201] * 20
+    assert gym_statuses == [201] * 20, answers
     assert set(answers) <= {(401, "bad_api_key"), (429, "too_many_bad_keys")}
     # 20 wrong keys per client and minute (twice if the flood straddles a minute), plus the gym's own key.
     assert lookups <= 2 * 20 + 1
@@ -340,3 +340,39 @@ async def test_a_spent_session_is_refused_by_redis_or_else_by_its_postgresql_rec
         await redis_up.aclose()
         await redis_down.aclose()
         await pool.close()
+
+
+def worker_pids(pid: int) -> list[str]:
+    """uvicorn's worker processes under its supervisor (multiprocessing's spawned children, not its
+    resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+async def test_the_service_spreads_over_worker_processes(stack: LocalStack) -> None:
+    """JARVIS_TOKEN_WORKERS=2 (docs/ops.md: what a flood needs in production): two processes serve the one
+    port, each a whole service, and a gym's sessions open through them."""
+    gym = await create_gym(stack.pg_dsn, rate_limit_per_minute=1000)
+    url = await asyncio.to_thread(stack.start_token_service, {
+        "JARVIS_TOKEN_WORKERS": "2", "JARVIS_ADMISSION_CONTROL": "false",
+        "JARVIS_LIVEKIT_API_SECRET": stack.livekit_api_secret,
+    })
+    name, supervisor = stack.processes[-1]
+    try:
+        assert name == "token_service"
+        children: list[str] = []
+        for _ in range(300):  # both workers up (one answered /healthz already), 60 s at most
+            children = await asyncio.to_thread(worker_pids, supervisor.pid)
+            if len(children) >= 2:
+                break
+            await asyncio.sleep(0.2)
+        assert len(children) == 2, stack.log_tail("token_service")
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            statuses = [(await http.post("/v1/sessions", json=session_body(gym.badge_id), headers=bearer(gym.api_key)))
+                        .status_code for _ in range(6)]
+            missing = await http.post("/v1/sessions", json=session_body(gym.badge_id))
+        assert statuses == [201] * 6
+        assert (missing.status_code, missing.json()["code"]) == (401, "missing_api_key")
+    finally:
+        supervisor.terminate()
+        await asyncio.to_thread(supervisor.wait, 30)
