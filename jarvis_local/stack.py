@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,7 +332,9 @@ class LocalStack:
         _wait_for(healthy, "token service", 60, proc)
         return f"http://127.0.0.1:{port}"
 
-    def start_agent_worker(self, extra_env: dict[str, str] | None = None, name: str = "agent") -> None:
+    def start_agent_worker(
+        self, extra_env: dict[str, str] | None = None, name: str = "agent", timeout_s: float = 90.0
+    ) -> None:
         """``python -m agent start``; returns once the worker registered with LiveKit."""
         log = self.workdir / f"{name}.log"
         # Logs are appended across runs (.data/ for the demo): only this run's lines count.
@@ -345,7 +348,7 @@ class LocalStack:
 
         _wait_for(
             registered,
-            f"agent worker (log: {log})", 90, proc,
+            f"agent worker (log: {log})", timeout_s, proc,
         )
 
     def start_jarvis(self, agent_name: str, worker_env: dict[str, str], log_name: str) -> str:
@@ -389,20 +392,25 @@ class LocalStack:
         self._start_engine(name, module, prefix, env, port=int(url.rsplit(":", 1)[1]))
         return code
 
-    def start_speech_engines(self, models: SpeechModels, streams: int = 32, replicas: int = 1) -> dict[str, str]:
+    def start_speech_engines(
+        self, models: SpeechModels, streams: int = 32, replicas: int = 1, *, concurrently: bool = False
+    ) -> dict[str, str]:
         """The Kyutai STT and TTS engine servers (``replicas`` of each, the plugins spreading streams
-        over them); returns the plugins' environment to reach them."""
+        over them); returns the plugins' environment to reach them. ``concurrently``: every engine
+        loads at once (a cluster's four engines in the time of the slowest, not of all four)."""
         stt_env, tts_env = models.engine_env()
-        stt_urls = [
-            self._start_engine(f"kyutai-stt{'' if i == 0 else f'-{i}'}", "kyutai_stt.server", "KYUTAI_STT_",
-                               {**stt_env, "KYUTAI_STT_MAX_STREAMS": str(streams)})
+        specs = [
+            (f"kyutai-{kind}{'' if i == 0 else f'-{i}'}", f"kyutai_{kind}.server", f"KYUTAI_{kind.upper()}_",
+             {**env, f"KYUTAI_{kind.upper()}_MAX_STREAMS": str(streams)})
+            for kind, env in (("stt", stt_env), ("tts", tts_env))
             for i in range(replicas)
-        ]
-        tts_urls = [
-            self._start_engine(f"kyutai-tts{'' if i == 0 else f'-{i}'}", "kyutai_tts.server", "KYUTAI_TTS_",
-                               {**tts_env, "KYUTAI_TTS_MAX_STREAMS": str(streams)})
-            for i in range(replicas)
-        ]
+        ]  # fmt: skip
+        if concurrently:
+            with ThreadPoolExecutor(len(specs)) as pool:
+                urls = list(pool.map(lambda spec: self._start_engine(*spec), specs))
+        else:
+            urls = [self._start_engine(*spec) for spec in specs]
+        stt_urls, tts_urls = urls[:replicas], urls[replicas:]
         env = {"KYUTAI_STT_URL": stt_urls[0], "KYUTAI_TTS_URL": tts_urls[0],
                "KYUTAI_STT_URLS": ",".join(stt_urls), "KYUTAI_TTS_URLS": ",".join(tts_urls),
                "KYUTAI_STT_API_KEY": self.engine_api_key, "KYUTAI_TTS_API_KEY": self.engine_api_key}

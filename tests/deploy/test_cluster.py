@@ -89,11 +89,14 @@ async def cluster(
     node_a, node_b = cluster_nodes
     models = tiny_models(Path(tmp_path_factory.mktemp("tiny-speech-cluster")))
     # Two replicas of each engine: one STT and one TTS per worker, as two engine hosts would be.
-    engines = await asyncio.to_thread(stack.start_speech_engines, models, 8, 2)
+    engines = await asyncio.to_thread(
+        lambda: stack.start_speech_engines(models, 8, 2, concurrently=True)
+    )
     stt, tts = engines["KYUTAI_STT_URLS"].split(","), engines["KYUTAI_TTS_URLS"].split(",")
     async with LLMStandIn(lambda _request: Say("D'accord, c'est noté.")) as llm:
         workers = ("agent-cluster-a", "agent-cluster-b")
-        for i, name in enumerate(workers):
+
+        def start_worker(i: int, name: str) -> None:
             env = {
                 **engines, **llm.worker_env,
                 "KYUTAI_STT_URL": stt[i], "KYUTAI_STT_URLS": stt[i],
@@ -101,7 +104,11 @@ async def cluster(
                 "LIVEKIT_URL": node_b.url, "JARVIS_AGENT_NAME": AGENT,
                 "JARVIS_NUM_IDLE_PROCESSES": "1", "JARVIS_MAX_SESSIONS": str(MAX_SESSIONS_PER_WORKER),
             }  # fmt: skip
-            await asyncio.to_thread(stack.start_agent_worker, env, name)
+            # Generous: on the loaded 2-core box a worker took over 90 s to register (load 18).
+            stack.start_agent_worker(env, name, timeout_s=240)
+
+        # Both at once: each waits for its registration with LiveKit.
+        await asyncio.gather(*(asyncio.to_thread(start_worker, i, name) for i, name in enumerate(workers)))
         token_url = await asyncio.to_thread(
             stack.start_token_service, {"JARVIS_AGENT_NAME": AGENT, "LIVEKIT_URL": node_b.url}
         )
