@@ -103,9 +103,9 @@ async def llm() -> AsyncIterator[LLMStandIn]:
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "2026-12-03: root cause of the 3-of-4 failures fixed (the question was spoken into the greeting's AEC "
-        "warm-up and dropped; the greeting's end was read from a stale agent state); to be un-xfailed once "
-        "it passed 3 runs in a row (the runs so far met a 2-core host at load 16)"
+        "2026-12-03: the 3-of-4 failures' cause is fixed (the question was asked into the greeting's AEC warm-up "
+        "and dropped; the greeting's end was read from a stale agent state); after it, 2 passes then 1 failure "
+        "at load 34 on 2 cores (the question heard, no STT end of turn within 45 s); un-xfail after 3 passes"
     ),
 )
 async def test_one_host_with_every_role_runs_from_the_generated_config(
