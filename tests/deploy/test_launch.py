@@ -100,14 +100,6 @@ async def llm() -> AsyncIterator[LLMStandIn]:
 
 # About 150 s alone on 2 cores (the engines warm up on CPU); the default 300 s is short on a busy box.
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "2026-12-03: the 3-of-4 failures' cause is fixed (the question was asked into the greeting's AEC warm-up "
-        "and dropped; the greeting's end was read from a stale agent state); after it, 2 passes then 1 failure "
-        "at load 34 on 2 cores (the question heard, no STT end of turn within 45 s); un-xfail after 3 passes"
-    ),
-)
 async def test_one_host_with_every_role_runs_from_the_generated_config(
     stack: LocalStack, llm: LLMStandIn, tmp_path: Path
 ) -> None:
