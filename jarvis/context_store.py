@@ -8,6 +8,7 @@ request sees it. (Past sessions and visits may lag by the cache's TTL.)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ MEMBER_STAMP = (
 
 # Longer than any session token lives (token_ttl_s is minutes): a claim outlives every rejoin.
 SESSION_CLAIM_TTL_S = 24 * 3600
+CLAIM_DB_TIMEOUT_S = 3.0  # the claim waits no longer than this on a database that does not answer
 
 logger = logging.getLogger("jarvis.context_store")
 
@@ -198,18 +200,28 @@ async def claim_session(redis: Any, db_pool: Any, session_id: str, job_id: str) 
         holder = await redis.get(key)
         if holder in (SESSION_ENDED, SESSION_ENDED.encode()):
             return False
-        if holder is not None and holder not in (job_id, job_id.encode()):
-            logger.warning("session %s: job %s takes over from job %s (dispatched again)",
-                           session_id, job_id, holder.decode() if isinstance(holder, bytes) else holder)
         await redis.set(key, job_id, ex=SESSION_CLAIM_TTL_S)
+        if holder is not None:
+            if holder not in (job_id, job_id.encode()):
+                logger.warning("session %s: job %s takes over from job %s (dispatched again)",
+                               session_id, job_id, holder.decode() if isinstance(holder, bytes) else holder)
+            return True  # Redis holds the live claim: the database need not be asked
     except Exception as exc:  # a Redis outage must not cost the member their session
         logger.warning("session %s: redis unavailable for the claim (%s), asking the database",
                        session_id, type(exc).__name__)
-    ended = await db_pool.fetchval(
-        "SELECT ended_at IS NOT NULL AND outcome IS DISTINCT FROM 'interrompue'"
-        " FROM voice_sessions WHERE id = $1::uuid",
-        session_id,
-    )
+    try:
+        ended = await asyncio.wait_for(
+            db_pool.fetchval(
+                "SELECT ended_at IS NOT NULL AND outcome IS DISTINCT FROM 'interrompue'"
+                " FROM voice_sessions WHERE id = $1::uuid",
+                session_id,
+            ),
+            CLAIM_DB_TIMEOUT_S,
+        )
+    except Exception as exc:  # with both stores silent, serving the member beats refusing them
+        logger.warning("session %s: database unavailable for the claim (%s), the job goes ahead",
+                       session_id, type(exc).__name__)
+        return True
     return not ended
 
 

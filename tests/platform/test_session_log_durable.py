@@ -62,6 +62,14 @@ def durable_stack() -> Iterator[LocalStack]:
         yield stack
 
 
+@pytest.fixture(autouse=True)
+def database_back_up(durable_stack: LocalStack) -> Iterator[None]:
+    """A test that fails during its outage must not leave the next one without a database."""
+    yield
+    if not any(name == "postgres" for name, _ in durable_stack.processes):
+        durable_stack.start_postgres()
+
+
 @pytest.fixture(scope="module")
 async def jarvis(durable_stack: LocalStack) -> AsyncIterator[tuple[str, dict[str, str]]]:
     """The stand-in LLM, a token service and a text-mode worker; yields (token URL, worker env)."""
