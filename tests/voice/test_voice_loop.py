@@ -83,7 +83,7 @@ async def interactions(stack: LocalStack, session_id: str) -> list[asyncpg.Recor
         await conn.close()
 
 
-async def session_ended(stack: LocalStack, session_id: str, timeout_s: float = 15.0) -> None:
+async def session_ended(stack: LocalStack, session_id: str, timeout_s: float = 45.0) -> None:
     """The agent wrote the session's end, which it queues after every interaction row."""
 
     async def ended_at() -> object:
