@@ -43,7 +43,9 @@ async def entrypoint(ctx: JobContext) -> None:
 
     resources = await SessionResources.open(settings)
     ctx.add_shutdown_callback(resources.aclose)
-    if not await claim_session(resources.redis, resources.db_pool, meta.session_id, ctx.job.id):
+    if not await claim_session(
+        resources.redis, resources.db_pool, meta.session_id, ctx.job.id, resources.settings.db_timeout_s
+    ):
         # A rejoin with a spent token: a second job would overwrite the first one's record.
         logger.warning("session %s: job %s refused, the session has already ended", meta.session_id, ctx.job.id)
         await ctx.delete_room(meta.room)  # the kiosk is sent away at once, not left waiting for JARVIS

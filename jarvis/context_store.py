@@ -8,7 +8,6 @@ request sees it. (Past sessions and visits may lag by the cache's TTL.)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from jarvis.context import (
     Weather,
     session_context_key,
 )
+from jarvis.settings import DB_TIMEOUT_S
 
 # Member, gym, preferred coach, visit figures and the last five finished sessions, in one
 # statement, so a cold cache costs one database round trip.
@@ -59,7 +59,6 @@ MEMBER_STAMP = (
 
 # Longer than any session token lives (token_ttl_s is minutes): a claim outlives every rejoin.
 SESSION_CLAIM_TTL_S = 24 * 3600
-CLAIM_DB_TIMEOUT_S = 3.0  # the claim waits no longer than this on a database that does not answer
 
 logger = logging.getLogger("jarvis.context_store")
 
@@ -185,7 +184,9 @@ def session_claim_key(session_id: str) -> str:
 SESSION_ENDED = "ended"
 
 
-async def claim_session(redis: Any, db_pool: Any, session_id: str, job_id: str) -> bool:
+async def claim_session(
+    redis: Any, db_pool: Any, session_id: str, job_id: str, db_timeout_s: float = DB_TIMEOUT_S
+) -> bool:
     """True unless the session has already ended: its token is then spent.
 
     A kiosk rejoining with a used token after the room closed makes LiveKit dispatch a new job
@@ -193,7 +194,8 @@ async def claim_session(redis: Any, db_pool: Any, session_id: str, job_id: str) 
     A job dispatched again while the session is still open (LiveKit re-dispatches when an
     assignment times out on a busy worker) takes the session over: refusing it would leave the
     member with no JARVIS at all. Redis holds the live claim; with Redis down, or once Redis
-    forgot, PostgreSQL's record decides: a session whose row has ``ended_at`` is spent.
+    forgot, PostgreSQL's record decides: a session whose row has ``ended_at`` is spent. With both
+    silent the job goes ahead: a member at the kiosk matters more than a rare duplicate summary.
     """
     key = session_claim_key(session_id)
     try:
@@ -210,14 +212,12 @@ async def claim_session(redis: Any, db_pool: Any, session_id: str, job_id: str) 
         logger.warning("session %s: redis unavailable for the claim (%s), asking the database",
                        session_id, type(exc).__name__)
     try:
-        ended = await asyncio.wait_for(
-            db_pool.fetchval(
+        async with db_pool.acquire(timeout=db_timeout_s) as conn:
+            ended = await conn.fetchval(
                 "SELECT ended_at IS NOT NULL AND outcome IS DISTINCT FROM 'interrompue'"
                 " FROM voice_sessions WHERE id = $1::uuid",
                 session_id,
-            ),
-            CLAIM_DB_TIMEOUT_S,
-        )
+            )
     except Exception as exc:  # with both stores silent, serving the member beats refusing them
         logger.warning("session %s: database unavailable for the claim (%s), the job goes ahead",
                        session_id, type(exc).__name__)
