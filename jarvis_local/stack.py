@@ -118,6 +118,8 @@ class LocalStack:
     engine_specs: dict[str, tuple[str, str, str, dict[str, str]]] = field(default_factory=dict)
     # The extra LiveKit nodes of a local cluster, by name (start_livekit_node).
     livekit_nodes: dict[str, LiveKitNode] = field(default_factory=dict)
+    # Processes that live as long as the stack, besides its own services (``lasting()``).
+    lasting_ids: set[int] = field(default_factory=set)
 
     @property
     def pg_dsn(self) -> str:
@@ -418,16 +420,54 @@ class LocalStack:
             env["KYUTAI_TTS_VOICE"] = models.tts_default_voice
         return env
 
-    def stop(self) -> None:
-        for _name, proc in reversed(self.processes):
+    def running(self) -> set[int]:
+        """The ids of the processes started so far: ``stop_started_since`` takes them."""
+        return {id(proc) for _name, proc in self.processes}
+
+    @contextlib.contextmanager
+    def lasting(self) -> Iterator[None]:
+        """What starts inside lives as long as the stack (a session-wide worker or token service):
+        ``stop_started_since`` leaves it running."""
+        before = self.running()
+        try:
+            yield
+        finally:
+            self.lasting_ids |= self.running() - before
+
+    def stop_started_since(self, before: set[int]) -> list[str]:
+        """Stops every process started after ``before`` (from ``running()``) except the stack's own
+        PostgreSQL, Redis and LiveKit node (restarted by fault tests) and what ``lasting()`` started:
+        a test module's engines and workers must not load the machine for the rest of a run.
+        Returns the names of those that were still running."""
+        kept = {"postgres", "redis", "livekit"}
+        ending = [(name, proc) for name, proc in self.processes
+                  if id(proc) not in before and id(proc) not in self.lasting_ids and name not in kept]  # fmt: skip
+        stopped = [name for name, proc in ending if proc.poll() is None]
+        self._end([proc for _name, proc in ending])
+        ended = {id(proc) for _name, proc in ending}
+        self.processes = [(name, proc) for name, proc in self.processes if id(proc) not in ended]
+        for url in [url for url, proc in self.engines.items() if id(proc) in ended]:
+            del self.engines[url]
+            self.engine_specs.pop(url, None)
+        for name in [name for name, node in self.livekit_nodes.items() if id(node.proc) in ended]:
+            del self.livekit_nodes[name]
+        return stopped
+
+    @staticmethod
+    def _end(procs: list[subprocess.Popen[bytes]]) -> None:
+        """SIGTERM to all at once (each drains meanwhile), then SIGKILL what is still up after 10 s."""
+        for proc in reversed(procs):
             if proc.poll() is None:
                 proc.terminate()
-        for _name, proc in reversed(self.processes):
+        for proc in reversed(procs):
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def stop(self) -> None:
+        self._end([proc for _name, proc in self.processes])
         self.processes.clear()
 
 

@@ -1,12 +1,14 @@
 """Shared fixtures: the real local stack (PostgreSQL, Redis, LiveKit) and our own services.
 
-Everything runs on loopback, on free ports, in temporary directories, and is stopped at the
-end of the test session.
+Everything runs on loopback, on free ports, in temporary directories. The stack's own services
+stop at the end of the test session; the engines, workers and token services a module starts on it
+stop with that module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Iterator
 from typing import NoReturn
@@ -50,6 +52,10 @@ BORDEAUX_GYM_ID = "22222222-2222-4222-8222-222222222222"
 CAMILLE = {"badge_id": "LYON-0001", "member_id": "c1111111-0000-4000-8000-000000000001"}
 
 
+# The session's stack once a test asked for it (module_processes_stopped reads it).
+SESSION_STACKS: list[LocalStack] = []
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
     """PostgreSQL (migrated, demo data loaded), Redis and the LiveKit server."""
@@ -57,17 +63,36 @@ def stack() -> Iterator[LocalStack]:
         asyncio.run(migrate(s.pg_dsn, seed_demo=True))
         # Session logs built in this process (tests/brain) spool where the stack's workers do.
         os.environ["JARVIS_SESSION_LOG__SPOOL_DIR"] = s.env()["JARVIS_SESSION_LOG__SPOOL_DIR"]
-        yield s
+        SESSION_STACKS.append(s)
+        try:
+            yield s
+        finally:
+            SESSION_STACKS.remove(s)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_processes_stopped() -> Iterator[None]:
+    """The engines, workers and token services a module started on the session's stack stop with it.
+    Left running, a CI run ended with every module's engines and idle job processes still loading
+    its two cores, and the later tests' latencies grew with them."""
+    before = SESSION_STACKS[0].running() if SESSION_STACKS else set()
+    yield
+    for s in SESSION_STACKS:
+        stopped = s.stop_started_since(before)
+        if stopped:
+            logging.getLogger("tests").info("stopped with the module: %s", ", ".join(stopped))
 
 
 @pytest.fixture(scope="session")
 def token_service_url(stack: LocalStack) -> str:
     """The real token service, as a process, against the stack."""
-    return stack.start_token_service()
+    with stack.lasting():
+        return stack.start_token_service()
 
 
 @pytest.fixture(scope="session")
 def agent_worker(stack: LocalStack) -> LocalStack:
     """One JARVIS worker registered with the LiveKit server."""
-    stack.start_agent_worker({"JARVIS_NUM_IDLE_PROCESSES": "1", "JARVIS_SPEECH__MODE": "text"})
+    with stack.lasting():
+        stack.start_agent_worker({"JARVIS_NUM_IDLE_PROCESSES": "1", "JARVIS_SPEECH__MODE": "text"})
     return stack

@@ -83,6 +83,17 @@ def registered(worker_log: Path) -> bool:
     return b"registered worker" in worker_log.read_bytes()
 
 
+def launcher_report(root: Path, out: Path) -> str:
+    """What to read when the launcher did not get its instances ready: its own lines, the tail of
+    each instance's log and the machine's load (a starved host and a crash loop look alike)."""
+    logs = sorted((root / "var/log/jarvis").glob("*.log"))
+    tails = "\n".join(
+        f"--- {log.name}\n" + "\n".join(log.read_text("utf-8", "replace").splitlines()[-15:]) for log in logs
+    )
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"load average {load}\n--- launcher.out\n{out.read_text()}\n{tails}"
+
+
 def start_launcher(root: Path, out: Path) -> subprocess.Popen[bytes]:
     """deploy/launch.py as ops run it on a host without systemd (as root: --keep-user, see below)."""
     # --keep-user: this machine's Python lives under /root (pyenv), which the jarvis user cannot
@@ -124,9 +135,12 @@ async def test_one_host_with_every_role_runs_from_the_generated_config(
     launcher = start_launcher(root, out)
     logs = root / "var/log/jarvis"
     try:
-        await poll(lambda: "all ready" in out.read_text() or launcher.poll() is not None, 300, every_s=1.0,
-                   what="the launcher's instances to be ready")
-        assert launcher.poll() is None, out.read_text()
+        try:
+            await poll(lambda: "all ready" in out.read_text() or launcher.poll() is not None, 300, every_s=1.0,
+                       what="the launcher's instances to be ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{launcher_report(root, out)}") from None
+        assert launcher.poll() is None, launcher_report(root, out)
         ready_s = time.monotonic() - started
         token_url = f"http://127.0.0.1:{ports['token']}"
         assert (await asyncio.to_thread(get, f"{token_url}/readyz"))[0] == 200

@@ -17,6 +17,7 @@ import pytest
 from agent.voice import SpeechSettings
 from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, poll, synthesize_french
 from jarvis_local.stack import LocalStack
+from tests.machine import slowdown
 from tests.voice.conftest import LONG_ANSWER, VoiceServices
 
 pytestmark = pytest.mark.integration
@@ -38,10 +39,10 @@ GREETING_MAX_S = 15.0
 # playout, agent → SFU → kiosk and the kiosk's 10 ms frames. Measured on the 2-core test machine
 # under other agents' load: 503–581 ms from the member's first voiced sample to the last agent
 # frame, i.e. an allowance of 200–280 ms; 350 ms leaves room for that load without hiding a
-# stop that waits for the member's end of turn (over a second later).
+# stop that waits for the member's end of turn (over a second later). The allowance (not the
+# agent's own wait) stretches with the machine's slowdown (tests/machine.py), at most 3x.
 INTERRUPTION_MIN_MS = 1000 * SpeechSettings().interruption_min_s
 BARGE_IN_ALLOWANCE_MS = 350.0
-BARGE_IN_STOP_MS = INTERRUPTION_MIN_MS + BARGE_IN_ALLOWANCE_MS
 # Once stopped, JARVIS stays quiet at least this long: a paused answer that resumes (livekit's
 # false-interruption resume) is not a barge-in.
 QUIET_AFTER_STOP_S = 1.0
@@ -144,6 +145,8 @@ async def test_member_who_asks_as_jarvis_starts_greeting_is_answered(voice_servi
 
 
 async def test_member_talks_over_jarvis_and_jarvis_stops(stack: LocalStack, voice_services: VoiceServices) -> None:
+    # Measured before the visit: the probe holds this process's CPU, which would delay the kiosk.
+    stop_bound_ms = INTERRUPTION_MIN_MS + BARGE_IN_ALLOWANCE_MS * (factor := slowdown())
     session, kiosk = await visit(voice_services)
     try:
         await hear_the_greeting_out(kiosk)
@@ -169,8 +172,11 @@ async def test_member_talks_over_jarvis_and_jarvis_stops(stack: LocalStack, voic
         stopped = await poll(lambda: kiosk.heard.stopped_after(barge_in, QUIET_AFTER_STOP_S), 10)
         assert stopped is not None, "JARVIS kept talking over the member (or resumed within a second)"
         stop_ms = 1000 * (stopped - barge_in)
-        print(f"\nbarge-in: JARVIS stopped {stop_ms:.0f} ms after the member's onset (bound {BARGE_IN_STOP_MS:.0f} ms)")
-        assert stop_ms < BARGE_IN_STOP_MS
+        print(
+            f"\nbarge-in: JARVIS stopped {stop_ms:.0f} ms after the member's onset "
+            f"(bound {stop_bound_ms:.0f} ms, machine slowdown {factor:.2f})"
+        )
+        assert stop_ms < stop_bound_ms
         assert kiosk.heard.first_speech_after(stopped) is None or (
             (kiosk.heard.first_speech_after(stopped) or 0) - stopped >= QUIET_AFTER_STOP_S
         ), "JARVIS resumed speaking within a second of stopping"
