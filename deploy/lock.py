@@ -2,6 +2,10 @@
 
     .venv/bin/python deploy/lock.py          # after `make setup`, whenever pyproject.toml changes
 
+`make setup` installs with this lock as pip constraints, so a fresh clone runs the pinned versions,
+not whatever PyPI published since. To move a pin: change or delete its line, `make setup`, run the
+tests, then write the lock again with this script.
+
 It starts from pyproject.toml's [project.dependencies] (not the dev extra: pytest, ruff and mypy stay
 off production hosts) and follows each installed package's own requirements (markers evaluated for
 this platform, extras followed), pinning the version installed in this environment: the set CI tested.

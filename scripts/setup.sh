@@ -34,17 +34,19 @@ if ! .tools/livekit-server --version 2>/dev/null | grep -q "$LIVEKIT_VERSION"; t
   rmdir "$gobin"
 fi
 
-# 3. Python: .venv with the project (editable) and its dev extras
+# 3. Python: .venv with the project (editable) and its dev extras. Every package production runs
+#    is held at the version deploy/requirements/runtime.lock pins (what the tests ran, what the
+#    hosts install): without it a fresh clone took whatever PyPI published since.
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 fi
 stamp=.venv/.jarvis-setup-stamp
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml deploy/requirements/runtime.lock | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python packages (torch is large: about a minute the first time)"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[dev]"
+  .venv/bin/pip install -q -c deploy/requirements/runtime.lock -e ".[dev]"
   echo "$want" > "$stamp"
 fi
 
