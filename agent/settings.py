@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -52,6 +53,12 @@ class AgentSettings(StoreSettings):
     agent_name: str = "jarvis"
     # Idle job processes kept warm; each costs a Python process (~150 MB).
     num_idle_processes: int = 2
+    # Where each session runs: "process" (livekit-agents' default: a job process per session, so a
+    # crash ends only that kiosk's session) or "thread" (every session in the worker's own process:
+    # no Python, torch and livekit per session: 13 MB of memory per kiosk instead of 408 MB, the same
+    # CPU, but every session's audio shares one interpreter, so latency suffers first under CPU load,
+    # and one crashing session takes the worker's others with it). Measured in docs/state.md.
+    job_executor: Literal["process", "thread"] = "process"
     # How long a new job process may take to start (imports, the silero VAD) before LiveKit kills it.
     # Its 10 s default killed every attempt on a busy 2-core host (the process started in 10-12 s):
     # after three, the job was refused and the kiosk got no JARVIS. A slow start costs one kiosk a

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import AgentServer, AgentSession, JobContext
+from livekit.agents import AgentServer, AgentSession, JobContext, JobExecutorType
 
 from agent.context_loader import load_member_context
 from agent.conversation import start_conversation
@@ -173,6 +173,7 @@ def build_server(settings: AgentSettings | None = None) -> AgentServer:
         return load
 
     server = AgentServer(
+        job_executor_type=JobExecutorType(settings.job_executor),
         num_idle_processes=settings.num_idle_processes,
         initialize_process_timeout=settings.process_init_timeout_s,
         load_threshold=settings.load_threshold,

@@ -26,16 +26,22 @@ pytestmark = pytest.mark.integration
 AGENT_NAME = "jarvis-brain-e2e"
 
 
-@pytest.fixture(scope="module")
-async def brain_services(stack: LocalStack) -> AsyncIterator[tuple[str, LLMStandIn]]:
-    """The stand-in LLM, a token service and a worker dispatched as AGENT_NAME."""
+# Each session in its own job process (the default), and every session in the worker's process
+# (JARVIS_JOB_EXECUTOR=thread, the thinner kiosk): the same visit either way.
+@pytest.fixture(scope="module", params=["process", "thread"])
+async def brain_services(
+    stack: LocalStack, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[str, LLMStandIn, str]]:
+    """The stand-in LLM, a token service and a worker dispatched as AGENT_NAME (one per executor)."""
+    executor = str(request.param)
     async with LLMStandIn(squat_conversation) as llm_server:
         env = {
             "JARVIS_SPEECH__MODE": "text",
+            "JARVIS_JOB_EXECUTOR": executor,
             **llm_server.worker_env,
         }
-        token_url = await asyncio.to_thread(stack.start_jarvis, AGENT_NAME, env, "agent-brain")
-        yield token_url, llm_server
+        token_url = await asyncio.to_thread(stack.start_jarvis, f"{AGENT_NAME}-{executor}", env, "agent-brain")
+        yield token_url, llm_server, executor
 
 
 async def db_rows(stack: LocalStack, sql: str, *args: Any) -> list[Any]:
@@ -49,9 +55,9 @@ async def db_rows(stack: LocalStack, sql: str, *args: Any) -> list[Any]:
 
 
 async def test_kiosk_chats_with_jarvis_and_gets_the_squat_video(
-    stack: LocalStack, brain_services: tuple[str, LLMStandIn]
+    stack: LocalStack, brain_services: tuple[str, LLMStandIn, str]
 ) -> None:
-    token_url, _ = brain_services
+    token_url, _, executor = brain_services
     session = await open_session(token_url, "demo-key-lyon-part-dieu", "LYON-0001")
     started = time.perf_counter()
 
@@ -128,3 +134,10 @@ async def test_kiosk_chats_with_jarvis_and_gets_the_squat_video(
     ended = await poll(summary, 30, every_s=0.2, what="the session summary after the kiosk left")
     assert ended["outcome"] == "completed" and ended["summary"].startswith("Vidéo")
     assert ended["sentiment"] == "neutral" and ended["duration_s"] > 0
+
+    # The session ran where the executor says: the worker's own process only with "thread".
+    worker_pid = [proc.pid for name, proc in stack.processes if name == "agent-brain"][-1]
+    ready = [json.loads(line) for line in stack.log_tail("agent-brain", 2000).splitlines()
+             if f"session {session_id}: ready" in line]  # fmt: skip
+    assert ready, "the worker did not log the session as ready"
+    assert (ready[-1]["pid"] == worker_pid) == (executor == "thread"), (executor, ready[-1]["pid"], worker_pid)

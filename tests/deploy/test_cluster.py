@@ -171,9 +171,10 @@ def link_lost(kiosk: SimulatedKiosk) -> bool:
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "issue 12 part 4 open: not yet run to the end on the shared 2-core box (load 20-40 from other "
-        "stack runs): 2026-12-03 all 8 kiosks got JARVIS, rooms on both nodes, sessions on both workers, "
-        "then one greeting missed its 90 s; the figures print when it reaches them"
+        "issue 12 part 4 open: not yet run to the end on the 2-core box. 2026-12-03, run alone: all 8 "
+        "kiosks greeted, sessions on both workers, but the nodes' room gauges held 1-3 and 2-4 of the 4 "
+        "each: kiosks JARVIS reached after more than 45 s had started over with a new session, and the "
+        "old session's late jobs found it ended and deleted its room; the figures print when it passes"
     ),
 )
 async def test_kiosks_spread_over_two_nodes_and_two_workers_and_survive_losing_a_node(
@@ -193,7 +194,13 @@ async def test_kiosks_spread_over_two_nodes_and_two_workers_and_survive_losing_a
         for kiosk, _node in kiosks.values():
             await greeted(kiosk, 0)
 
-        per_node = {node.name: rooms_on(node) for node in nodes}
+        # Each node's room gauge, read until the rooms of every kiosk are counted (a node's count
+        # once read 3 while its fourth kiosk was already greeted).
+        def counted() -> dict[str, int] | None:
+            per_node = {node.name: rooms_on(node) for node in nodes}
+            return per_node if sum(per_node.values()) >= KIOSKS else None
+
+        per_node = await poll(counted, 20, every_s=0.5) or {node.name: rooms_on(node) for node in nodes}
         per_worker = {name: sessions_of(stack, name) & set(sessions.values()) for name in cluster.workers}
         print("\ncluster: sessions per node", per_node, "per worker", {k: len(v) for k, v in per_worker.items()})
         assert per_node == {"livekit-a": KIOSKS // 2, "livekit-b": KIOSKS // 2}, per_node
