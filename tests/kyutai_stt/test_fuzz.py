@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import websockets
 
+from jarvis_local.kiosk_sim import poll
+
 from ..kyutai_common.engine_process import EngineProcess, engine_process
 from ..kyutai_common.fuzzing import (
     NonReadingClient,
@@ -239,25 +241,41 @@ async def test_a_client_that_never_reads_is_dropped_and_the_healthy_stream_is_un
     await asyncio.sleep(0.5)
     bad = NonReadingClient(f"{engine.ws}/api/asr-streaming", HEADERS)
     sent_s = 0.0
+    # The engine drops a client that never reads by whichever bound it meets first: its queue of
+    # unread Steps (the "slow_client" error, usual on a quiet box) or the WebSocket keepalive (a
+    # ping unanswered for 20 s, which won on a loaded one). Either way the connection is reset.
+    reset_by_engine = False
     try:
-        # Audio 4x faster than real time (the engine keeps up, so it is not "ahead" of it): its
-        # Steps fill the socket buffers, then the engine's queue, and the engine drops the client.
+        # Audio 4x faster than real time: its Steps fill the socket buffers, then the engine's queue.
         chunk = speech(0.4, seed=5)
         while await slow_client_drops(engine) == 0 and sent_s < 240:
             for _ in range(5):
                 bad.send(audio(chunk))
                 sent_s += 0.4
             await asyncio.sleep(0.5)
+    except TimeoutError:
+        # Our send waited 10 s: the model fell behind and the engine stopped reading this client.
+        # What it read still makes Steps nobody reads, and the keepalive runs: the drop comes.
+        await poll(lambda: slow_client_drops(engine), 40, every_s=1.0)
+        try:
+            for _ in range(50):
+                bad.send(audio(chunk))
+                await asyncio.sleep(0.1)
+        except TimeoutError:
+            pass  # still not read: not a verdict
+        except OSError:
+            reset_by_engine = True
     except OSError:
-        pass  # the engine closed the connection: dropped
+        reset_by_engine = True
     finally:
         bad.close()
     beside = await healthy
     drops = await slow_client_drops(engine)
-    print(f"\nSTT non-reading client: dropped after {sent_s:.0f} s of audio; healthy stream {len(beside)} words "
-          f"(alone {len(alone)})")
-    assert drops == 1, "the client that never reads was not dropped"
-    assert "client reads too slowly" in engine.log.read_text()
+    how = "its unread queue" if drops else "the keepalive" if reset_by_engine else "nothing"
+    print(f"\nSTT non-reading client: dropped by {how} after {sent_s:.0f} s of audio; healthy stream "
+          f"{len(beside)} words (alone {len(alone)})")
+    assert drops == 1 or reset_by_engine, "the client that never reads was not dropped"
+    assert drops == 0 or "client reads too slowly" in engine.log.read_text()
     assert beside == alone
     assert await engine.healthy()
 
