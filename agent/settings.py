@@ -57,7 +57,7 @@ class AgentSettings(StoreSettings):
     # crash ends only that kiosk's session) or "thread" (every session in the worker's own process:
     # no Python, torch and livekit per session: 13 MB of memory per kiosk instead of 408 MB, the same
     # CPU, but every session's audio shares one interpreter, so latency suffers first under CPU load,
-    # and one crashing session takes the worker's others with it). Measured in docs/state.md.
+    # and one crashing session takes the worker's others with it). Measured in docs/ops.md (Sizing).
     job_executor: Literal["process", "thread"] = "process"
     # How long a new job process may take to start (imports, the silero VAD) before LiveKit kills it.
     # Its 10 s default killed every attempt on a busy 2-core host (the process started in 10-12 s):

@@ -2,10 +2,10 @@
 
 A latency bound in a test (a failover gap, a barge-in stop, a stream's longest pause) is the product's
 promise on an unloaded host. CI runs the whole suite on a shared, slower box where the same code
-takes longer for reasons that are not ours (one CI run: a 0.72 s failover that is 0.3 s alone here).
-``scaled(bound)`` stretches a bound by the slowdown measured just before the timed event, never by
-more than ``MAX_SLOWDOWN``: a quiet machine keeps the bound as written, so a regression still fails,
-and each test prints the bound it used next to its figure.
+takes longer for reasons that are not ours (one CI run: a 0.72 s TTS failover that takes 0.15 s
+alone here). A test multiplies its bound by ``slowdown()``, measured just before the timed event and
+never more than ``MAX_SLOWDOWN``: a quiet machine keeps the bound as written, so a regression still
+fails, and each test prints the bound it used next to its figure.
 """
 
 from __future__ import annotations
@@ -33,7 +33,3 @@ def slowdown(samples: int = 7) -> float:
     probe = statistics.median(_probe_s() for _ in range(samples))
     return min(MAX_SLOWDOWN, max(1.0, probe / REFERENCE_PROBE_S))
 
-
-def scaled(bound: float, factor: float | None = None) -> float:
-    """``bound`` stretched by the machine's slowdown (measured now unless ``factor`` is given)."""
-    return bound * (slowdown() if factor is None else factor)
