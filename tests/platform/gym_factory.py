@@ -13,6 +13,7 @@ from jarvis.db import gym_key_hash
 
 @dataclass(frozen=True)
 class TestGym:
+    __test__ = False  # a fixture's value, not a test class pytest should try to collect
     gym_id: str
     api_key: str
     badge_id: str

@@ -125,6 +125,14 @@ async def test_a_worker_whose_engines_are_full_gets_no_job(stack: LocalStack, se
                 every_s=0.1,
                 what=f"{full.log_name} to see its engines free again",
             )
+            # ...and told LiveKit (its next status message, up to 2.5 s later): a kiosk that comes
+            # while LiveKit still counts both workers full gets no agent at all.
+            await poll(
+                lambda: "marking as available" in log_text(stack, full, since),  # noqa: B023
+                15,
+                every_s=0.1,
+                what=f"{full.log_name} to tell LiveKit it is available again",
+            )
     finally:
         for room in rooms:
             await room.disconnect()
