@@ -64,6 +64,9 @@ class AgentSettings(StoreSettings):
     # after three, the job was refused and the kiosk got no JARVIS. A slow start costs one kiosk a
     # few seconds; a killed one costs it the session.
     process_init_timeout_s: float = Field(default=60.0, gt=0.0, le=600.0)
+    # How long a session waits for its kiosk to come back after the kiosk's link dropped (not a
+    # deliberate leave) before it ends and the room closes. The kiosk's own rejoin tries for 7.5 s.
+    kiosk_rejoin_grace_s: float = Field(default=15.0, ge=0.0, le=300.0)
     # A worker's load is its sessions / max_sessions (the models run in the engines, so a session
     # costs the worker little CPU); at load_threshold it takes no new session and LiveKit routes
     # the next kiosk to another worker.

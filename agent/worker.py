@@ -31,6 +31,22 @@ from jarvis.session_contract import (
 
 logger = logging.getLogger("jarvis.agent")
 
+# Disconnects that end the visit: the kiosk said goodbye, or someone removed it or the room. Any
+# other (a signal socket closed, a timeout, a second connection with its identity) may be a kiosk
+# on flaky gym Wi-Fi that is coming back.
+KIOSK_LEFT_ON_PURPOSE = frozenset(
+    {
+        rtc.DisconnectReason.CLIENT_INITIATED,
+        rtc.DisconnectReason.PARTICIPANT_REMOVED,
+        rtc.DisconnectReason.ROOM_DELETED,
+        rtc.DisconnectReason.ROOM_CLOSED,
+    }
+)
+
+
+def kiosk_present(room: rtc.Room) -> bool:
+    return any(p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT for p in room.remote_participants.values())
+
 
 async def entrypoint(ctx: JobContext) -> None:
     settings = AgentSettings()
@@ -61,14 +77,38 @@ async def entrypoint(ctx: JobContext) -> None:
         await ctx.delete_room()
         ctx.shutdown(reason="kiosk left")
 
-    closing: set[asyncio.Task[None]] = set()
+    closing: set[asyncio.Task[None]] = set()  # the room's close, once it has begun
+    waiting: set[asyncio.Task[None]] = set()  # a dropped kiosk's grace
+
+    def close_now() -> None:
+        for wait in waiting:
+            wait.cancel()
+        closing.add(asyncio.get_running_loop().create_task(close_session()))
+
+    async def close_unless_back(reason: str) -> None:
+        await asyncio.sleep(settings.kiosk_rejoin_grace_s)
+        waiting.clear()
+        if kiosk_present(ctx.room):
+            logger.info("session %s: kiosk back after its link dropped (%s)", meta.session_id, reason)
+        elif not closing:
+            logger.info("session %s: kiosk not back %.0f s after its link dropped (%s), closing the room",
+                        meta.session_id, settings.kiosk_rejoin_grace_s, reason)
+            close_now()
 
     def on_participant_left(participant: rtc.RemoteParticipant) -> None:
         # The kiosk is the session: when it leaves, the room has no reason to live on.
-        if participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and not closing:
-            logger.info("session %s: kiosk left, closing the room", meta.session_id)
-            task = asyncio.get_running_loop().create_task(close_session())
-            closing.add(task)
+        if participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT or closing:
+            return
+        reason = rtc.DisconnectReason.Name(participant.disconnect_reason or rtc.DisconnectReason.UNKNOWN_REASON)
+        if participant.disconnect_reason in KIOSK_LEFT_ON_PURPOSE:
+            logger.info("session %s: kiosk left (%s), closing the room", meta.session_id, reason)
+            close_now()
+        elif not waiting:
+            # A dropped link: the kiosk rejoins this room with the same token (kiosk/src/reconnect.ts,
+            # 7.5 s of attempts). Closing at once spent its token and deleted the room it came back to.
+            logger.info("session %s: kiosk link dropped (%s), waiting %.0f s for it to rejoin",
+                        meta.session_id, reason, settings.kiosk_rejoin_grace_s)
+            waiting.add(asyncio.get_running_loop().create_task(close_unless_back(reason)))
 
     ctx.room.on("participant_disconnected", on_participant_left)
     gym_voice = context.gym.agent_settings.get("voice")

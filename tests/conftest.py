@@ -90,9 +90,17 @@ def token_service_url(stack: LocalStack) -> str:
         return stack.start_token_service()
 
 
+# The session-wide worker's wait for a dropped kiosk (15 s in production): shorter, so a test
+# can outlast it.
+KIOSK_REJOIN_GRACE_S = 5.0
+
+
 @pytest.fixture(scope="session")
 def agent_worker(stack: LocalStack) -> LocalStack:
     """One JARVIS worker registered with the LiveKit server."""
     with stack.lasting():
-        stack.start_agent_worker({"JARVIS_NUM_IDLE_PROCESSES": "1", "JARVIS_SPEECH__MODE": "text"})
+        stack.start_agent_worker({
+            "JARVIS_NUM_IDLE_PROCESSES": "1", "JARVIS_SPEECH__MODE": "text",
+            "JARVIS_KIOSK_REJOIN_GRACE_S": str(KIOSK_REJOIN_GRACE_S),
+        })  # fmt: skip
     return stack
