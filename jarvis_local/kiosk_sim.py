@@ -103,6 +103,16 @@ def agent_participant(room: rtc.Room, attribute: str = ATTR_READY) -> rtc.Remote
     return None
 
 
+async def joined_with_jarvis(
+    session: Mapping[str, Any], timeout_s: float = 60.0
+) -> tuple[rtc.Room, rtc.RemoteParticipant]:
+    """A bare kiosk connection (no microphone) in the session's room, once JARVIS is there and ready."""
+    room = rtc.Room()
+    await room.connect(session["livekit_url"], session["token"])
+    agent = await poll(lambda: agent_participant(room), timeout_s, what="JARVIS to join and be ready")
+    return room, agent
+
+
 async def room_names(stack: LocalStack) -> set[str]:
     lk = api.LiveKitAPI(stack.livekit_url.replace("ws://", "http://"), stack.livekit_api_key, stack.livekit_api_secret)
     try:

@@ -11,7 +11,7 @@ import time
 from livekit import rtc
 
 from jarvis.session_contract import ATTR_GYM_ID, ATTR_MEMBER_ID, ATTR_SESSION_ID, room_name
-from jarvis_local.kiosk_sim import agent_participant, open_session, poll, room_names
+from jarvis_local.kiosk_sim import agent_participant, joined_with_jarvis, open_session, poll, room_names
 from jarvis_local.stack import LocalStack
 from tests.conftest import CAMILLE, KIOSK_REJOIN_GRACE_S, LYON_GYM_ID, LYON_KEY
 
@@ -46,9 +46,7 @@ async def test_kiosk_whose_link_drops_rejoins_and_jarvis_is_still_there(
     stack: LocalStack, token_service_url: str, agent_worker: LocalStack
 ) -> None:
     session = await open_session(token_service_url, LYON_KEY, CAMILLE["badge_id"])
-    first = rtc.Room()
-    await first.connect(session["livekit_url"], session["token"])
-    agent = await poll(lambda: agent_participant(first), 60, what="the agent to join and be ready")
+    first, agent = await joined_with_jarvis(session)
 
     # The kiosk's Wi-Fi drops and it comes back with the same token (kiosk/src/reconnect.ts) before
     # the server noticed: the server ends the old connection (duplicate identity), not the visit.

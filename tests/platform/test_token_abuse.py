@@ -273,14 +273,12 @@ async def test_a_session_token_starts_one_job_only(
 ) -> None:
     from livekit import rtc
 
-    from jarvis_local.kiosk_sim import agent_participant, open_session, poll, room_names
+    from jarvis_local.kiosk_sim import agent_participant, joined_with_jarvis, open_session, poll, room_names
     from tests.conftest import CAMILLE, LYON_KEY
 
     session = await open_session(token_service_url, LYON_KEY, CAMILLE["badge_id"])
-    room = rtc.Room()
-    await room.connect(session["livekit_url"], session["token"])
     try:
-        await poll(lambda: agent_participant(room), 60, what="JARVIS to join and be ready")
+        room, _ = await joined_with_jarvis(session)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; the worker's log:\n{stack.log_tail('agent', 60)}") from None
     await room.disconnect()
