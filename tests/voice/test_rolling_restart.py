@@ -30,8 +30,8 @@ AGENT = "jarvis-rolling"
 # What the issue asks. On the 2-core box (2026-12-03, each kiosk with a warm job process): every
 # drain handed its streams over between turns with 0 left and every replica exited 0, but 7 of 38
 # turns were answered after 10 s (v2v p50 5.6 s): four sessions, four engines reloading in turn and
-# the kiosks starve two cores. In a full CI run it then outran the 300 s bound, and pytest itself
-# crashed (INTERNALERROR) rendering the timeout's traceback: the suite runs two kiosks until the test
+# the kiosks starve two cores. In a full CI run pytest itself then crashed (most likely its 300 s
+# bound firing: INTERNALERROR rendering a traceback): the suite runs two kiosks until the test
 # runs on more cores; `KIOSKS=4` is the issue's figure, measured by hand (docs/ops.md).
 KIOSKS = 2
 MIN_TURNS = 2  # each kiosk talks at least this often, and on until every replica was restarted
