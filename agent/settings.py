@@ -68,8 +68,8 @@ class AgentSettings(StoreSettings):
     # deliberate leave) before it ends and the room closes. The kiosk's own rejoin tries for 7.5 s.
     kiosk_rejoin_grace_s: float = Field(default=15.0, ge=0.0, le=300.0)
     # A worker's load is its sessions / max_sessions (the models run in the engines, so a session
-    # costs the worker little CPU); at load_threshold it takes no new session and LiveKit routes
-    # the next kiosk to another worker.
+    # costs the worker little CPU; a session whose job is starting counts); at load_threshold it
+    # passes each new job on and LiveKit offers it to another worker (agent/worker_load.py).
     max_sessions: int = 25
     load_threshold: float = 1.0
     # The load also counts the engines (KYUTAI_STT_URL(S), KYUTAI_TTS_URL(S)): their /api/health

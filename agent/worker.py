@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import AgentServer, AgentSession, JobContext, JobExecutorType
+from livekit.agents import AgentServer, AgentSession, JobContext, JobExecutorType, JobRequest
 
 from agent.context_loader import load_member_context
 from agent.conversation import start_conversation
@@ -19,6 +20,7 @@ from agent.resources import SessionResources
 from agent.settings import AgentSettings
 from agent.sweeper import Sweeper
 from agent.voice import build_speech
+from agent.worker_load import WorkerLoad
 from jarvis.context_store import claim_session, end_session_claim
 from jarvis.session_contract import (
     ATTR_GYM_ID,
@@ -199,29 +201,33 @@ def build_server(settings: AgentSettings | None = None) -> AgentServer:
     engines = engine_watch(settings)
 
     heartbeat = CapacityHeartbeat(settings, engines)
+    load = WorkerLoad(max_sessions, settings.load_threshold, engines)
 
     def worker_load(server: AgentServer) -> float:
-        # Sessions, not host CPU: on a shared host the CPU reading says more about the
-        # neighbours than about this worker's room for another kiosk.
-        load = len(server.active_jobs) / max_sessions
         if engines is not None:
             engines.start()  # here, not in build_server: only the main process (never a job) polls
-            # Full, draining or down engines make the worker full: LiveKit sends the kiosk elsewhere.
-            engine = engines.load()
-            load = load if engine is None else max(load, engine)
-        heartbeat.note(server, load)  # the token service's admission control reads it (issue 13)
-        return load
+        # Sessions, not host CPU: on a shared host the CPU reading says more about the
+        # neighbours than about this worker's room for another kiosk.
+        now = load.load(server)
+        heartbeat.note(server, now)  # the token service's admission control reads it (issue 13)
+        return now
 
     server = AgentServer(
         job_executor_type=JobExecutorType(settings.job_executor),
         num_idle_processes=settings.num_idle_processes,
         initialize_process_timeout=settings.process_init_timeout_s,
-        load_threshold=settings.load_threshold,
+        # The worker says yes or no to each job itself (agent/worker_load.py): livekit-agents'
+        # threshold made an idle worker report itself full while it started a job.
+        load_threshold=math.inf,
         load_fnc=worker_load,
         prometheus_port=settings.prometheus_port or None,
         port=0,
     )
-    server.rtc_session(entrypoint, agent_name=settings.agent_name)
+
+    async def on_request(request: JobRequest) -> None:
+        await load.on_request(request, server)
+
+    server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=on_request)
     run_sweeper(server, settings)
     return server
 

@@ -186,8 +186,8 @@ async def test_kiosks_spread_over_two_nodes_and_two_workers_and_survive_losing_a
     sessions: dict[str, str] = {}
     reconnected: list[SimulatedKiosk] = []
     try:
-        # One kiosk after the other, alternating the node: while a worker starts a job process it
-        # reports itself full, and LiveKit does not dispatch a room created meanwhile.
+        # One kiosk after the other, alternating the node, each greeted before the next comes: the
+        # test reads which node and worker served whom.
         for number in range(KIOSKS):
             kiosk_id, node = f"cluster-{number + 1}", nodes[number % 2]
             kiosk, session_id = await visit(cluster, kiosk_id, node)

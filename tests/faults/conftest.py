@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -145,9 +146,29 @@ async def visit(jarvis: Jarvis, badge_id: str = "LYON-0001", greeting_timeout_s:
     try:
         await poll(lambda: kiosk.transcripts, greeting_timeout_s, what="JARVIS's greeting")
     except AssertionError as exc:
+        others = {p.identity: dict(p.attributes) for p in kiosk.room.remote_participants.values()}
+        state = f"kiosk connected={kiosk.room.isconnected()}, in the room with {others}"
         await kiosk.leave()
-        raise AssertionError(f"{exc}\nworker log:\n{jarvis.worker_log(40)}") from exc
+        room = str(session["room"])
+        raise AssertionError(
+            f"{exc}\n{state}\nworker log for {room}:\n{room_log(jarvis.worker_log(), room)}"
+            f"\nLiveKit log for {room}:\n{room_log(jarvis.stack.log_tail('livekit', 20000), room, 40)}"
+        ) from exc
     return Visit(session, kiosk)
+
+
+def room_log(log: str, room: str, lines: int = 60) -> str:
+    """One room's log lines, short: a CI report cuts long output in its middle."""
+    return "\n".join([short(line) for line in log.splitlines() if room in line][-lines:])
+
+
+def short(line: str) -> str:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line[:300]
+    when, pid, name = str(record.get("timestamp", ""))[11:23], record.get("pid", ""), record.get("name", "")
+    return f"{when} {pid} {name}: {record.get('message', '')}"[:300]
 
 
 async def rows(stack: LocalStack, session_id: str) -> list[asyncpg.Record]:

@@ -17,6 +17,7 @@ import msgpack
 import pytest
 import websockets
 from livekit import rtc
+from livekit.agents.worker import UPDATE_STATUS_INTERVAL
 
 from jarvis_local.kiosk_sim import agent_participant, open_session, poll
 from jarvis_local.llm_standin import LLMStandIn, Say
@@ -105,9 +106,10 @@ async def test_a_worker_whose_engines_are_full_gets_no_job(stack: LocalStack, se
             since = log_size(stack, full)
             held = await fill_stt(full)
             try:
-                # The worker saw it (engine poll, 1 s) and told LiveKit (its status message).
+                # The worker saw it (engine poll, 1 s): from now on it passes jobs on, and its next
+                # status message tells LiveKit its load is 1.0.
                 await poll(
-                    lambda: "worker is at full capacity" in log_text(stack, full, since),  # noqa: B023
+                    lambda: "worker full (" in log_text(stack, full, since),  # noqa: B023
                     15,
                     every_s=0.1,
                     what=f"{full.log_name} to report itself full",
@@ -125,14 +127,15 @@ async def test_a_worker_whose_engines_are_full_gets_no_job(stack: LocalStack, se
                 every_s=0.1,
                 what=f"{full.log_name} to see its engines free again",
             )
-            # ...and told LiveKit (its next status message, up to 2.5 s later): a kiosk that comes
-            # while LiveKit still counts both workers full gets no agent at all.
+            # ...and tells LiveKit with its next status message, up to 2.5 s later: a kiosk that
+            # comes while LiveKit still counts both workers full gets no agent at all.
             await poll(
-                lambda: "marking as available" in log_text(stack, full, since),  # noqa: B023
+                lambda: "worker takes sessions again" in log_text(stack, full, since),  # noqa: B023
                 15,
                 every_s=0.1,
-                what=f"{full.log_name} to tell LiveKit it is available again",
+                what=f"{full.log_name} to take sessions again",
             )
+            await asyncio.sleep(UPDATE_STATUS_INTERVAL + 0.5)
     finally:
         for room in rooms:
             await room.disconnect()

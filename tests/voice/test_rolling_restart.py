@@ -89,8 +89,8 @@ async def test_a_rolling_restart_of_every_engine_replica_loses_no_turn(
 ) -> None:
     kiosks = [SimulatedKiosk() for _ in range(KIOSKS)]
     try:
-        # One kiosk after the other: while the worker starts a job process for one session it reports
-        # itself full, and LiveKit does not dispatch a room created meanwhile.
+        # One kiosk after the other, each with JARVIS before the next comes: the conversations start
+        # from a known state before the restarts begin.
         for number, kiosk in enumerate(kiosks, 1):
             session = await open_session(token_url, LYON_KEY, "LYON-0001", kiosk_id=f"rolling-{number}")
             await kiosk.join(session["livekit_url"], session["token"])
