@@ -87,8 +87,9 @@ def text_worker_env(stack: LocalStack, primary: LLMStandIn, secondary: LLMStandI
         # The rows assert what follows a kiosk gone for good (LiveKit killed, the worker killed): the
         # session ends at once. Waiting for a dropped kiosk to come back is
         # tests/platform/test_kiosk_session.py's scenario; with the 15 s default, a kiosk whose LiveKit
-        # restarted came back and its conversation went on (CI, 2026-12-03), and the next row's visit
-        # was not greeted (not investigated yet).
+        # restarted came back and its conversation went on (CI, 2026-12-03). (The next row's visit was
+        # not greeted then: the worker reported itself full while starting a job, fixed since in
+        # agent/worker_load.py.)
         "JARVIS_KIOSK_REJOIN_GRACE_S": "0",
     }
 
