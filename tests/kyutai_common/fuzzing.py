@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,3 +216,26 @@ class NonReadingClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@contextlib.asynccontextmanager
+async def stream_once_free(
+    url: str, headers: dict[str, str], timeout_s: float = 15.0
+) -> AsyncIterator[websockets.ClientConnection]:
+    """A stream that got Ready. The slots of streams just refused free at the engine's next step,
+    which a loaded machine delays (TTS, CI 2026-12-03: "no free channels" right after the named
+    refusals): until then the engine rightly answers full, and the client asks again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ws = await websockets.connect(url, additional_headers=headers)
+        first = msgpack.unpackb(await ws.recv())
+        if first["type"] == "Ready":
+            break
+        await ws.close()
+        assert first["type"] == "Error" and "no free channels" in first["message"], first
+        assert time.monotonic() < deadline, f"no free slot {timeout_s:.0f} s after the refusals: {first}"
+        await asyncio.sleep(0.2)
+    try:
+        yield ws
+    finally:
+        await ws.close()

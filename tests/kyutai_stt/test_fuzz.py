@@ -32,6 +32,7 @@ from ..kyutai_common.fuzzing import (
     huge_messages,
     refusal,
     rss_kb,
+    stream_once_free,
 )
 from .conftest import speech
 
@@ -121,9 +122,7 @@ async def named_cases(engine: EngineProcess) -> int:
     assert "markers" in await expect_refusal(port, [marker(i) for i in range(1000)], {1008})
     cases += 1
     # Empty Audio does not hold the slot: the idle timeout still ends the stream.
-    url = f"ws://127.0.0.1:{port}/api/asr-streaming"
-    async with websockets.connect(url, additional_headers=HEADERS) as ws:
-        assert msgpack.unpackb(await ws.recv())["type"] == "Ready"
+    async with stream_once_free(f"ws://127.0.0.1:{port}/api/asr-streaming", HEADERS) as ws:
         started = time.monotonic()
         try:
             for i in range(int(IDLE_S * 4)):

@@ -32,6 +32,7 @@ from ..kyutai_common.fuzzing import (
     huge_messages,
     refusal,
     rss_kb,
+    stream_once_free,
 )
 from ..machine import slowdown
 from .conftest import FRENCH_ANSWER, tiny_engine_env
@@ -113,8 +114,7 @@ async def named_cases(engine: EngineProcess) -> int:
         await expect_refusal(port, [HUGE[1]], {1008})
         cases += 1
     # Empty Text does not hold the slot: the idle timeout still ends the stream.
-    async with websockets.connect(stream_url(port), additional_headers=HEADERS) as ws:
-        assert msgpack.unpackb(await ws.recv())["type"] == "Ready"
+    async with stream_once_free(stream_url(port), HEADERS) as ws:
         started = time.monotonic()
         try:
             for _ in range(int(IDLE_S * 4)):
