@@ -31,7 +31,7 @@ from livekit.agents.voice.run_result import RunResult
 
 from agent.conversation import build_conversation
 from agent.speech_format import say_datetime
-from agent.tools import CoachNotification, GymTools, SessionIds, ToolFailure, livekit_tools
+from agent.tools import BOOKING_HORIZON_DAYS, CoachNotification, GymTools, SessionIds, ToolFailure, livekit_tools
 from jarvis.db import create_pool
 from jarvis_local.llm_standin import CallTool, EchoToolResult, LLMStandIn
 from jarvis_local.stack import LocalStack
@@ -111,11 +111,16 @@ class Effect:
 
 
 def script_effects(rng: random.Random, gym: Gym, sessions: list[str], batch: int = 0) -> list[Effect]:
-    """INTENDED_EFFECTS distinct effects; a later batch books later days and numbers its requests on."""
+    """INTENDED_EFFECTS distinct effects; a later batch books other slots and numbers its requests on.
+
+    Every slot lies within the booking horizon (agent/tools.py, 90 days): a second batch once booked
+    days 72-142 ahead, and the tool rightly refused those past 90 (CI, 2026-12-03)."""
     effects = []
-    first_day = datetime.now(PARIS).date() + timedelta(days=2 + 70 * batch)
-    slots = [(day, hour) for day in range(70) for hour in range(7, 21)]
-    rng.shuffle(slots)
+    first_day = datetime.now(PARIS).date() + timedelta(days=2)
+    slots = [(day, hour) for day in range(BOOKING_HORIZON_DAYS - 5) for hour in range(7, 21)]
+    random.Random(14).shuffle(slots)  # one order for every batch: each takes its own slots
+    books = INTENDED_EFFECTS // len(WRITE_TOOLS) + 1
+    slots = slots[batch * books : (batch + 1) * books]
     for index in range(batch * INTENDED_EFFECTS, (batch + 1) * INTENDED_EFFECTS):
         tool = WRITE_TOOLS[index % len(WRITE_TOOLS)]
         if tool == "book_session":
