@@ -197,11 +197,10 @@ def engine_watch(settings: AgentSettings) -> EngineWatch | None:
 
 def build_server(settings: AgentSettings | None = None) -> AgentServer:
     settings = settings or AgentSettings()
-    max_sessions = max(1, settings.max_sessions)
     engines = engine_watch(settings)
 
     heartbeat = CapacityHeartbeat(settings, engines)
-    load = WorkerLoad(max_sessions, settings.load_threshold, engines)
+    load = WorkerLoad(settings.max_sessions, settings.load_threshold, engines)
 
     def worker_load(server: AgentServer) -> float:
         if engines is not None:

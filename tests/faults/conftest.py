@@ -160,7 +160,7 @@ async def visit(jarvis: Jarvis, badge_id: str = "LYON-0001", greeting_timeout_s:
 
 def room_log(log: str, room: str, lines: int = 60) -> str:
     """One room's log lines, short: a CI report cuts long output in its middle."""
-    return "\n".join([short(line) for line in log.splitlines() if room in line][-lines:])
+    return "\n".join(short(line) for line in log_lines(log, room)[-lines:])
 
 
 def short(line: str) -> str:
