@@ -26,7 +26,9 @@ from livekit.agents.voice.events import ErrorEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 from livekit.agents.voice.turn import TurnHandlingOptions
 
+from agent.barge_in import BargeIn
 from agent.llm import LLMConfig, build_llm, llm_connect_options
+from agent.metrics import BARGE_IN_TOPIC, kiosk_publisher
 from agent.prompt import build_instructions, greeting
 from agent.resources import SessionResources
 from agent.session_log import SessionLog
@@ -250,6 +252,9 @@ async def start_conversation(
         mcp_servers=external_mcp_servers(context.gym.agent_settings),
         db_timeout_s=resources.settings.db_timeout_s,
     )
+    if speech is not None and speech.vad is not None:
+        publish = kiosk_publisher(ctx.room, BARGE_IN_TOPIC, context.session_id)
+        BargeIn(speech.barge_in, context.session_id, publish).attach(conversation.session, speech.vad)
     conversation.log.start()
     resources.on_close(conversation.log.finish)
     spoken = speech is not None and speech.stt is not None and speech.tts is not None

@@ -31,12 +31,15 @@ LiveKit did not report is ``null``.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from livekit import rtc
 from livekit.agents import metrics as lk_metrics
 from livekit.agents.llm import ChatMessage
 from prometheus_client import Counter, Gauge, Histogram
@@ -57,6 +60,8 @@ ERRORS = Counter("jarvis_voice_errors_total", "Errors by kind (stt, llm, tts, to
 
 # The data topic a kiosk (or a bench) listens on for each finished turn's record.
 TURN_METRICS_TOPIC = "jarvis.turn_metrics"
+# ...and for each barge-in step: {"step": "paused" | "confirmed" | "resumed" | "stopped", "at": time.time()}.
+BARGE_IN_TOPIC = "jarvis.barge_in"
 MAX_STAGE_S = 60.0
 # Record key -> Prometheus stage label.
 _STAGE_LABELS = {
@@ -67,6 +72,29 @@ _STAGE_LABELS = {
     "agent_v2v_ms": "voice_to_voice",
 }
 logger = logging.getLogger("jarvis.agent.metrics")
+
+
+def kiosk_publisher(room: rtc.Room | None, topic: str, session_id: str) -> Callable[[dict[str, Any]], None]:
+    """Sends records to the room's kiosk on ``topic``, off the caller's path; a kiosk that left
+    misses a record, nothing more."""
+    sending: set[asyncio.Task[None]] = set()
+
+    def publish(record: dict[str, Any]) -> None:
+        if room is None or not room.isconnected():
+            return
+
+        async def send() -> None:
+            try:
+                await room.local_participant.publish_data(json.dumps(record), reliable=True, topic=topic)
+            except Exception as exc:
+                logger.debug("session %s: %s record not sent (%s)", session_id, topic, type(exc).__name__)
+
+        task = asyncio.get_running_loop().create_task(send())
+        # Held until done: the loop keeps only weak references to tasks.
+        sending.add(task)
+        task.add_done_callback(sending.discard)
+
+    return publish
 
 
 def _sane(seconds: float | None, what: str) -> float | None:

@@ -7,14 +7,15 @@ detector and adaptive interruption by default, so both are set explicitly.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from livekit.agents import stt as lk_stt
 from livekit.agents import tts as lk_tts
-from livekit.agents import vad as lk_vad
 from livekit.agents.voice.turn import TurnHandlingOptions
 from pydantic import BaseModel, Field
+
+from agent.barge_in import BargeInSettings, ObservedVAD
 
 logger = logging.getLogger("jarvis.agent.voice")
 
@@ -36,8 +37,9 @@ class SpeechSettings(BaseModel):
     # Extra wait after the end of turn is detected (the Kyutai head already waited for a pause).
     min_endpointing_delay_s: float = Field(default=0.05, ge=0.0, le=5.0)
     max_endpointing_delay_s: float = Field(default=2.5, ge=0.1, le=10.0)
-    # Barge-in: the member talks over JARVIS for this long and JARVIS stops.
-    interruption_min_s: float = Field(default=0.3, ge=0.05, le=3.0)
+    # Barge-in: JARVIS pauses when the member talks over it, stops once it is clearly speech,
+    # resumes after a cough or a clang (agent/barge_in.py).
+    barge_in: BargeInSettings = Field(default_factory=BargeInSettings)
     # Start the LLM on the STT's interim words, before the turn is confirmed.
     preemptive_generation: bool = True
     # livekit-agents' "AEC warm-up": for this long after JARVIS first starts speaking (the greeting),
@@ -53,9 +55,10 @@ class SpeechSettings(BaseModel):
 class Speech:
     stt: lk_stt.STT | None
     tts: lk_tts.TTS | None
-    vad: lk_vad.VAD | None
+    vad: ObservedVAD | None
     turn_handling: TurnHandlingOptions
     aec_warmup_s: float = 0.0
+    barge_in: BargeInSettings = field(default_factory=BargeInSettings)
 
 
 def turn_handling(settings: SpeechSettings) -> TurnHandlingOptions:
@@ -65,7 +68,13 @@ def turn_handling(settings: SpeechSettings) -> TurnHandlingOptions:
     return TurnHandlingOptions(
         turn_detection=detection,
         endpointing={"min_delay": settings.min_endpointing_delay_s, "max_delay": settings.max_endpointing_delay_s},
-        interruption={"enabled": True, "mode": "vad", "min_duration": settings.interruption_min_s},
+        interruption={
+            "enabled": True,
+            "mode": "vad",
+            "min_duration": settings.barge_in.pause_after_s,
+            "resume_false_interruption": True,
+            "false_interruption_timeout": settings.barge_in.resume_after_s,
+        },
         preemptive_generation={"enabled": settings.preemptive_generation},
     )
 
@@ -88,6 +97,9 @@ def build_speech(settings: SpeechSettings, gym_id: str, gym_voice: str | None = 
     stt = kyutai_stt.STT(language="fr")
     tts = kyutai_tts.TTS(voice=gym_voice) if gym_voice else kyutai_tts.TTS.for_gym(gym_id)
     # Silero (bundled with livekit-agents, runs locally) tells when the member talks over JARVIS.
-    vad = inference.VAD(model="silero")
+    vad = ObservedVAD(inference.VAD(model="silero"))
     logger.info("speech: kyutai stt+tts, turn detection %s", settings.turn_detection)
-    return Speech(stt=stt, tts=tts, vad=vad, turn_handling=handling, aec_warmup_s=settings.aec_warmup_s)
+    return Speech(
+        stt=stt, tts=tts, vad=vad, turn_handling=handling, aec_warmup_s=settings.aec_warmup_s,
+        barge_in=settings.barge_in,
+    )

@@ -15,7 +15,7 @@ from agent.context_loader import load_member_context
 from agent.conversation import start_conversation
 from agent.engine_load import EngineWatch
 from agent.heartbeat import CapacityHeartbeat
-from agent.metrics import ERRORS, SESSIONS_ACTIVE, TURN_METRICS_TOPIC, TurnLatency
+from agent.metrics import ERRORS, SESSIONS_ACTIVE, TURN_METRICS_TOPIC, TurnLatency, kiosk_publisher
 from agent.resources import SessionResources
 from agent.settings import AgentSettings
 from agent.sweeper import Sweeper
@@ -128,26 +128,7 @@ def watch_session(
 ) -> TurnLatency:
     """Per-turn stage times and errors: each finished turn to Prometheus and to the kiosk
     (data topic ``jarvis.turn_metrics``), the turns and counts to voice_sessions at the end."""
-    publishing: set[asyncio.Task[None]] = set()
-
-    def publish(turn: dict[str, Any]) -> None:
-        if room is None or not room.isconnected():
-            return
-
-        async def send() -> None:
-            try:
-                await room.local_participant.publish_data(
-                    json.dumps(turn), reliable=True, topic=TURN_METRICS_TOPIC
-                )
-            except Exception as exc:  # a kiosk that left misses a figure, nothing more
-                logger.debug("session %s: turn metrics not sent (%s)", session_id, type(exc).__name__)
-
-        task = asyncio.get_running_loop().create_task(send())
-        # Held until done: the loop keeps only weak references to tasks.
-        publishing.add(task)
-        task.add_done_callback(publishing.discard)
-
-    latency = TurnLatency(publish=publish)
+    latency = TurnLatency(publish=kiosk_publisher(room, TURN_METRICS_TOPIC, session_id))
     session.on("metrics_collected", latency.on_metrics)
     session.on("speech_created", latency.on_speech_created)
     session.on("error", lambda event: ERRORS.labels(_error_kind(event)).inc())

@@ -1,0 +1,167 @@
+"""Barge-in in two steps: JARVIS pauses the moment the member starts talking over it, and stops
+for good once the member has clearly been speaking; a cough or a dropped weight only pauses it.
+
+Step 1, the pause, is livekit-agents' own: with ``resume_false_interruption`` it pauses the audio
+output once the VAD has heard ``pause_after_s`` of speech, and resumes the same answer where it
+paused when no words followed within ``resume_after_s`` of silence. A short ``pause_after_s``
+alone would make every clang a stop, because livekit-agents confirms a pause only with the
+member's final transcript, which comes at the end of their turn.
+
+Step 2, the confirmation, is here: the member's voice held for ``confirm_after_s`` without a
+break (silero's continuous run, not its speech span, which includes the hangover silence
+after a short noise) interrupts the paused answer at once. Gym noises are short; a spoken
+"attends" is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import vad as lk_vad
+from livekit.agents.voice import AgentSession, AgentStateChangedEvent, SpeechHandle
+from pydantic import BaseModel, Field
+
+logger = logging.getLogger("jarvis.agent.barge_in")
+
+VADListener = Callable[[lk_vad.VADEvent], None]
+Publish = Callable[[dict[str, Any]], None]
+
+
+class BargeInSettings(BaseModel):
+    """Nested in SpeechSettings as ``barge_in`` (``JARVIS_SPEECH__BARGE_IN__PAUSE_AFTER_S`` etc.)."""
+
+    # JARVIS pauses once the member has talked over it this long (silero's span, from its onset).
+    pause_after_s: float = Field(default=0.05, ge=0.03, le=3.0)
+    # ...and stops for good once the member's voice has held this long without a break.
+    confirm_after_s: float = Field(default=0.25, ge=0.05, le=3.0)
+    # A pause that no words followed resumes after this much silence (livekit-agents' false interruption).
+    resume_after_s: float = Field(default=1.0, ge=0.1, le=10.0)
+
+
+class ObservedVAD(lk_vad.VAD):
+    """A VAD that lets the barge-in controller read every inference, for the session that uses it.
+
+    livekit-agents consumes the VAD's events itself and exposes no per-window hook; this passes
+    each event on unchanged after the listeners have seen it.
+    """
+
+    def __init__(self, inner: lk_vad.VAD) -> None:
+        super().__init__(capabilities=inner.capabilities)
+        self._inner = inner
+        self._listeners: list[VADListener] = []
+
+    @property
+    def model(self) -> str:
+        return self._inner.model
+
+    @property
+    def provider(self) -> str:
+        return self._inner.provider
+
+    def add_listener(self, listener: VADListener) -> None:
+        self._listeners.append(listener)
+
+    def stream(self) -> lk_vad.VADStream:
+        return _ObservedStream(self, self._inner.stream(), self._listeners)
+
+
+class _ObservedStream(lk_vad.VADStream):
+    def __init__(self, vad: ObservedVAD, inner: lk_vad.VADStream, listeners: list[VADListener]) -> None:
+        self._inner = inner
+        self._listeners = listeners
+        super().__init__(vad)
+
+    async def _main_task(self) -> None:
+        forward = asyncio.create_task(self._forward_input())
+        try:
+            async for event in self._inner:
+                for listener in self._listeners:
+                    try:
+                        listener(event)
+                    except Exception:  # a listener's bug must not take the member's voice away
+                        logger.exception("barge-in listener failed")
+                self._event_ch.send_nowait(event)
+        finally:
+            forward.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await forward
+            await self._inner.aclose()
+
+    async def _forward_input(self) -> None:
+        async for item in self._input_ch:
+            if isinstance(item, rtc.AudioFrame):
+                self._inner.push_frame(item)
+            else:
+                self._inner.flush()
+        self._inner.end_input()
+
+
+class BargeIn:
+    """Confirms or lets go of livekit-agents' pause for one session; logs each step and sends it
+    to the kiosk (``publish``: the ``jarvis.barge_in`` data topic, which the barge-in bench reads)."""
+
+    def __init__(self, settings: BargeInSettings, session_id: str, publish: Publish | None = None) -> None:
+        self._settings = settings
+        self._session_id = session_id
+        self._publish = publish
+        self._session: AgentSession[Any] | None = None
+        self._paused: SpeechHandle | None = None
+        self._paused_at = 0.0
+        self.confirmed = 0
+        self.resumed = 0
+
+    def attach(self, session: AgentSession[Any], vad: ObservedVAD) -> None:
+        self._session = session
+        session.on("agent_state_changed", self._on_agent_state)
+        vad.add_listener(self._on_vad)
+
+    def _step(self, step: str, message: str, *args: object) -> None:
+        logger.info("session %s: barge-in: " + message, self._session_id, *args)
+        if self._publish is not None:
+            self._publish({"step": step, "at": time.time()})
+
+    def _on_agent_state(self, event: AgentStateChangedEvent) -> None:
+        speech = self._session.current_speech if self._session else None
+        if event.old_state == "speaking" and event.new_state == "listening" and speech and not speech.done():
+            # livekit-agents paused the answer (its pause sets "listening" and keeps the handle)
+            self._paused, self._paused_at = speech, time.monotonic()
+            speech.add_done_callback(self._on_paused_answer_done)
+            self._step("paused", "JARVIS paused for the member")
+        elif event.new_state == "speaking" and self._paused is not None:
+            if speech is self._paused:
+                self.resumed += 1
+                self._step("resumed", "false alarm, JARVIS resumes after %.0f ms", self._elapsed_ms())
+            self._paused = None
+
+    def _on_paused_answer_done(self, speech: SpeechHandle) -> None:
+        if speech is self._paused and speech.interrupted:
+            # livekit-agents' own confirmation: the member's final transcript came first
+            self._paused = None
+            self._step("stopped", "the member's words stopped JARVIS %.0f ms after its pause", self._elapsed_ms())
+
+    def _elapsed_ms(self) -> float:
+        return 1000 * (time.monotonic() - self._paused_at)
+
+    def _on_vad(self, event: lk_vad.VADEvent) -> None:
+        paused = self._paused
+        if (
+            paused is None
+            or event.type != lk_vad.VADEventType.INFERENCE_DONE
+            or event.raw_accumulated_speech < self._settings.confirm_after_s
+        ):
+            return
+        self._paused = None
+        if paused.done() or paused.interrupted or not paused.allow_interruptions:
+            return
+        paused.interrupt()
+        self.confirmed += 1
+        self._step(
+            "confirmed", "confirmed (%.0f ms of voice), JARVIS stops %.0f ms after its pause",
+            1000 * event.raw_accumulated_speech, self._elapsed_ms(),
+        )
