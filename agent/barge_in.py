@@ -36,10 +36,12 @@ Publish = Callable[[dict[str, Any]], None]
 class BargeInSettings(BaseModel):
     """Nested in SpeechSettings as ``barge_in`` (``JARVIS_SPEECH__BARGE_IN__PAUSE_AFTER_S`` etc.)."""
 
-    # JARVIS pauses once the member has talked over it this long (silero's span, from its onset).
-    pause_after_s: float = Field(default=0.05, ge=0.03, le=3.0)
+    # JARVIS pauses once the member has talked over it this long (silero's span, from its onset;
+    # silero decides over 32 ms windows, so 0.03 is its second voiced window). Gym noises made
+    # with sox (bursts, claps, thuds, music) never reach silero's speech threshold at all.
+    pause_after_s: float = Field(default=0.03, ge=0.03, le=3.0)
     # ...and stops for good once the member's voice has held this long without a break.
-    confirm_after_s: float = Field(default=0.25, ge=0.05, le=3.0)
+    confirm_after_s: float = Field(default=0.2, ge=0.05, le=3.0)
     # A pause that no words followed resumes after this much silence (livekit-agents' false interruption).
     resume_after_s: float = Field(default=1.0, ge=0.1, le=10.0)
 
@@ -112,6 +114,7 @@ class BargeIn:
         self._publish = publish
         self._session: AgentSession[Any] | None = None
         self._paused: SpeechHandle | None = None
+        self._confirmed: SpeechHandle | None = None
         self._paused_at = 0.0
         self.confirmed = 0
         self.resumed = 0
@@ -129,21 +132,27 @@ class BargeIn:
     def _on_agent_state(self, event: AgentStateChangedEvent) -> None:
         speech = self._session.current_speech if self._session else None
         if event.old_state == "speaking" and event.new_state == "listening" and speech and not speech.done():
-            # livekit-agents paused the answer (its pause sets "listening" and keeps the handle)
-            self._paused, self._paused_at = speech, time.monotonic()
-            speech.add_done_callback(self._on_paused_answer_done)
-            self._step("paused", "JARVIS paused for the member")
+            # livekit-agents paused the answer (its pause sets "listening" and keeps the handle), or
+            # the answer is just ending; a pause for the member's voice comes while they speak
+            speech.add_done_callback(self._on_answer_done)
+            if self._session is not None and self._session.user_state == "speaking":
+                self._paused, self._paused_at = speech, time.monotonic()
+                self._step("paused", "JARVIS paused for the member")
         elif event.new_state == "speaking" and self._paused is not None:
             if speech is self._paused:
                 self.resumed += 1
                 self._step("resumed", "false alarm, JARVIS resumes after %.0f ms", self._elapsed_ms())
             self._paused = None
 
-    def _on_paused_answer_done(self, speech: SpeechHandle) -> None:
-        if speech is self._paused and speech.interrupted:
-            # livekit-agents' own confirmation: the member's final transcript came first
+    def _on_answer_done(self, speech: SpeechHandle) -> None:
+        if not speech.interrupted or speech is self._confirmed:
+            return
+        # livekit-agents' own confirmation: the member's final transcript came first
+        if speech is self._paused:
             self._paused = None
             self._step("stopped", "the member's words stopped JARVIS %.0f ms after its pause", self._elapsed_ms())
+        else:
+            self._step("stopped", "the member's words stopped JARVIS")
 
     def _elapsed_ms(self) -> float:
         return 1000 * (time.monotonic() - self._paused_at)
@@ -159,6 +168,7 @@ class BargeIn:
         self._paused = None
         if paused.done() or paused.interrupted or not paused.allow_interruptions:
             return
+        self._confirmed = paused
         paused.interrupt()
         self.confirmed += 1
         self._step(

@@ -97,7 +97,8 @@ def build_speech(settings: SpeechSettings, gym_id: str, gym_voice: str | None = 
     stt = kyutai_stt.STT(language="fr")
     tts = kyutai_tts.TTS(voice=gym_voice) if gym_voice else kyutai_tts.TTS.for_gym(gym_id)
     # Silero (bundled with livekit-agents, runs locally) tells when the member talks over JARVIS.
-    vad = ObservedVAD(inference.VAD(model="silero"))
+    # Silero's own start of speech no later than the pause (its default waits 0.05 s).
+    vad = ObservedVAD(inference.VAD(model="silero", min_speech_duration=min(0.05, settings.barge_in.pause_after_s)))
     logger.info("speech: kyutai stt+tts, turn detection %s", settings.turn_detection)
     return Speech(
         stt=stt, tts=tts, vad=vad, turn_handling=handling, aec_warmup_s=settings.aec_warmup_s,

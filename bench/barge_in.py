@@ -122,7 +122,7 @@ class BargeInBench:
 
     async def settle(self) -> None:
         """Until JARVIS has been quiet a while (a resumed answer, a reply to a transcribed noise)."""
-        await poll(lambda: self.kiosk.heard.stopped_after(time.perf_counter() - SETTLE_S, SETTLE_S), 60,
+        await poll(lambda: not self.kiosk.heard.speaking_at(time.perf_counter(), SETTLE_S) or None, 60,
                    what="JARVIS to go quiet")
 
     async def trial(self, trial: Trial, stimulus: np.ndarray | None) -> Trial:
@@ -160,10 +160,12 @@ def summarise(trials: list[Trial]) -> tuple[list[dict[str, Any]], list[str]]:
     stops = [ms for t in heard if (ms := t.step_ms("confirmed", "stopped")) is not None]
     agent_pauses = [ms for t in heard if (ms := t.step_ms("paused")) is not None]
     false_pauses = [t for t in noise if t.step_ms("paused") is not None]
-    false_stops = [t for t in false_pauses if t.step_ms("confirmed", "stopped") is not None]
-    if any(t.step_ms("stopped") is not None and t.step_ms("confirmed") is None for t in false_stops):
-        notes.append("a noise was stopped by the member's transcript (livekit-agents' own confirmation): the"
-                     " tiny random-weight STT transcribes some noises as words, which real weights would not")
+    false_stops = [t for t in noise if t.step_ms("confirmed", "stopped") is not None]
+    by_voice = [t for t in noise if t.step_ms("confirmed") is not None]
+    if len(false_stops) > len(by_voice):
+        notes.append("a noise stopped JARVIS through a transcript (livekit-agents stops an answer on the member's"
+                     " final words): the tiny random-weight STT transcribes noises as words, which real weights"
+                     " would not; false_stop_rate_by_voice counts the stops silero's voice confirmation made")
     resumed = [t for t in false_pauses if t.step_ms("resumed") is not None]
     words_lost: float | None = None
     if resumed and baseline:
@@ -186,13 +188,15 @@ def summarise(trials: list[Trial]) -> tuple[list[dict[str, Any]], list[str]]:
             "case": "noise",
             "false_pause_rate": round(len(false_pauses) / len(noise), 3) if noise else None,
             "false_stop_rate": round(len(false_stops) / len(noise), 3) if noise else None,
+            "false_stop_rate_by_voice": round(len(by_voice) / len(noise), 3) if noise else None,
             "words_lost": words_lost,
             "resumed": len(resumed),
             "trials": len(noise),
             "skipped": sum(1 for t in trials if t.case == "noise" and t.skipped),
             "by_kind": {
-                f"{t.kind}@{t.level_db:g}dB": ("stopped" if t in false_stops else "resumed" if t in resumed
-                                               else "paused" if t in false_pauses else "ignored")
+                f"{t.kind}@{t.level_db:g}dB": ("confirmed" if t in by_voice else "stopped" if t in false_stops
+                                               else "resumed" if t in resumed else "paused" if t in false_pauses
+                                               else "ignored")
                 for t in noise
             },
         },

@@ -34,7 +34,7 @@ BARGE_IN = "Attends, attends, j'ai une autre question."
 # going after this long is a TTS that does not stop, not a long sentence.
 GREETING_MAX_S = 15.0
 # Barge-in aim: JARVIS pauses once the member has talked over it for `barge_in.pause_after_s` (the
-# agent's setting, 0.05 s of silero speech, which silero counts from its second voiced window), and
+# agent's setting, 0.03 s of silero speech: its second voiced 32 ms window), and
 # stays stopped once the voice has held `confirm_after_s` (agent/barge_in.py). The allowance is what
 # detecting and carrying the pause costs: silero's onset over its 32 ms windows, kiosk → SFU → agent,
 # the agent's queued playout, agent → SFU → kiosk and the kiosk's 10 ms frames. With the old 0.3 s
