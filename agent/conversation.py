@@ -264,7 +264,7 @@ async def start_conversation(
         room_options=room_io.RoomOptions(
             text_input=True,
             text_output=True,
-            audio_input=spoken,
+            audio_input=room_io.AudioInputOptions(frame_size_ms=speech.input_frame_ms) if spoken and speech else False,
             audio_output=spoken,
         ),
     )

@@ -49,6 +49,10 @@ class SpeechSettings(BaseModel):
     # spoken over the greeting's first seconds was never transcribed nor answered. 0 = off; raise
     # it for a kiosk whose microphone has no echo cancellation.
     aec_warmup_s: float = Field(default=0.0, ge=0.0, le=10.0)
+    # The member's audio reaches the VAD and the STT in frames this long. livekit-agents' 50 ms
+    # default holds each sound up to 50 ms before silero sees it: the barge-in pause and stop, and
+    # the STT's end of turn, all wait on it.
+    input_frame_ms: int = Field(default=20, ge=10, le=100)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Speech:
     turn_handling: TurnHandlingOptions
     aec_warmup_s: float = 0.0
     barge_in: BargeInSettings = field(default_factory=BargeInSettings)
+    input_frame_ms: int = 20
 
 
 def turn_handling(settings: SpeechSettings) -> TurnHandlingOptions:
@@ -102,5 +107,5 @@ def build_speech(settings: SpeechSettings, gym_id: str, gym_voice: str | None = 
     logger.info("speech: kyutai stt+tts, turn detection %s", settings.turn_detection)
     return Speech(
         stt=stt, tts=tts, vad=vad, turn_handling=handling, aec_warmup_s=settings.aec_warmup_s,
-        barge_in=settings.barge_in,
+        barge_in=settings.barge_in, input_frame_ms=settings.input_frame_ms,
     )

@@ -6,12 +6,16 @@ that answers every question with the same long answer, one worker) and one simul
 trial asks a question, waits until JARVIS is well into its answer, then plays a stimulus into the
 kiosk's microphone:
 
-- ``speech``: a French sentence from espeak-ng ("Attends, …"). ``pause_ms`` is from the member's
-  first voiced sample to JARVIS's last voiced frame heard at the kiosk before it went quiet;
+- ``speech``: a French sentence from espeak-ng ("Attends, …"). ``duck_ms`` is from the member's
+  first voiced sample to the kiosk ducking JARVIS's voice on its own microphone (the browser
+  kiosk's rule, kiosk/src/duck.ts, which the simulated kiosk mirrors); ``pause_ms`` to JARVIS's
+  last voiced frame heard at the kiosk before the agent paused it;
   ``stop_ms`` to the agent's ``confirmed`` (or ``stopped``) step on the ``jarvis.barge_in`` data
   topic (one host, one clock). A trial where JARVIS never paused, or resumed, is ``missed``.
 - ``noise``: gym noises made with sox (a noise burst, a clap, a dropped weight's thud, music) at
-  several peak levels. A ``paused`` step is a false pause; a pause that ends in ``confirmed`` or
+  several peak levels. The kiosk ducks on any sound (nothing is lost: the answer plays on under
+  it); ``false_duck_rate`` counts them and ``unducked`` those that came back. A ``paused`` step
+  is a false pause; a pause that ends in ``confirmed`` or
   ``stopped`` instead of ``resumed`` is a false stop. ``words_lost`` estimates the answer's words
   never heard after a resume, from the voiced seconds heard against answers heard out
   (``baseline`` trials) at the answer's own words per second.
@@ -100,6 +104,8 @@ class Trial:
     kind: str
     level_db: float | None
     pause_ms: float | None = None  # at the kiosk
+    duck_ms: float | None = None  # the kiosk's own duck
+    unducked: bool = False  # ...and JARVIS's voice came back to full volume after it
     steps: list[tuple[str, float]] = field(default_factory=list)  # (step, ms after the onset), agent side
     voiced_s: float = 0.0  # the answer's voiced seconds heard at the kiosk
     skipped: str | None = None
@@ -144,6 +150,10 @@ class BargeInBench:
         if stopped is not None and stopped - onset <= PAUSE_WINDOW_S:
             trial.pause_ms = 1000 * (stopped - onset)
         trial.steps = [(step, 1000 * (at - onset_wall)) for step, at in self.steps]
+        ducks = [(at, ducked) for at, ducked in kiosk.duck.changes if at >= onset]
+        if ducks and ducks[0][1] and ducks[0][0] - onset <= PAUSE_WINDOW_S:
+            trial.duck_ms = 1000 * (ducks[0][0] - onset)
+            trial.unducked = not kiosk.duck.ducked
         end = kiosk.heard.stopped_after(answer, SETTLE_S) or time.perf_counter()
         trial.voiced_s = sum(0.01 for at, level in kiosk.heard.frames if answer <= at <= end and level >= 300)
         return trial
@@ -157,6 +167,8 @@ def summarise(trials: list[Trial]) -> tuple[list[dict[str, Any]], list[str]]:
     missed = [t for t in speech if t.step_ms("paused") is None or t.step_ms("resumed") is not None]
     heard = [t for t in speech if t not in missed]
     pauses = [t.pause_ms for t in heard if t.pause_ms is not None]
+    ducks = [t.duck_ms for t in speech if t.duck_ms is not None]
+    noise_ducks = [t for t in noise if t.duck_ms is not None]
     stops = [ms for t in heard if (ms := t.step_ms("confirmed", "stopped")) is not None]
     agent_pauses = [ms for t in heard if (ms := t.step_ms("paused")) is not None]
     false_pauses = [t for t in noise if t.step_ms("paused") is not None]
@@ -175,6 +187,8 @@ def summarise(trials: list[Trial]) -> tuple[list[dict[str, Any]], list[str]]:
     rows: list[dict[str, Any]] = [
         {
             "case": "speech",
+            "duck_ms_p50": round(percentile(ducks, 50), 1) if ducks else None,
+            "duck_ms_p95": round(percentile(ducks, 95), 1) if ducks else None,
             "pause_ms_p50": round(percentile(pauses, 50), 1) if pauses else None,
             "pause_ms_p95": round(percentile(pauses, 95), 1) if pauses else None,
             "stop_ms_p50": round(percentile(stops, 50), 1) if stops else None,
@@ -186,6 +200,8 @@ def summarise(trials: list[Trial]) -> tuple[list[dict[str, Any]], list[str]]:
         },
         {
             "case": "noise",
+            "false_duck_rate": round(len(noise_ducks) / len(noise), 3) if noise else None,
+            "unducked": sum(1 for t in noise_ducks if t.unducked),
             "false_pause_rate": round(len(false_pauses) / len(noise), 3) if noise else None,
             "false_stop_rate": round(len(false_stops) / len(noise), 3) if noise else None,
             "false_stop_rate_by_voice": round(len(by_voice) / len(noise), 3) if noise else None,
@@ -228,7 +244,8 @@ async def measure(stack: LocalStack, speech_env: dict[str, str], args: argparse.
                 progress(f"trial {n}/{len(stimuli)}: {trial.case} {trial.kind} {trial.level_db or ''}")
                 done = await bench.trial(trial, pcm)
                 trials.append(done)
-                progress(f"  pause {done.pause_ms} ms, steps {done.steps}, voiced {done.voiced_s:.2f} s"
+                progress(f"  duck {done.duck_ms} ms, pause {done.pause_ms} ms, steps {done.steps},"
+                         f" voiced {done.voiced_s:.2f} s"
                          + (f", skipped: {done.skipped}" if done.skipped else ""))
         finally:
             await kiosk.leave()
@@ -246,7 +263,7 @@ def run(args: argparse.Namespace) -> None:
     rows, notes = summarise(trials)
     emit("barge_in", weights=models.weights, quick=args.quick, results=rows,
          noise_kinds=list(NOISES), levels_db=args.levels, settings=settings.model_dump(), notes=notes,
-         trials=[{"case": t.case, "kind": t.kind, "level_db": t.level_db, "pause_ms": t.pause_ms,
+         trials=[{"case": t.case, "kind": t.kind, "level_db": t.level_db, "duck_ms": t.duck_ms, "pause_ms": t.pause_ms,
                   "steps": t.steps, "voiced_s": round(t.voiced_s, 2), "skipped": t.skipped} for t in trials])
 
 

@@ -213,12 +213,49 @@ def transcript_kind(
     return "member_final" if attributes.get("lk.transcription_final") == "true" else "member_interim"
 
 
+class BargeInDuck:
+    """The browser kiosk's barge-in duck (kiosk/src/duck.ts), same rule and numbers: JARVIS's voice
+    ducks once the member's microphone has carried sound for two 10 ms frames, and comes back after
+    ``hold_s`` of quiet. The agent's own pause and stop come later, over the network."""
+
+    def __init__(self, threshold_db: float = -40.0, onset_s: float = 0.01, hold_s: float = 0.4,
+                 gain: float = 0.1) -> None:
+        self.threshold_db, self.onset_s, self.hold_s, self.gain = threshold_db, onset_s, hold_s, gain
+        self.ducked = False
+        self.changes: list[tuple[float, bool]] = []  # (perf_counter, ducked)
+        self._sound_since: float | None = None
+        self._last_sound = -np.inf
+
+    def feed(self, level_db: float, at: float) -> None:
+        if level_db >= self.threshold_db:
+            if self._sound_since is None:
+                self._sound_since = at
+            self._last_sound = at
+            if not self.ducked and at - self._sound_since >= self.onset_s - 1e-9:
+                self._set(True, at)
+            return
+        self._sound_since = None
+        if self.ducked and at - self._last_sound >= self.hold_s:
+            self._set(False, at)
+
+    def _set(self, ducked: bool, at: float) -> None:
+        self.ducked = ducked
+        self.changes.append((at, ducked))
+
+
+def level_dbfs(samples: np.ndarray) -> float:
+    level = rms(samples) / 32768.0
+    return 20 * float(np.log10(level)) if level > 0 else -np.inf
+
+
 class SimulatedKiosk:
     def __init__(self) -> None:
         self.room = rtc.Room()
         # A short queue makes capture_frame pace us in real time, as a microphone would.
         self.mic = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=40)
+        # What JARVIS sent; a real kiosk's speaker plays it at `duck.gain` while `duck.ducked`.
         self.heard = AgentAudioLog()
+        self.duck = BargeInDuck()
         self._speech: asyncio.Queue[np.ndarray] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._voice_end: asyncio.Future[float] | None = None
@@ -304,6 +341,8 @@ class SimulatedKiosk:
     async def _send(self, samples: np.ndarray) -> None:
         frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, len(samples))
         await self.mic.capture_frame(frame)
+        # the frame is heard by the microphone as it leaves the queue, not when it was queued
+        self.duck.feed(level_dbfs(samples), time.perf_counter() + self.mic.queued_duration / 1000)
 
     async def start_saying(self, pcm: np.ndarray) -> float:
         """Start speaking ``pcm`` without waiting for its end; returns when its first sample left."""

@@ -74,6 +74,7 @@ async function diagnostics(page) {
     const player = document.getElementById("video-player");
     return {
       fallbacks: d.fallbacks,
+      ducks: d.ducks,
       provider: d.provider(),
       legacy_played_s: d.legacyPlayedSeconds(),
       video_time: player.currentTime,

@@ -66,6 +66,7 @@ const diagnostics = {
   videos: [] as Array<{ t: number; url: string; title: string }>,
   videoRejections: [] as string[],
   fallbacks: [] as Array<{ t: number; reason: FallbackReason }>,
+  ducks: [] as Array<{ t: number; ducked: boolean }>,
   provider: () => kiosk?.provider ?? null,
   legacyPlayedSeconds: () => legacy?.playedSeconds ?? 0,
   agentLevels: () => agentMeter.meter?.samples ?? [],
@@ -220,6 +221,7 @@ async function startSession(badgeId: string): Promise<void> {
     muteButton.textContent = muted ? "Réactiver le micro" : "Couper le micro";
   });
   current.on("agentAudio", (track) => meterFor(agentMeter, track));
+  current.on("ducked", (ducked) => diagnostics.ducks.push({ t: performance.now(), ducked }));
   current.on("fallback", ({ reason }) => diagnostics.fallbacks.push({ t: performance.now(), reason }));
   current.on("ended", () => {
     meterFor(agentMeter, null);

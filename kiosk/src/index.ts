@@ -1,6 +1,8 @@
 /** @jarvis/kiosk: the browser side of a JARVIS gym kiosk. */
 export { JarvisKiosk, CHAT_TOPIC, MICROPHONE_CAPTURE, isTokenRefused } from "./kiosk.js";
 export type { JarvisKioskEvents, JarvisKioskOptions, KioskSessionCredentials, EndReason } from "./kiosk.js";
+export { BargeInDuck, DUCK_DEFAULTS, levelDb } from "./duck.js";
+export type { BargeInDuckOptions } from "./duck.js";
 export { TypedEmitter } from "./events.js";
 export { fallbackReasonOf, LEGACY_CODES } from "./legacy.js";
 export type { FallbackReason, LegacyVoiceProvider } from "./legacy.js";

@@ -17,7 +17,10 @@ import {
   Room,
   RoomEvent,
   Track,
+  createAudioAnalyser,
   type AudioCaptureOptions,
+  type LocalAudioTrack,
+  type RemoteAudioTrack,
   type Participant,
   type RemoteParticipant,
   type ReconnectPolicy,
@@ -26,6 +29,7 @@ import {
   type TextStreamReader,
 } from "livekit-client";
 
+import { BargeInDuck, levelDb, type BargeInDuckOptions } from "./duck.js";
 import { TypedEmitter } from "./events.js";
 import type { FallbackReason, LegacyVoiceProvider } from "./legacy.js";
 import { kioskError, type KioskError } from "./messages.js";
@@ -67,6 +71,11 @@ export interface JarvisKioskOptions {
   audioContainer?: HTMLElement;
   /** Publish the microphone (default true). False gives a text-only kiosk. */
   microphone?: boolean;
+  /**
+   * Duck JARVIS's voice the moment the member's microphone carries sound (barge-in's first step,
+   * before the agent hears it; see duck.ts). Default on with DUCK_DEFAULTS; false turns it off.
+   */
+  bargeInDuck?: BargeInDuckOptions | false;
   logger?: Pick<Console, "info" | "warn" | "error">;
 }
 
@@ -82,6 +91,8 @@ export interface JarvisKioskEvents {
   muted: boolean;
   /** The agent's received audio track (for level meters), or null when it goes away. */
   agentAudio: MediaStreamTrack | null;
+  /** JARVIS's voice ducked (true) because the member made a sound, or came back (false). */
+  ducked: boolean;
   /** The conversation moved to the legacy provider, and why. */
   fallback: { reason: FallbackReason };
   ended: { reason: EndReason };
@@ -98,6 +109,9 @@ export const MICROPHONE_CAPTURE: AudioCaptureOptions = {
 
 const DEFAULT_AGENT_TIMEOUT_MS = 20_000;
 const MAX_INCOMING_STREAM_BYTES = 2_000_000;
+// Microphone readings for the duck: 10 ms apart, over 512 samples (10.7 ms at 48 kHz).
+const DUCK_READ_EVERY_MS = 10;
+const DUCK_WINDOW_SAMPLES = 512;
 
 export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
   private room: Room | null = null;
@@ -112,6 +126,9 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
   private mutedFlag = false;
   private currentVideo: KioskVideo | null = null;
   private legacyActive = false;
+  private readonly agentVoices = new Set<RemoteAudioTrack>();
+  private duck: BargeInDuck | null = null;
+  private stopDuckMeter: (() => void) | null = null;
 
   constructor(private readonly options: JarvisKioskOptions = {}) {
     super();
@@ -221,6 +238,8 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     if (!room || this.state === "ended") return;
     await room.localParticipant.setMicrophoneEnabled(!muted, MICROPHONE_CAPTURE);
     this.mutedFlag = muted;
+    if (muted) this.stopDuck();
+    else this.startDuck();
     this.emit("muted", muted);
   }
 
@@ -294,7 +313,47 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
       await room.localParticipant.setMicrophoneEnabled(true, MICROPHONE_CAPTURE);
     } catch (error) {
       this.onMicrophoneError(error);
+      return;
     }
+    this.startDuck();
+  }
+
+  /** Reads the member's microphone every 10 ms and ducks JARVIS's voice on sound (duck.ts). */
+  private startDuck(): void {
+    const options = this.options.bargeInDuck ?? {};
+    const microphone = this.room?.localParticipant.getTrackPublication(Track.Source.Microphone)?.audioTrack;
+    if (options === false || !microphone || this.stopDuckMeter) return;
+    let analyser: AnalyserNode;
+    let cleanup: () => Promise<void>;
+    try {
+      ({ analyser, cleanup } = createAudioAnalyser(microphone as LocalAudioTrack, { fftSize: DUCK_WINDOW_SAMPLES }));
+    } catch (error) {
+      // No Web Audio: the agent's own pause still works, only later.
+      this.logger.warn("[jarvis-kiosk] barge-in duck unavailable", describe(error));
+      return;
+    }
+    (analyser.context as AudioContext).resume?.().catch(() => undefined);
+    const duck = new BargeInDuck(options, (gain) => {
+      for (const voice of this.agentVoices) voice.setVolume(gain);
+      this.emit("ducked", gain < 1);
+    });
+    const samples = new Float32Array(DUCK_WINDOW_SAMPLES);
+    const timer = setInterval(() => {
+      analyser.getFloatTimeDomainData(samples);
+      duck.feed(levelDb(samples), performance.now());
+    }, DUCK_READ_EVERY_MS);
+    this.duck = duck;
+    this.stopDuckMeter = () => {
+      clearInterval(timer);
+      void cleanup().catch(() => undefined);
+    };
+  }
+
+  private stopDuck(): void {
+    this.stopDuckMeter?.();
+    this.stopDuckMeter = null;
+    this.duck?.release();
+    this.duck = null;
   }
 
   private onMicrophoneError(error: unknown): void {
@@ -330,10 +389,15 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     const element = track.attach();
     element.dataset["jarvisAgentAudio"] = participant.identity;
     (this.options.audioContainer ?? document.body).appendChild(element);
-    if (this.isAgent(participant)) this.emit("agentAudio", track.mediaStreamTrack);
+    if (!this.isAgent(participant)) return;
+    const voice = track as RemoteAudioTrack;
+    this.agentVoices.add(voice);
+    if (this.duck?.ducked) voice.setVolume(this.duck.gain);
+    this.emit("agentAudio", track.mediaStreamTrack);
   }
 
   private onTrackUnsubscribed(track: RemoteTrack): void {
+    this.agentVoices.delete(track as RemoteAudioTrack);
     for (const element of track.detach()) element.remove();
   }
 
@@ -435,6 +499,8 @@ export class JarvisKiosk extends TypedEmitter<JarvisKioskEvents> {
     const room = this.room;
     this.room = null;
     this.agentIdentity = null;
+    this.stopDuck();
+    this.agentVoices.clear();
     this.closeVideo();
     if (room) {
       room.unregisterTextStreamHandler(TRANSCRIPTION_TOPIC);
