@@ -82,12 +82,14 @@ import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
 
 from bench.common import REPO, emit, progress
+from bench.profile import TreeProfile
 from bench.token_service import make_bench_gym
 from bench.turns import (
     LOST_AFTER_S,
@@ -317,6 +319,7 @@ class Bench:
     sentences: list[tuple[str, np.ndarray]]
     answer_timeout_s: float
     join_timeout_s: float
+    profile_dir: Path | None = None
     next_badge: int = 0
 
     def specs(self, n: int) -> list[VisitSpec]:
@@ -363,9 +366,13 @@ class Bench:
         # The pool starts new idle processes for the ones the sessions took: let that finish first.
         settle_s = await wait_until_quiet(self.worker_pid, what="idle-process refill", timeout_s=60,
                                           max_cpu_pct=10, only_new_since=level_began)
+        profile = TreeProfile(self.worker_pid, self.profile_dir, f"sessions-{sessions}") if self.profile_dir else None
+        if profile:
+            profile.start()
         t0, tree0, eng0 = await self.snapshot()
         records = await pool.step("talk", "talked")
         t1, tree1, eng1 = await self.snapshot()
+        profiled = await asyncio.to_thread(profile.stop) if profile else None
         await pool.step("leave", "left")
         await pool.close()
         failed = sessions - sum(r["ready"] for r in records)
@@ -389,6 +396,8 @@ class Bench:
             "talk_s": round(seconds, 1),
             "settle_s": round(settle_s, 1),
         }
+        if profiled is not None:
+            row["profile"] = profiled
         progress(f"  v2v p50 {row['v2v_ms_p50']} ms, p95 {row['v2v_ms_p95']} ms, answered {row['answered']}"
                  f"/{row['turns']} (late {row['late_turns']}), lost {row['lost_turns']}, junk answers"
                  f" {row['junk_answers']}, agent turn records {row['agent_turns']}")
@@ -516,13 +525,15 @@ def run(args: argparse.Namespace) -> None:
         worker = pid_of(stack, "agent")
         progress("waiting for the worker's idle processes to finish warming up")
         # The worker starts its idle processes over time: wait until they are all there and idle.
+        # (a thread executor runs every session in the worker itself: no idle processes to wait for)
+        threads = os.environ.get("JARVIS_JOB_EXECUTOR", "process") == "thread"
         warm_s = asyncio.run(wait_until_quiet(worker, what="worker warm-up", timeout_s=180, max_cpu_pct=15,
-                                              min_processes=largest + 2))
+                                              min_processes=1 if threads else largest + 2))
         progress(f"  worker quiet after {warm_s:.0f} s")
         bench = Bench(
             stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
             engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sentences=sentences,
-            answer_timeout_s=args.answer_timeout, join_timeout_s=args.join_timeout,
+            answer_timeout_s=args.answer_timeout, join_timeout_s=args.join_timeout, profile_dir=args.profile,
         )
         results, top = asyncio.run(measure(bench, levels, args.turns, args.soak, args.soak_sessions))
         if not any(r["agent_turns"] for r in results):
@@ -551,6 +562,10 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=None, metavar="MINUTES",
                         help="soak instead of levels: --soak-sessions kiosks for MINUTES (not in CI)")
     parser.add_argument("--soak-sessions", type=int, default=20)
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="profile the worker's tree while each level talks: CPU per thread name (/proc) and"
+                             " per Python function (py-spy); each row gets a 'profile', raw stacks go to DIR. py-spy"
+                             " perturbs a loaded worker: read where the time goes, not that level's turns")
     args = parser.parse_args()
     if args.sessions is None:
         args.sessions = [1, 4] if args.quick else [1, 2, 4, 8, 16, 20]

@@ -251,7 +251,8 @@ def level_dbfs(samples: np.ndarray) -> float:
 class SimulatedKiosk:
     def __init__(self) -> None:
         self.room = rtc.Room()
-        # A short queue makes capture_frame pace us in real time, as a microphone would.
+        # A short queue makes capture_frame pace us in real time, as a microphone would. A sample
+        # leaves it `mic.queued_duration` seconds (livekit-rtc's unit) after it was queued.
         self.mic = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=40)
         # What JARVIS sent; a real kiosk's speaker plays it at `duck.gain` while `duck.ducked`.
         self.heard = AgentAudioLog()
@@ -327,14 +328,14 @@ class SimulatedKiosk:
                 await self._send(silence)
                 continue
             if self._voice_start is not None and not self._voice_start.done():
-                self._voice_start.set_result(time.perf_counter() + self.mic.queued_duration / 1000)
+                self._voice_start.set_result(time.perf_counter() + self.mic.queued_duration)
             for start in range(0, len(sentence), FRAME_SAMPLES):
                 chunk = sentence[start:start + FRAME_SAMPLES]
                 if len(chunk) < FRAME_SAMPLES:
                     chunk = np.pad(chunk, (0, FRAME_SAMPLES - len(chunk)))
                 await self._send(chunk)
             # the last sample leaves once what is still queued has played out
-            done = time.perf_counter() + self.mic.queued_duration / 1000
+            done = time.perf_counter() + self.mic.queued_duration
             if self._voice_end is not None and not self._voice_end.done():
                 self._voice_end.set_result(done)
 
@@ -342,7 +343,7 @@ class SimulatedKiosk:
         frame = rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, len(samples))
         await self.mic.capture_frame(frame)
         # the frame is heard by the microphone as it leaves the queue, not when it was queued
-        self.duck.feed(level_dbfs(samples), time.perf_counter() + self.mic.queued_duration / 1000)
+        self.duck.feed(level_dbfs(samples), time.perf_counter() + self.mic.queued_duration)
 
     async def start_saying(self, pcm: np.ndarray) -> float:
         """Start speaking ``pcm`` without waiting for its end; returns when its first sample left."""

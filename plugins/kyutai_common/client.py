@@ -81,8 +81,11 @@ async def connect(
     address = url.split("?")[0]
     try:
         async with asyncio.timeout(timeout_s):
+            # No permessage-deflate: compressing every 80 ms of PCM took 13% of a worker's Python
+            # time (bench.voice_loop --profile) and saves almost nothing on audio.
             return await websockets.connect(
-                url, additional_headers={API_KEY_HEADER: api_key}, open_timeout=None, max_size=max_size
+                url, additional_headers={API_KEY_HEADER: api_key}, open_timeout=None, max_size=max_size,
+                compression=None,
             )
     except TimeoutError as exc:
         raise APITimeoutError(f"{engine} at {address} did not answer in {timeout_s} s") from exc
