@@ -240,46 +240,51 @@ class LLMStandIn:
             }
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
-        if isinstance(reply, Say):
-            await send({"role": "assistant", "content": ""})
-            words = reply.text.split(" ")
-            for index, word in enumerate(words):
-                if index == reply.stall_after_words:
-                    await asyncio.sleep(reply.stall_s)
-                await send({"content": word if index == 0 else " " + word})
-                if reply.chunk_delay_s:
-                    await asyncio.sleep(reply.chunk_delay_s)
-            await send({}, finish="stop")
-        else:
-            call = self._tool_call(reply)
-            arguments = call["function"]["arguments"]
-            await send(
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {"index": 0, "id": call["id"], "type": "function",
-                         "function": {"name": reply.name, "arguments": ""}}
-                    ],
-                }
-            )  # fmt: skip
-            # Arguments arrive in pieces, as real providers send them.
-            for start in range(0, len(arguments), 16):
-                await send({"tool_calls": [{"index": 0, "function": {"arguments": arguments[start : start + 16]}}]})
-            await send({}, finish="tool_calls")
+        try:
+            if isinstance(reply, Say):
+                await send({"role": "assistant", "content": ""})
+                words = reply.text.split(" ")
+                for index, word in enumerate(words):
+                    if index == reply.stall_after_words:
+                        await asyncio.sleep(reply.stall_s)
+                    await send({"content": word if index == 0 else " " + word})
+                    if reply.chunk_delay_s:
+                        await asyncio.sleep(reply.chunk_delay_s)
+                await send({}, finish="stop")
+            else:
+                call = self._tool_call(reply)
+                arguments = call["function"]["arguments"]
+                await send(
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {"index": 0, "id": call["id"], "type": "function",
+                             "function": {"name": reply.name, "arguments": ""}}
+                        ],
+                    }
+                )  # fmt: skip
+                # Arguments arrive in pieces, as real providers send them.
+                for start in range(0, len(arguments), 16):
+                    await send({"tool_calls": [{"index": 0, "function": {"arguments": arguments[start : start + 16]}}]})
+                await send({}, finish="tool_calls")
 
-        if (request.get("stream_options") or {}).get("include_usage"):
-            usage = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": self.model,
-                "choices": [],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-            }
-            await response.write(f"data: {json.dumps(usage)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+            if (request.get("stream_options") or {}).get("include_usage"):
+                usage = {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": self.model,
+                    "choices": [],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                }
+                await response.write(f"data: {json.dumps(usage)}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            # The agent hung up on a reply it no longer wants (a barge-in, a preemptive generation
+            # redone), as it would on a real provider: nothing to report.
+            pass
         return response
 
 
