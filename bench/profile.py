@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # py-spy frame "function (path/to/module.py:line)"; py-spy shortens paths to what follows site-packages.
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<path>[^:)]*)(?::\d+)?\)$")
@@ -41,16 +43,11 @@ _WAITING = ("EpollSelector.select", "Condition.wait", "Event.wait", "Thread.join
 
 
 def tree_pids(root: int) -> list[int]:
-    pids, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children") as f:
-                todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return pids
+    try:
+        process = psutil.Process(root)
+        return [root, *(child.pid for child in process.children(recursive=True))]
+    except psutil.Error:
+        return []
 
 
 def thread_cpu(root: int) -> dict[tuple[int, int], tuple[str, float]]:
