@@ -115,6 +115,7 @@ class BargeIn:
         self._session: AgentSession[Any] | None = None
         self._paused: SpeechHandle | None = None
         self._confirmed: SpeechHandle | None = None
+        self._watched: SpeechHandle | None = None  # the answer whose end _on_answer_done hears
         self._paused_at = 0.0
         self.confirmed = 0
         self.resumed = 0
@@ -134,7 +135,10 @@ class BargeIn:
         if event.old_state == "speaking" and event.new_state == "listening" and speech and not speech.done():
             # livekit-agents paused the answer (its pause sets "listening" and keeps the handle), or
             # the answer is just ending; a pause for the member's voice comes while they speak
-            speech.add_done_callback(self._on_answer_done)
+            if speech is not self._watched:
+                # once per answer: one paused and resumed twice must still end in one step
+                self._watched = speech
+                speech.add_done_callback(self._on_answer_done)
             if self._session is not None and self._session.user_state == "speaking":
                 self._paused, self._paused_at = speech, time.monotonic()
                 self._step("paused", "JARVIS paused for the member")
