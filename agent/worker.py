@@ -10,6 +10,7 @@ from typing import Any
 
 from livekit import rtc
 from livekit.agents import AgentServer, AgentSession, JobContext, JobExecutorType, JobRequest
+from prometheus_client import Gauge
 
 from agent.context_loader import load_member_context
 from agent.conversation import start_conversation
@@ -208,17 +209,35 @@ def build_server(settings: AgentSettings | None = None) -> AgentServer:
         await load.on_request(request, server)
 
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=on_request)
-    run_sweeper(server, settings)
+    run_in_main_process(server, settings)
     return server
 
 
-def run_sweeper(server: AgentServer, settings: AgentSettings) -> None:
-    """The session-log sweeper (agent/sweeper.py) in the worker's main process, from its start:
-    jobs run in their own processes, forked from a forkserver, and never run it."""
-    sweeping: set[asyncio.Task[None]] = set()
+TASKS_SAMPLE_S = 5.0
+
+
+async def count_tasks() -> None:
+    """The main loop's tasks, for ``jarvis_worker_event_loop_tasks``: jobs come and go with their
+    processes, so a leak in what outlives every session shows as growth between two idle moments
+    (bench.voice_loop --soak reads it before and after)."""
+    # Made here, not at import: livekit-agents empties PROMETHEUS_MULTIPROC_DIR as the worker starts,
+    # and a value made before is then never exported.
+    gauge = Gauge("jarvis_worker_event_loop_tasks", "asyncio tasks on the worker's main event loop",
+                  multiprocess_mode="livemax")
+    while True:
+        gauge.set(len(asyncio.all_tasks()))
+        await asyncio.sleep(TASKS_SAMPLE_S)
+
+
+def run_in_main_process(server: AgentServer, settings: AgentSettings) -> None:
+    """In the worker's main process, from its start (jobs run in their own processes, forked from a
+    forkserver, and never run these): the session-log sweeper (agent/sweeper.py), and the count of
+    the main loop's tasks behind ``jarvis_worker_event_loop_tasks``."""
+    running: set[asyncio.Task[None]] = set()
 
     def start() -> None:
-        task = asyncio.get_running_loop().create_task(Sweeper(settings).run(), name="session-log-sweeper")
-        sweeping.add(task)  # held: the loop keeps only weak references to tasks
+        loop = asyncio.get_running_loop()
+        running.add(loop.create_task(Sweeper(settings).run(), name="session-log-sweeper"))
+        running.add(loop.create_task(count_tasks(), name="event-loop-task-count"))  # held: the loop keeps weak refs
 
     server.on("worker_started", start)

@@ -61,8 +61,10 @@ slower than real time and turns are lost), and the 20-session level did not fini
 growth of the worker's main process, of its whole tree and of the engines, from the first
 sample after a minute to the last (``worker_rss_growth_pct`` too), and the growth of the open file
 descriptors of the worker's main process and of its tree (``worker_fds_growth``, ``tree_fds_growth``;
-``timeline``: a sample every 15 s). The asyncio task count lives inside the worker and is not
-read from outside (it would need a gauge in the worker's metrics). There, as job processes
+``timeline``: a sample every 15 s), and the asyncio tasks of the worker's main loop (its own gauge
+``jarvis_worker_event_loop_tasks``): ``worker_tasks_idle_before`` and ``_after``, with no session,
+before the first visit and after the last, and ``worker_tasks_growth`` (a job's tasks end with its
+process). There, as job processes
 come and go, ``cpu_pct_per_session`` is the whole tree's CPU (exited processes included) and
 ``rss_mb_per_session`` the whole tree's RSS at the end (idle processes included), per kiosk,
 and the top-level fit is ``null``.
@@ -80,6 +82,7 @@ import signal
 import statistics
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -105,7 +108,7 @@ from jarvis.migrate import migrate
 from jarvis_local.demo import llm_environment
 from jarvis_local.kiosk_sim import synthesize_french
 from jarvis_local.speech_models import tiny_models
-from jarvis_local.stack import LocalStack, StackError, local_stack
+from jarvis_local.stack import LocalStack, StackError, free_port, local_stack
 
 SENTENCES = (
     "Bonjour, comment on fait un squat ?",
@@ -320,6 +323,7 @@ class Bench:
     answer_timeout_s: float
     join_timeout_s: float
     profile_dir: Path | None = None
+    metrics_url: str | None = None
     next_badge: int = 0
 
     def specs(self, n: int) -> list[VisitSpec]:
@@ -335,6 +339,24 @@ class Bench:
         for pid in self.engine_pids:
             samples.update(sample_tree(pid))
         return samples
+
+    async def worker_tasks(self) -> int | None:
+        """The worker's main-loop task count (its ``jarvis_worker_event_loop_tasks`` gauge)."""
+        url = self.metrics_url
+        if url is None:
+            return None
+
+        def read() -> int | None:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("jarvis_worker_event_loop_tasks"):
+                        return int(float(line.rsplit(" ", 1)[1]))
+            return None
+
+        try:
+            return await asyncio.to_thread(read)
+        except OSError:
+            return None
 
     async def snapshot(self) -> tuple[float, dict[int, ProcSample], dict[int, ProcSample]]:
         """Now, the worker's process tree and the engines' processes."""
@@ -411,6 +433,7 @@ class Bench:
         deadline = began + 60 * minutes
         timeline: list[dict[str, float]] = []
         _, tree0, eng0 = await self.snapshot()
+        tasks_before = await self.worker_tasks()
         pool = KioskPool(self.specs(sessions), self.sentences, turns, soak_until=time.time() + 60 * minutes)
         await pool.step(None, "opened")
 
@@ -424,6 +447,7 @@ class Bench:
                     "worker_fds": tree.get(self.worker_pid, ProcSample(0, 0, 0)).fds,
                     "tree_fds": sum(s.fds for s in tree.values()),
                     "job_processes": len(tree) - 1,
+                    "worker_tasks": await self.worker_tasks() or 0,
                     "engines_rss_mb": round(sum(s.rss_mb for s in (await asyncio.to_thread(self.engines)).values()), 1),
                 })
                 await asyncio.sleep(15)
@@ -433,6 +457,9 @@ class Bench:
         _, tree1, eng1 = await self.snapshot()
         await pool.step("leave", "left")
         await pool.close()
+        # Idle again, as before the first visit: what a session left behind on the main loop stays.
+        await asyncio.sleep(15)  # three of the worker's samples (agent.worker.TASKS_SAMPLE_S)
+        tasks_after = await self.worker_tasks()
         failed = sum(1 for r in records if not r["ready"])
         figures, stages = turn_figures(records, never_spoken=turns * failed)
         # Memory growth from the first sample after a warm-up minute (every kiosk has come once).
@@ -455,6 +482,9 @@ class Bench:
             "tree_fds_growth": last["tree_fds"] - first["tree_fds"],
             "tree_rss_growth_mb": round(last["tree_rss_mb"] - first["tree_rss_mb"], 1),
             "engines_rss_growth_mb": round(last["engines_rss_mb"] - first["engines_rss_mb"], 1),
+            "worker_tasks_idle_before": tasks_before,
+            "worker_tasks_idle_after": tasks_after,
+            "worker_tasks_growth": None if tasks_before is None or tasks_after is None else tasks_after - tasks_before,
             "timeline": timeline,
         }
         return row, stages
@@ -513,7 +543,12 @@ def run(args: argparse.Namespace) -> None:
         llm_env, llm_banner = llm_environment(stack)
         llm = "standin" if llm_env else "configured"
         progress(f"starting the agent worker with {largest + 1} idle job processes")
+        metrics_port, metrics_dir = free_port(), stack.workdir / "agent-metrics"
+        metrics_dir.mkdir(exist_ok=True)  # prometheus_client writes there from the first import
         stack.start_agent_worker({
+            # Its metrics (the soak reads the main loop's task count there), from every process.
+            "JARVIS_PROMETHEUS_PORT": str(metrics_port),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             **llm_env, **speech_env,
             "JARVIS_SPEECH__MODE": "kyutai",
             # One job process per session: enough warm ones for the largest level, plus one.
@@ -534,6 +569,7 @@ def run(args: argparse.Namespace) -> None:
             stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
             engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sentences=sentences,
             answer_timeout_s=args.answer_timeout, join_timeout_s=args.join_timeout, profile_dir=args.profile,
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         )
         results, top = asyncio.run(measure(bench, levels, args.turns, args.soak, args.soak_sessions))
         if not any(r["agent_turns"] for r in results):
