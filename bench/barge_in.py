@@ -12,13 +12,15 @@ kiosk's microphone:
   last voiced frame heard at the kiosk before the agent paused it;
   ``stop_ms`` to the agent's ``confirmed`` (or ``stopped``) step on the ``jarvis.barge_in`` data
   topic (one host, one clock). A trial where JARVIS never paused, or resumed, is ``missed``.
-- ``noise``: gym noises made with sox (a noise burst, a clap, a dropped weight's thud, music) at
-  several peak levels. The kiosk ducks on any sound (nothing is lost: the answer plays on under
-  it); ``false_duck_rate`` counts them and ``unducked`` those that came back. A ``paused`` step
-  is a false pause; a pause that ends in ``confirmed`` or
-  ``stopped`` instead of ``resumed`` is a false stop. ``words_lost`` estimates the answer's words
-  never heard after a resume, from the voiced seconds heard against answers heard out
-  (``baseline`` trials) at the answer's own words per second.
+- ``noise``: gym noises made with sox (a noise burst, a clap, a dropped weight's thud, music, a
+  cough, a closed-mouth hum) at several peak levels. The kiosk ducks on any sound (nothing is lost:
+  the answer plays on under it); ``false_duck_rate`` counts them and ``unducked`` those that came
+  back. A ``paused`` step is a false pause; a pause that ends in ``confirmed`` or ``stopped``
+  instead of ``resumed`` is a false stop. ``words_lost`` estimates the answer's words never heard
+  after a resume, from the voiced seconds heard against answers heard out (``baseline`` trials) at
+  the answer's own words per second.
+- ``backchannel``: what a member says while listening ("Mmh.", "Hum.", "Euh.", "Ouais.", from
+  espeak-ng). Ideally JARVIS goes on; ``stop_rate`` and ``stop_rate_by_voice`` say how often it stopped.
 
 The kiosk's microphone carries only the stimulus: a kiosk cancels JARVIS's voice with the
 browser's echo cancellation, so "noise under JARVIS's voice" reaches the agent as the noise alone.
@@ -74,7 +76,14 @@ NOISES: dict[str, list[str]] = {
     "clap": ["synth", "0.05", "pinknoise", "fade", "0", "0.05", "0.045"],
     "thud": ["synth", "0.35", "brownnoise", "lowpass", "150", "fade", "0", "0.35", "0.3"],
     "music": ["synth", "2.0", "pluck", "C3", "pluck", "E3", "pluck", "G3", "remix", "-", "tremolo", "4", "60"],
+    # A cough's band-limited burst: silero never hears it as voice (max probability 0.17 offline).
+    "cough": ["synth", "0.3", "pinknoise", "band", "1200", "1500", "fade", "0.005", "0.3", "0.25"],
+    # A closed-mouth hum, voiced: silero hears voice (probability up to 0.8) but in runs of 0.1 s at most.
+    "hm": ["synth", "0.35", "sawtooth", "130-110", "lowpass", "400", "lowpass", "400", "fade", "0.03", "0.35", "0.1"],
 }
+# What a member says while listening, from espeak-ng: short, but speech to silero (voiced runs of
+# 0.2-0.6 s offline), so a confirmation by duration alone stops JARVIS on most of them.
+BACKCHANNELS = ["Mmh.", "Hum.", "Euh.", "Ouais."]
 LEVELS_DB = [-20.0, -6.0]
 # JARVIS is "quiet" at the kiosk after this long without a voiced frame (the tiny TTS's own gaps
 # between words are shorter).
@@ -100,7 +109,7 @@ def first_voiced(pcm: np.ndarray, level: int = 300) -> np.ndarray:
 
 @dataclass
 class Trial:
-    case: str  # "speech", "noise" or "baseline"
+    case: str  # "speech", "noise", "backchannel" or "baseline"
     kind: str
     level_db: float | None
     pause_ms: float | None = None  # at the kiosk
@@ -179,6 +188,8 @@ def summarise(trials: list[Trial]) -> tuple[list[dict[str, Any]], list[str]]:
                      " final words): the tiny random-weight STT transcribes noises as words, which real weights"
                      " would not; false_stop_rate_by_voice counts the stops silero's voice confirmation made")
     resumed = [t for t in false_pauses if t.step_ms("resumed") is not None]
+    backchannels = [t for t in trials if t.case == "backchannel" and not t.skipped]
+    backchannel_stops = [t for t in backchannels if t.step_ms("confirmed", "stopped") is not None]
     words_lost: float | None = None
     if resumed and baseline:
         words_per_s = len(ANSWER.split()) / float(np.median(baseline))
@@ -216,6 +227,21 @@ def summarise(trials: list[Trial]) -> tuple[list[dict[str, Any]], list[str]]:
                 for t in noise
             },
         },
+        {
+            "case": "backchannel",
+            "pause_rate": round(sum(1 for t in backchannels if t.step_ms("paused") is not None) / len(backchannels), 3)
+            if backchannels else None,
+            "stop_rate": round(len(backchannel_stops) / len(backchannels), 3) if backchannels else None,
+            "stop_rate_by_voice": round(sum(1 for t in backchannels if t.step_ms("confirmed") is not None)
+                                        / len(backchannels), 3) if backchannels else None,
+            "resumed": sum(1 for t in backchannels if t.step_ms("resumed") is not None),
+            "trials": len(backchannels),
+            "skipped": sum(1 for t in trials if t.case == "backchannel" and t.skipped),
+            "by_kind": {t.kind: ("confirmed" if t.step_ms("confirmed") is not None else "stopped"
+                                 if t in backchannel_stops else "resumed" if t.step_ms("resumed") is not None
+                                 else "paused" if t.step_ms("paused") is not None else "ignored")
+                        for t in backchannels},
+        },
     ]
     return rows, notes
 
@@ -227,6 +253,9 @@ async def measure(stack: LocalStack, speech_env: dict[str, str], args: argparse.
     for i in range(args.speech):
         text = SPEECH[i % len(SPEECH)]
         stimuli.append((Trial("speech", text, None), first_voiced(synthesize_french(text))))
+    for i in range(args.backchannels):
+        text = BACKCHANNELS[i % len(BACKCHANNELS)]
+        stimuli.append((Trial("backchannel", text, None), first_voiced(synthesize_french(text))))
     for level in args.levels:
         for kind, effects in NOISES.items():
             stimuli.append((Trial("noise", kind, level), first_voiced(sox_noise(effects, level), level=30)))
@@ -272,11 +301,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 sentences, every noise at one level, 1 baseline")
     parser.add_argument("--speech", type=int, default=None, help="speech trials (default 8; quick: 2)")
     parser.add_argument("--baseline", type=int, default=None, help="answers heard out (default 2; quick: 1)")
+    parser.add_argument("--backchannels", type=int, default=None,
+                        help="a member's 'mmh', 'hum', 'euh', 'ouais' over JARVIS (default 4; quick: 0)")
     parser.add_argument("--levels", type=lambda s: [float(x) for x in s.split(",")], default=None,
                         help="noise peak levels in dBFS (default -20,-6; quick: -6)")
     args = parser.parse_args()
     args.speech = args.speech if args.speech is not None else (2 if args.quick else 8)
     args.baseline = args.baseline if args.baseline is not None else (1 if args.quick else 2)
+    args.backchannels = args.backchannels if args.backchannels is not None else (0 if args.quick else 4)
     args.levels = args.levels or ([-6.0] if args.quick else LEVELS_DB)
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("barge_in: terminated"))
