@@ -46,7 +46,10 @@ Per level (one row per number of concurrent sessions; ``--quick``: 1 and 4, see 
   through the idle level and every level (top-level keys). Each row's ``cpu_pct_per_session`` and
   ``rss_mb_per_session`` are the MARGINAL cost of a session at that level, ``(total - fixed) / N``
   with the fitted fixed cost, not total / N (which falls with N by construction). RSS counts
-  pages shared between forked processes once per process: an upper bound. The engines are
+  pages shared between forked processes once per process: an upper bound. ``uss_mb_total``,
+  ``uss_mb_per_session`` (and ``uss_mb_fixed``, ``_slope``) count only the memory each process
+  holds alone (USS): job processes are forked from livekit-agents' forkserver and share most of
+  their RSS with it, so this is what one more session costs. The engines are
   shared: ``engines_cpu_pct`` and ``engines_rss_mb`` are their totals.
 - Also ``overlapped_turns`` (agent speech heard while the member was still talking),
   ``junk_transcripts`` (final transcripts of the member's track while no sentence was waiting
@@ -142,10 +145,14 @@ class ProcSample:
     reaped_cpu_s: float = 0.0
     # Open file descriptors (sockets, pipes, files): a leak shows as growth over a soak.
     fds: int = 0
+    # Memory only this process holds (USS, from /proc/<pid>/smaps): a job process forked from
+    # livekit-agents' forkserver shares most of its RSS with it, copy-on-write. Read only when asked.
+    uss_mb: float = 0.0
 
 
-def sample_tree(root_pid: int) -> dict[int, ProcSample]:
-    """CPU seconds and RSS of a process and all its descendants."""
+def sample_tree(root_pid: int, private_memory: bool = False) -> dict[int, ProcSample]:
+    """CPU seconds and RSS of a process and all its descendants (and USS with ``private_memory``:
+    it reads every mapping, too slow for the tight polls)."""
     samples: dict[int, ProcSample] = {}
     try:
         root = psutil.Process(root_pid)
@@ -156,8 +163,9 @@ def sample_tree(root_pid: int) -> dict[int, ProcSample]:
         try:
             with p.oneshot():
                 t = p.cpu_times()
+                uss = p.memory_full_info().uss / 2**20 if private_memory else 0.0
                 samples[p.pid] = ProcSample(t.user + t.system, p.memory_info().rss / 2**20, p.create_time(),
-                                            t.children_user + t.children_system, p.num_fds())
+                                            t.children_user + t.children_system, p.num_fds(), uss)
         except psutil.Error:
             continue
     return samples
@@ -255,7 +263,7 @@ def fit_line(points: list[tuple[float, float]]) -> tuple[float | None, float | N
 def add_cost_fit(idle: dict[str, float], rows: list[dict[str, Any]]) -> dict[str, float | None]:
     """Fixed cost + slope per session (top level); each row's marginal per-session cost."""
     top: dict[str, float | None] = {}
-    for key in ("cpu_pct", "rss_mb"):
+    for key in ("cpu_pct", "rss_mb", "uss_mb"):
         points = [(0.0, idle[key]), *((float(r["sessions"]), r[f"{key}_total"]) for r in rows)]
         fixed, slope = fit_line(points)
         top[f"{key}_fixed"] = None if fixed is None else round(fixed, 1)
@@ -360,7 +368,7 @@ class Bench:
 
     async def snapshot(self) -> tuple[float, dict[int, ProcSample], dict[int, ProcSample]]:
         """Now, the worker's process tree and the engines' processes."""
-        tree = await asyncio.to_thread(sample_tree, self.worker_pid)
+        tree = await asyncio.to_thread(sample_tree, self.worker_pid, True)
         return time.perf_counter(), tree, await asyncio.to_thread(self.engines)
 
     async def idle(self) -> dict[str, float]:
@@ -372,6 +380,7 @@ class Bench:
         return {
             "cpu_pct": round(100 * cpu_between(tree0, tree1, pids) / (t1 - t0), 1),
             "rss_mb": round(tree1.get(self.worker_pid, ProcSample(0, 0, 0)).rss_mb, 1),
+            "uss_mb": round(tree1.get(self.worker_pid, ProcSample(0, 0, 0)).uss_mb, 1),
         }
 
     async def level(self, sessions: int, turns: int) -> tuple[dict[str, Any], dict[str, list[float]]]:
@@ -409,6 +418,8 @@ class Bench:
             "cpu_pct_total": round(100 * cpu_between(tree0, tree1, hosts | {self.worker_pid}) / seconds, 1),
             "rss_mb_total": round(tree1.get(self.worker_pid, ProcSample(0, 0, 0)).rss_mb
                                   + sum(tree1[p].rss_mb for p in busy), 1),
+            "uss_mb_total": round(tree1.get(self.worker_pid, ProcSample(0, 0, 0)).uss_mb
+                                  + sum(tree1[p].uss_mb for p in busy), 1),
             "job_processes": len(busy),
             "failed_sessions": failed,
             "kiosk_processes": len(pool.procs),
@@ -471,6 +482,7 @@ class Bench:
             # Over the whole soak the job processes come and go: the tree as a whole, per kiosk.
             "cpu_pct_per_session": round(100 * (tree_cpu_s(tree1) - tree_cpu_s(tree0)) / seconds / sessions, 1),
             "rss_mb_per_session": round(sum(s.rss_mb for s in tree1.values()) / sessions, 1),
+            "uss_mb_per_session": round(sum(s.uss_mb for s in tree1.values()) / sessions, 1),
             "visits": len(records),
             "failed_sessions": failed,
             "engines_cpu_pct": round(100 * cpu_between(eng0, eng1, set(eng1)) / seconds, 1),
@@ -511,7 +523,7 @@ async def measure(bench: Bench, levels: list[int], turns: int, soak: float | Non
         row, stages = await bench.soak(soak_sessions, turns, soak)
         results = [row]
         top.update(dict.fromkeys(("cpu_pct_fixed", "cpu_pct_per_session_slope", "rss_mb_fixed",
-                                  "rss_mb_per_session_slope")))
+                                  "rss_mb_per_session_slope", "uss_mb_fixed", "uss_mb_per_session_slope")))
         all_stages = stages
     else:
         progress(f"idle level: the worker with no session for {IDLE_LEVEL_S:.0f} s")
