@@ -47,7 +47,7 @@ import numpy as np
 from livekit import rtc
 
 from agent.metrics import BARGE_IN_TOPIC
-from agent.voice import SpeechSettings
+from agent.settings import AgentSettings
 from bench.common import REPO, emit, percentile, progress
 from jarvis.migrate import migrate
 from jarvis_local.kiosk_sim import SAMPLE_RATE, SimulatedKiosk, open_session, poll, synthesize_french
@@ -282,7 +282,7 @@ async def measure(stack: LocalStack, speech_env: dict[str, str], args: argparse.
 
 
 def run(args: argparse.Namespace) -> None:
-    settings = SpeechSettings().barge_in
+    settings = AgentSettings().speech.barge_in  # the worker's, JARVIS_SPEECH__BARGE_IN__* included
     with local_stack() as stack:
         asyncio.run(migrate(stack.pg_dsn, seed_demo=True))
         progress("building/using tiny Kyutai checkpoints and starting the STT and TTS engines")

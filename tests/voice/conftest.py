@@ -14,6 +14,7 @@ from jarvis_local.speech_models import tiny_models
 from jarvis_local.stack import LocalStack
 
 VOICE_AGENT = "jarvis-voice"
+VOICE_AGENT_LOG = "agent-voice"
 LONG_ANSWER = (
     "Pour bien t'échauffer avant la séance, commence par cinq minutes de rameur à allure douce, "
     "puis fais des rotations des épaules, des hanches et des chevilles, et termine par deux séries "
@@ -53,5 +54,5 @@ async def voice_services(stack: LocalStack, speech_env: dict[str, str]) -> Async
             **speech_env,
             **llm.worker_env,
         }
-        token_url = await asyncio.to_thread(stack.start_jarvis, VOICE_AGENT, env, "agent-voice")
+        token_url = await asyncio.to_thread(stack.start_jarvis, VOICE_AGENT, env, VOICE_AGENT_LOG)
         yield VoiceServices(token_url, llm)

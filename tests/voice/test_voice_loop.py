@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from agent.voice import SpeechSettings
-from jarvis_local.kiosk_sim import SimulatedKiosk, open_session, poll, synthesize_french
+from jarvis_local.kiosk_sim import SPEECH_RMS, SimulatedKiosk, open_session, poll, synthesize_french
 from jarvis_local.stack import LocalStack
 from tests.machine import slowdown
-from tests.voice.conftest import LONG_ANSWER, VoiceServices
+from tests.voice.conftest import LONG_ANSWER, VOICE_AGENT_LOG, VoiceServices
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +72,26 @@ def from_first_voiced_sample(pcm: np.ndarray, level: int = 300) -> np.ndarray:
     """espeak starts with a little silence: the member's onset is the first voiced sample."""
     voiced = np.nonzero(np.abs(pcm.astype(np.int32)) > level)[0]
     return pcm[voiced[0] :] if voiced.size else pcm
+
+
+def voiced_spans(kiosk: SimulatedKiosk, since: float, until: float) -> list[tuple[float, float]]:
+    """JARVIS's voiced stretches the kiosk heard between two moments, relative to ``since`` + 0.5 s
+    (the member's onset, for the barge-in's diagnostics)."""
+    spans: list[tuple[float, float]] = []
+    for at, level in kiosk.heard.frames:
+        if since <= at <= until and level >= SPEECH_RMS:
+            t = round(at - since - 0.5, 2)
+            if spans and t - spans[-1][1] <= 0.05:
+                spans[-1] = (spans[-1][0], t)
+            else:
+                spans.append((t, t))
+    return spans
+
+
+def barge_in_log(stack: LocalStack, session_id: str) -> str:
+    """The worker's lines on the session's barge-in, and livekit-agents' own on interruptions."""
+    lines = stack.log_tail(VOICE_AGENT_LOG, 2000).splitlines()
+    return "\n".join(line for line in lines if session_id in line or "interrupt" in line.lower())[-4000:]
 
 
 async def interactions(stack: LocalStack, session_id: str) -> list[asyncpg.Record]:
@@ -177,7 +197,11 @@ async def test_member_talks_over_jarvis_and_jarvis_stops(stack: LocalStack, voic
             f"\nbarge-in: JARVIS stopped {stop_ms:.0f} ms after the member's onset "
             f"(bound {stop_bound_ms:.0f} ms, machine slowdown {factor:.2f})"
         )
-        assert stop_ms < stop_bound_ms
+        assert stop_ms < stop_bound_ms, (
+            f"JARVIS stopped {stop_ms:.0f} ms after the onset (bound {stop_bound_ms:.0f} ms); what the kiosk heard"
+            f" (s from the onset): {voiced_spans(kiosk, barge_in - 0.5, stopped + 0.2)}; the agent's barge-in:\n"
+            + barge_in_log(stack, session["session_id"])
+        )
         assert kiosk.heard.first_speech_after(stopped) is None or (
             (kiosk.heard.first_speech_after(stopped) or 0) - stopped >= QUIET_AFTER_STOP_S
         ), "JARVIS resumed speaking within a second of stopping"
