@@ -42,7 +42,7 @@ class BargeInSettings(BaseModel):
     pause_after_s: float = Field(default=0.03, ge=0.03, le=3.0)
     # ...and stops for good once the member's voice has held this long without a break. A spoken
     # "mmh" or "ouais" holds longer than any sensible value here (bench.barge_in's backchannels);
-    # 0.15 stops 60 ms sooner but also on a quiet closed-mouth hum, which 0.2 lets resume.
+    # 0.15 stops 60 ms sooner but also confirms a quiet closed-mouth hum, which 0.2 did not.
     confirm_after_s: float = Field(default=0.2, ge=0.05, le=3.0)
     # A pause that no words followed resumes after this much silence (livekit-agents' false interruption).
     resume_after_s: float = Field(default=1.0, ge=0.1, le=10.0)

@@ -13,14 +13,15 @@ kiosk's microphone:
   ``stop_ms`` to the agent's ``confirmed`` (or ``stopped``) step on the ``jarvis.barge_in`` data
   topic (one host, one clock). A trial where JARVIS never paused, or resumed, is ``missed``.
 - ``noise``: gym noises made with sox (a noise burst, a clap, a dropped weight's thud, music, a
-  cough, a closed-mouth hum) at several peak levels. The kiosk ducks on any sound (nothing is lost:
+  cough) at several peak levels. The kiosk ducks on any sound (nothing is lost:
   the answer plays on under it); ``false_duck_rate`` counts them and ``unducked`` those that came
   back. A ``paused`` step is a false pause; a pause that ends in ``confirmed`` or ``stopped``
   instead of ``resumed`` is a false stop. ``words_lost`` estimates the answer's words never heard
   after a resume, from the voiced seconds heard against answers heard out (``baseline`` trials) at
   the answer's own words per second.
 - ``backchannel``: what a member says while listening ("Mmh.", "Hum.", "Euh.", "Ouais.", from
-  espeak-ng). Ideally JARVIS goes on; ``stop_rate`` and ``stop_rate_by_voice`` say how often it stopped.
+  espeak-ng, and a closed-mouth hum made with sox at each level). Ideally JARVIS goes on;
+  ``stop_rate`` and ``stop_rate_by_voice`` say how often it stopped.
 
 The kiosk's microphone carries only the stimulus: a kiosk cancels JARVIS's voice with the
 browser's echo cancellation, so "noise under JARVIS's voice" reaches the agent as the noise alone.
@@ -78,12 +79,12 @@ NOISES: dict[str, list[str]] = {
     "music": ["synth", "2.0", "pluck", "C3", "pluck", "E3", "pluck", "G3", "remix", "-", "tremolo", "4", "60"],
     # A cough's band-limited burst: silero never hears it as voice (max probability 0.17 offline).
     "cough": ["synth", "0.3", "pinknoise", "band", "1200", "1500", "fade", "0.005", "0.3", "0.25"],
-    # A closed-mouth hum, voiced: silero hears voice (probability up to 0.8) but in runs of 0.1 s at most.
-    "hm": ["synth", "0.35", "sawtooth", "130-110", "lowpass", "400", "lowpass", "400", "fade", "0.03", "0.35", "0.1"],
 }
 # What a member says while listening, from espeak-ng: short, but speech to silero (voiced runs of
 # 0.2-0.6 s offline), so a confirmation by duration alone stops JARVIS on most of them.
 BACKCHANNELS = ["Mmh.", "Hum.", "Euh.", "Ouais."]
+# ...and a closed-mouth hum made with sox, at each noise level: voiced, silero hears voice in it.
+HUM = ["synth", "0.35", "sawtooth", "130-110", "lowpass", "400", "lowpass", "400", "fade", "0.03", "0.35", "0.1"]
 LEVELS_DB = [-20.0, -6.0]
 # JARVIS is "quiet" at the kiosk after this long without a voiced frame (the tiny TTS's own gaps
 # between words are shorter).
@@ -256,6 +257,9 @@ async def measure(stack: LocalStack, speech_env: dict[str, str], args: argparse.
     for i in range(args.backchannels):
         text = BACKCHANNELS[i % len(BACKCHANNELS)]
         stimuli.append((Trial("backchannel", text, None), first_voiced(synthesize_french(text))))
+    if args.backchannels:
+        for level in args.levels:
+            stimuli.append((Trial("backchannel", f"hum@{level:g}dB", level), first_voiced(sox_noise(HUM, level), 30)))
     for level in args.levels:
         for kind, effects in NOISES.items():
             stimuli.append((Trial("noise", kind, level), first_voiced(sox_noise(effects, level), level=30)))

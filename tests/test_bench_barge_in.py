@@ -1,5 +1,5 @@
 """The barge-in bench: the member talks over JARVIS → the kiosk ducks JARVIS's voice, JARVIS
-pauses, then stops for good; gym noises (a burst, a clap, a dropped weight, music, a cough, a hum)
+pauses, then stops for good; gym noises (a burst, a clap, a dropped weight, music, a cough)
 played under JARVIS's answer → the kiosk ducks and comes back, silero's voice confirmation never stops it.
 Prints its JSON in the shape docs/BENCH.md sets.
 
@@ -38,7 +38,7 @@ def test_member_talks_over_jarvis_and_noises_do_not_stop_it() -> None:
     assert speech["duck_ms_p50"] is not None and speech["duck_ms_p50"] > 0, "the kiosk never ducked JARVIS"
     assert speech["pause_ms_p50"] is not None and speech["pause_ms_p50"] > 0, "JARVIS never went quiet"
     assert speech["stop_ms_p50"] is not None, "JARVIS paused but was never stopped for good"
-    assert noise["trials"] == len(payload["noise_kinds"]) == 6, payload["trials"]
+    assert noise["trials"] == len(payload["noise_kinds"]) == 5, payload["trials"]
     # the kiosk ducks on a noise it hears, and JARVIS's voice comes back after every one
     assert noise["unducked"] == round(noise["false_duck_rate"] * noise["trials"]), payload["trials"]
     # silero is the real model: none of the gym noises is voice to it
