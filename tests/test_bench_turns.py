@@ -129,10 +129,11 @@ def test_voice_loop_matches_each_utterance_with_the_agents_own_turn_record() -> 
 def test_per_session_cost_is_the_slope_not_total_over_n() -> None:
     from bench.voice_loop import add_cost_fit
 
-    rows = [{"sessions": n, "failed_sessions": 0, "cpu_pct_total": 20.0 + 15.0 * n, "rss_mb_total": 300.0 + 100.0 * n}
-            for n in (1, 4)]
-    top = add_cost_fit({"cpu_pct": 20.0, "rss_mb": 300.0}, rows)
+    rows = [{"sessions": n, "failed_sessions": 0, "cpu_pct_total": 20.0 + 15.0 * n, "rss_mb_total": 300.0 + 100.0 * n,
+             "uss_mb_total": 150.0 + 40.0 * n} for n in (1, 4)]  # fmt: skip
+    top = add_cost_fit({"cpu_pct": 20.0, "rss_mb": 300.0, "uss_mb": 150.0}, rows)
     assert top == {"cpu_pct_fixed": 20.0, "cpu_pct_per_session_slope": 15.0, "rss_mb_fixed": 300.0,
-                   "rss_mb_per_session_slope": 100.0}
+                   "rss_mb_per_session_slope": 100.0, "uss_mb_fixed": 150.0, "uss_mb_per_session_slope": 40.0}
     assert [r["cpu_pct_per_session"] for r in rows] == [15.0, 15.0]
     assert [r["rss_mb_per_session"] for r in rows] == [100.0, 100.0]
+    assert [r["uss_mb_per_session"] for r in rows] == [40.0, 40.0]
