@@ -123,6 +123,17 @@ class Trial:
     def step_ms(self, *names: str) -> float | None:
         return next((ms for step, ms in self.steps if step in names and ms >= 0), None)
 
+    @property
+    def fate(self) -> str:
+        """How the agent's barge-in ended for a stimulus that should not stop JARVIS (``by_kind``)."""
+        if self.step_ms("confirmed") is not None:
+            return "confirmed"
+        if self.step_ms("stopped") is not None:
+            return "stopped"
+        if self.step_ms("paused") is None:
+            return "ignored"
+        return "resumed" if self.step_ms("resumed") is not None else "paused"
+
 
 class BargeInBench:
     def __init__(self, kiosk: SimulatedKiosk) -> None:
@@ -221,12 +232,7 @@ def summarise(trials: list[Trial]) -> tuple[list[dict[str, Any]], list[str]]:
             "resumed": len(resumed),
             "trials": len(noise),
             "skipped": sum(1 for t in trials if t.case == "noise" and t.skipped),
-            "by_kind": {
-                f"{t.kind}@{t.level_db:g}dB": ("confirmed" if t in by_voice else "stopped" if t in false_stops
-                                               else "resumed" if t in resumed else "paused" if t in false_pauses
-                                               else "ignored")
-                for t in noise
-            },
+            "by_kind": {f"{t.kind}@{t.level_db:g}dB": t.fate for t in noise},
         },
         {
             "case": "backchannel",
@@ -238,10 +244,7 @@ def summarise(trials: list[Trial]) -> tuple[list[dict[str, Any]], list[str]]:
             "resumed": sum(1 for t in backchannels if t.step_ms("resumed") is not None),
             "trials": len(backchannels),
             "skipped": sum(1 for t in trials if t.case == "backchannel" and t.skipped),
-            "by_kind": {t.kind: ("confirmed" if t.step_ms("confirmed") is not None else "stopped"
-                                 if t in backchannel_stops else "resumed" if t.step_ms("resumed") is not None
-                                 else "paused" if t.step_ms("paused") is not None else "ignored")
-                        for t in backchannels},
+            "by_kind": {t.kind: t.fate for t in backchannels},
         },
     ]
     return rows, notes
