@@ -74,13 +74,13 @@ def from_first_voiced_sample(pcm: np.ndarray, level: int = 300) -> np.ndarray:
     return pcm[voiced[0] :] if voiced.size else pcm
 
 
-def voiced_spans(kiosk: SimulatedKiosk, since: float, until: float) -> list[tuple[float, float]]:
-    """JARVIS's voiced stretches the kiosk heard between two moments, relative to ``since`` + 0.5 s
-    (the member's onset, for the barge-in's diagnostics)."""
+def voiced_spans(kiosk: SimulatedKiosk, onset: float, until: float) -> list[tuple[float, float]]:
+    """JARVIS's voiced stretches the kiosk heard from 0.5 s before the member's onset until
+    ``until``, in seconds from the onset (the barge-in's diagnostics)."""
     spans: list[tuple[float, float]] = []
     for at, level in kiosk.heard.frames:
-        if since <= at <= until and level >= SPEECH_RMS:
-            t = round(at - since - 0.5, 2)
+        if onset - 0.5 <= at <= until and level >= SPEECH_RMS:
+            t = round(at - onset, 2)
             if spans and t - spans[-1][1] <= 0.05:
                 spans[-1] = (spans[-1][0], t)
             else:
@@ -206,7 +206,7 @@ async def test_member_talks_over_jarvis_and_jarvis_stops(stack: LocalStack, voic
         )
         assert stop_ms < stop_bound_ms, (
             f"JARVIS stopped {stop_ms:.0f} ms after the onset (bound {stop_bound_ms:.0f} ms); what the kiosk heard"
-            f" (s from the onset): {voiced_spans(kiosk, barge_in - 0.5, stopped + 0.2)}; the agent's barge-in:\n"
+            f" (s from the onset): {voiced_spans(kiosk, barge_in, stopped + 0.2)}; the agent's barge-in:\n"
             + barge_in_log(stack, session["session_id"])
         )
         assert kiosk.heard.first_speech_after(stopped) is None or (
