@@ -277,6 +277,7 @@ class SignalProxy:
         self.drop_connections()
 
 
+LEGACY_VOICE_RMS = 0.01  # a 40 ms chunk louder than this is the member speaking, not room tone
 LEGACY_RATE = 24_000  # the Realtime API's PCM16 rate
 
 
@@ -287,7 +288,9 @@ class LegacyProviderStandIn:
     ``POST /v1/realtime/sessions`` (the gym backend, with the provider's API key) mints a client
     secret; the kiosk opens ``GET /v1/realtime?model=…`` as a WebSocket with that secret, streams
     its microphone (``input_audio_buffer.append``, PCM16 at 24 kHz) and, once a second of it
-    arrived, hears an answer (``response.audio.delta``: one second of a 440 Hz tone)."""
+    arrived and some of it was voice, hears an answer (``response.audio.delta``: one second of a
+    440 Hz tone). Waiting for voice is what the real one's server VAD does, and it keeps the test
+    independent of where in its loop Chromium's fake microphone file was when the socket opened."""
 
     api_key: str = field(default_factory=lambda: "sk-standin-" + secrets.token_hex(8))
     secret: str = field(default_factory=lambda: "ek_" + secrets.token_hex(12))
@@ -348,7 +351,8 @@ class LegacyProviderStandIn:
             if chunk.size:
                 self.heard_s += chunk.size / LEGACY_RATE
                 self.heard_peak_rms = max(self.heard_peak_rms, float(np.sqrt(np.mean(chunk * chunk))))
-            if self.heard_s >= 1.0 and not self.answered.is_set():
+            heard_voice = self.heard_peak_rms > LEGACY_VOICE_RMS
+            if self.heard_s >= 1.0 and heard_voice and not self.answered.is_set():
                 self.answered.set()
                 await self._answer(ws)
         return ws

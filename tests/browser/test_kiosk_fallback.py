@@ -18,6 +18,7 @@ import pytest
 
 from jarvis_local.browser import (
     CHROMIUM,
+    LEGACY_VOICE_RMS,
     LegacyProviderStandIn,
     demo_server,
     ensure_kiosk_built,
@@ -74,7 +75,7 @@ def assert_moved_to_legacy(result: dict[str, Any], legacy: LegacyProviderStandIn
     # … and the kiosk, with that secret only, streamed the member's voice and played the answer.
     assert legacy.models == [SEED_MODEL] and legacy.refused == 0
     assert legacy.heard_s >= 1.0, legacy.heard_s
-    assert legacy.heard_peak_rms > 0.01, "the fake microphone's French question reached the old provider"
+    assert legacy.heard_peak_rms > LEGACY_VOICE_RMS, "the fake microphone's French question reached the old provider"
     assert result["in_legacy"]["legacy_played_s"] >= 0.9
     assert result["state"] == "ended"
 
