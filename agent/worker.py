@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 from typing import Any
 
 from livekit import rtc
@@ -17,6 +18,7 @@ from agent.conversation import start_conversation
 from agent.engine_load import EngineWatch
 from agent.heartbeat import CapacityHeartbeat
 from agent.metrics import ERRORS, SESSIONS_ACTIVE, TURN_METRICS_TOPIC, TurnLatency, kiosk_publisher
+from agent.metrics_files import fold_ended_processes
 from agent.resources import SessionResources
 from agent.settings import AgentSettings
 from agent.sweeper import Sweeper
@@ -229,15 +231,37 @@ async def count_tasks() -> None:
         await asyncio.sleep(TASKS_SAMPLE_S)
 
 
+METRICS_FOLD_S = 30.0
+
+
+async def fold_metrics_of_ended_jobs() -> None:
+    """Every ``METRICS_FOLD_S``, the metric files of job processes that ended are folded
+    (agent/metrics_files.py): a scrape then reads a few files however many visits the worker served."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return
+    while True:
+        await asyncio.sleep(METRICS_FOLD_S)
+        try:
+            folded = await asyncio.to_thread(fold_ended_processes, folder)
+        except OSError as exc:  # a full or vanished folder costs metrics, never the worker
+            logger.warning("could not fold the metric files of ended jobs in %s: %s", folder, exc)
+            continue
+        if folded:
+            logger.debug("folded the metric files of %d ended job processes", folded)
+
+
 def run_in_main_process(server: AgentServer, settings: AgentSettings) -> None:
     """In the worker's main process, from its start (jobs run in their own processes, forked from a
-    forkserver, and never run these): the session-log sweeper (agent/sweeper.py), and the count of
-    the main loop's tasks behind ``jarvis_worker_event_loop_tasks``."""
+    forkserver, and never run these): the session-log sweeper (agent/sweeper.py), the count of
+    the main loop's tasks behind ``jarvis_worker_event_loop_tasks``, and the folding of ended jobs'
+    metric files."""
     running: set[asyncio.Task[None]] = set()
 
     def start() -> None:
         loop = asyncio.get_running_loop()
         running.add(loop.create_task(Sweeper(settings).run(), name="session-log-sweeper"))
         running.add(loop.create_task(count_tasks(), name="event-loop-task-count"))  # held: the loop keeps weak refs
+        running.add(loop.create_task(fold_metrics_of_ended_jobs(), name="fold-ended-job-metrics"))
 
     server.on("worker_started", start)
