@@ -28,7 +28,8 @@ and for ``overload``: ``offered`` (sessions asked for), ``refused``, ``refusal_m
 p95 / half p95; the promise is ≤ 1.2), ``promise`` (each part of the must-show, true/false:
 ``refusals_under_50ms`` (max), ``v2v_p95_within_20pct``, ``no_lost_turns`` (admitted sessions, both
 levels), ``all_ramp_refused``), ``loadavg_1m_before`` / ``_after`` and ``cpus`` (the machine is
-shared: read the ratio beside the load). Never fails on timing.
+shared: read the ratio beside the load), ``token_service_nice`` (``--token-nice``: in production the
+token service does not share the engines' cores; here it gets them first). Never fails on timing.
 """
 
 from __future__ import annotations
@@ -127,6 +128,18 @@ async def measure(
     return rows
 
 
+def renice(pid: int, nice: int) -> int:
+    """Every thread of ``pid`` (Linux's priority is per thread); returns the nice value it runs at.
+    In production the token service runs beside the gym's backend, not on the GPU hosts: on this one
+    box it gets the cores first."""
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            os.setpriority(os.PRIO_PROCESS, int(task), nice)
+    except PermissionError:
+        progress(f"  cannot set the token service's nice to {nice} (root only): it shares the cores as it is")
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
 def run(args: argparse.Namespace) -> None:
     progress("synthesizing the kiosk's French sentences with espeak-ng")
     sentences = [(text, synthesize_french(text)) for text in SENTENCES]
@@ -136,6 +149,7 @@ def run(args: argparse.Namespace) -> None:
         models = tiny_models(TINY_MODELS_DIR)
         speech_env = stack.start_speech_engines(models, streams=args.capacity + 2)
         url = stack.start_token_service({"JARVIS_AGENT_NAME": AGENT})
+        token_nice = renice(pid_of(stack, "token_service"), args.token_nice) if args.token_nice else 0
         llm_env, llm_banner = llm_environment(stack)
         progress(f"starting the agent worker sized to {args.capacity} sessions")
         stack.start_agent_worker({
@@ -166,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
         "all_ramp_refused": results[-1]["refused"] == results[-1]["offered"] - args.capacity > 0,
     }
     emit("overload", weights=models.weights, quick=args.quick, results=results, capacity=args.capacity,
-         turns_per_session=args.turns, v2v_p95_ratio=ratio, promise=promise,
+         turns_per_session=args.turns, v2v_p95_ratio=ratio, promise=promise, token_service_nice=token_nice,
          loadavg_1m_before=round(load_before, 2), loadavg_1m_after=round(os.getloadavg()[0], 2),
          cpus=os.cpu_count(), notes=[llm_banner] if llm_env else [])
 
@@ -179,6 +193,9 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3, help="sentences per admitted session")
     parser.add_argument("--ramp", type=int, default=12, help="badge scans past capacity")
     parser.add_argument("--ramp-every", type=float, default=0.5, help="seconds between them")
+    parser.add_argument("--token-nice", type=int, default=-10,
+                        help="the token service's nice value (root lowers it): on its own host in production, it"
+                             " does not queue behind the engines; 0 leaves it as it starts")
     args = parser.parse_args()
     if args.quick:
         args.capacity, args.turns, args.ramp = 2, 2, 6
