@@ -16,14 +16,12 @@ totals never go down. ``all``-mode gauges are left as they are: the pid is part 
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from prometheus_client.mmap_dict import MmapedDict
-
-logger = logging.getLogger("jarvis.agent.metrics")
 
 ENDED = "ended"  # stands where a pid would in the folded files' names
 # How a gauge's values from several processes combine (prometheus_client's multiprocess modes).
@@ -56,23 +54,13 @@ class MetricFile:
         return self.kind.startswith("gauge_live")
 
 
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True
-
-
 def _ended(folder: Path) -> list[MetricFile]:
     ended = []
     for path in folder.glob("*.db"):
         metric_file = MetricFile.parse(path)
         if metric_file is None or not metric_file.pid.isdigit():
             continue
-        if not process_exists(int(metric_file.pid)):
+        if not psutil.pid_exists(int(metric_file.pid)):
             ended.append(metric_file)
     return ended
 
@@ -117,18 +105,16 @@ def fold_ended_processes(folder: str | Path) -> int:
     A scrape that lands between the swap of a folded file and the removal of the files it took in
     counts those processes twice, once: the window is a rename and a few unlinks."""
     folder = Path(folder)
-    by_kind: dict[str, list[MetricFile]] = {}
+    by_kind: dict[tuple[str, str], list[MetricFile]] = {}
     pids: set[str] = set()
     for metric_file in _ended(folder):
         if metric_file.live_gauge:
             metric_file.path.unlink(missing_ok=True)  # a dead process is not "live"
         elif metric_file.fold is not None:
-            by_kind.setdefault(metric_file.kind, []).append(metric_file)
+            by_kind.setdefault((metric_file.kind, metric_file.fold), []).append(metric_file)
         else:
             continue
         pids.add(metric_file.pid)
-    for kind, files in by_kind.items():
-        how = files[0].fold
-        assert how is not None
+    for (kind, how), files in by_kind.items():
         _fold_kind(folder, kind, how, files)
     return len(pids)
