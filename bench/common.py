@@ -32,6 +32,16 @@ def device_name() -> str:
     return "cpu"
 
 
+def livekit_agents_installed() -> bool:
+    """False on a GPU host that carries only the engines' packages (scripts/gpu_suite.sh with
+    JARVIS_WHEELS): the parts of a bench that go through the LiveKit plugins are then skipped."""
+    try:
+        import livekit.agents  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile; 0.0 for no values so a JSON field is always a number."""
     if not values:

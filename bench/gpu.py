@@ -11,6 +11,9 @@ each row keeps its bench's keys plus `bench`), with each bench's own top-level f
 every half second: the engine's weights plus the streaming state of its slots, since both
 engines allocate every slot up front).
 
+`--benches stt,tts` runs the engine benches alone (a GPU host that carries only their packages,
+without LiveKit, PostgreSQL or Redis), with the whole budget shared between them.
+
 `--quick` proves the suite on a CPU: tiny weights, 1 and 2 streams on 2 slots, one voice-loop
 session; a minute or two on 2 cores. Timings never fail the run; it exits non-zero only when no
 bench could run.
@@ -134,12 +137,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="prove the suite on a CPU: tiny weights, small levels")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="wall time for the three benches together")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="wall time for the benches together")
+    parser.add_argument(
+        "--benches", default="stt,tts,voice_loop",
+        help="which benches to run, comma-separated (the budget is shared among them); a GPU host with "
+        "only the engines' packages (scripts/gpu_suite.sh with JARVIS_WHEELS) runs stt,tts",
+    )  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
+    wanted = {name.strip() for name in args.benches.split(",") if name.strip()}
+    steps = [step for step in plan(args.quick) if step.bench in wanted]
+    if not steps:
+        parser.error(f"--benches names none of {', '.join(step.bench for step in plan(args.quick))}")
+    total_share = sum(step.share for step in steps)
     outcomes = []
-    for step in plan(args.quick):
-        result, error, peak = run_step(step, args.budget_s * step.share)
+    for step in steps:
+        result, error, peak = run_step(step, args.budget_s * step.share / total_share)
         if error:
             progress(f"gpu suite: {error}")
         outcomes.append((step, result, error, peak))
