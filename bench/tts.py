@@ -15,7 +15,9 @@ Top level, as `bench/capacity.py` defines them: `active_stream_cost_ms` (slope o
 over active at fixed C), `idle_slot_cost_ms` (1 active on C slots against the same stream on an
 engine of capacity 1, per idle slot), `skip_idle_slots_saves_pct` at 1 and C/4 active (what an
 engine sized to the live streams saves per step; a level missing from the sweep is run for it).
-Tiny random weights by default; `--real-size` builds random weights with the shapes of
+On a GPU it first checks the depformer's CUDA graph (`graph_check`: tiny weights, three seeded
+streams, the codes of a graphed engine against an eager one); `--no-cuda-graphs` runs the levels
+eagerly, for comparison. Tiny random weights by default; `--real-size` builds random weights with the shapes of
 kyutai/tts-1.6b-en_fr (meant for a GPU, e.g. `--capacity 256`). Timings are noisy on a shared
 CPU; the bench never fails on timing.
 """
@@ -81,6 +83,62 @@ class _Sink:
         self.done.set()
 
 
+@dataclass
+class _CodesSink(_Sink):
+    """Also keeps each frame's audio codes (the engine sends them to a sink that has `codes`)."""
+
+    frame_codes: list[np.ndarray] = field(default_factory=list)
+
+    def codes(self, frame: np.ndarray) -> None:
+        self.frame_codes.append(frame)
+
+
+def graph_check(device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """On a GPU: the depformer replayed as a CUDA graph says exactly what it says eagerly. Three
+    seeded streams (two sampled at different temperatures, one greedy) on tiny weights, once on an
+    engine with graphs and once without; the codes must be equal, frame by frame."""
+    from kyutai_tiny.tts import DEFAULT_VOICE, write_tiny_tts
+    from kyutai_tts.engine import TTSEngine, load_voice_file
+
+    words = ANSWER.split()[:12]
+    outcome: dict[str, Any] = {}
+    codes: dict[bool, list[list[np.ndarray]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-tts-graph-") as tmp:
+        tiny = write_tiny_tts(Path(tmp))
+        for graphs in (False, True):
+            engine = TTSEngine(
+                tiny.load(device=device, dtype=dtype),
+                max_streams=4,
+                default_voice=load_voice_file(tiny.voice_path(DEFAULT_VOICE)),
+                default_cfg_alpha=2.0,
+                cuda_graphs=graphs,
+            )
+            engine.warmup(3)
+            engine.start()
+            sinks = [_CodesSink() for _ in range(3)]
+            try:
+                for index, (sink, temperature) in enumerate(zip(sinks, (0.6, 0.0, 0.9), strict=True)):
+                    handle = engine.open(sink, temperature=temperature, seed=7 + index)
+                    for word in words:
+                        handle.push_text(word)
+                    handle.end_text()
+                for sink in sinks:
+                    sink.done.wait(120)
+            finally:
+                engine.stop()
+            codes[graphs] = [sink.frame_codes for sink in sinks]
+            key = "graphed" if graphs else "eager"
+            outcome[f"{key}_step_ms_p50"] = round(percentile([1000 * t for t in engine.step_times_s], 50), 3)
+            if graphs:
+                outcome["graph_captured"] = engine.cuda_graphs  # False: the capture failed, it ran eagerly
+    outcome["frames_compared"] = sum(len(frames) for frames in codes[True])
+    outcome["codes_equal"] = outcome["frames_compared"] > 0 and all(
+        len(eager) == len(graphed) and all(np.array_equal(a, b) for a, b in zip(eager, graphed, strict=True))
+        for eager, graphed in zip(codes[False], codes[True], strict=True)
+    )
+    return outcome
+
+
 def _memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.memory_allocated() / 2**20
@@ -122,7 +180,9 @@ def _write_checkpoint(directory: Path, real_size: bool) -> Any:
     )
 
 
-def run_level(tiny: Any, capacity: int, active: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+def run_level(
+    tiny: Any, capacity: int, active: int, device: str, dtype: torch.dtype, cuda_graphs: bool = True
+) -> dict[str, Any]:
     """One engine of `capacity` slots speaking the answer on `active` streams at once."""
     from kyutai_tiny.tts import DEFAULT_VOICE
     from kyutai_tts.engine import TTSEngine, load_voice_file
@@ -135,6 +195,7 @@ def run_level(tiny: Any, capacity: int, active: int, device: str, dtype: torch.d
         max_streams=capacity,
         default_voice=load_voice_file(tiny.voice_path(DEFAULT_VOICE)),
         default_cfg_alpha=2.0,
+        cuda_graphs=cuda_graphs,
     )
     engine.warmup(2)
     state_mb = engine.state_bytes() / 2**20
@@ -190,6 +251,7 @@ def run_level(tiny: Any, capacity: int, active: int, device: str, dtype: torch.d
         "fallback": fallback,
         "audio_s_per_stream": round(float(np.mean([s.frames for s in sinks])) * FRAME_S, 2),
         "errors": len(errors),
+        "cuda_graphs": engine.cuda_graphs,
     }
     del engine, model
     return row
@@ -252,6 +314,7 @@ def main() -> None:
     parser.add_argument("--levels", help="comma-separated active stream counts, e.g. 1,64,256")
     parser.add_argument("--real-size", action="store_true", help="random weights with the real model's shapes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="run the depformer eagerly (for comparison)")
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
@@ -260,21 +323,27 @@ def main() -> None:
     levels = active_levels(capacity, args.quick, args.levels)
     results: list[dict[str, Any]] = []
     skip_idle: list[dict[str, Any]] = []
+    graphs = not args.no_cuda_graphs
+    checked: dict[str, Any] | None = None
+    if args.device.startswith("cuda"):
+        progress("graph check: the depformer as a CUDA graph against eager, tiny weights")
+        checked = graph_check(args.device, dtype)
+        progress(f"  {checked}")
     with tempfile.TemporaryDirectory(prefix="bench-tts-") as tmp:
         progress(f"writing {'real-size' if args.real_size else 'tiny'} random-weight checkpoint")
         tiny = _write_checkpoint(Path(tmp), args.real_size)
         for active in levels:
             progress(f"{active} active stream(s) on {capacity} slots…")
-            row = run_level(tiny, capacity, active, args.device, dtype)
+            row = run_level(tiny, capacity, active, args.device, dtype, graphs)
             progress(f"  {row}")
             results.append(row)
         for active in skip_idle_points(capacity):
             full = next((row for row in results if row["active"] == active), None)
             if full is None:
                 progress(f"{active} active stream(s) on {capacity} slots (for the idle-slot cost)…")
-                full = run_level(tiny, capacity, active, args.device, dtype)
+                full = run_level(tiny, capacity, active, args.device, dtype, graphs)
             progress(f"{active} active stream(s) on {active} slots (a batch of only the live slots)…")
-            sized = run_level(tiny, active, active, args.device, dtype)
+            sized = run_level(tiny, active, active, args.device, dtype, graphs)
             skip_idle.append(skip_idle_entry(capacity, active, full["step_ms_p50"], sized["step_ms_p50"]))
             skip_idle[-1]["sized_ttfa_ms_p50"] = sized["ttfa_ms_p50"]
             skip_idle[-1]["errors"] = full["errors"] + sized["errors"]
@@ -298,6 +367,8 @@ def main() -> None:
         max_realtime_streams=max(realtime) if realtime else 0,
         plugin_first_frame_ms_p50=round(percentile(plugin_ms, 50), 1) if plugin_ms else None,
         threads=torch.get_num_threads(),
+        # On a GPU: graphed and eager depformer give the same codes, and each one's step (tiny weights).
+        graph_check=checked,
     )
 
 

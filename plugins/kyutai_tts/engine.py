@@ -145,6 +145,7 @@ class TTSEngine:
         top_k_text: int = 25,
         padding_between: int = 1,
         max_steps: int = 3000,
+        cuda_graphs: bool = True,
     ) -> None:
         if tts_model.lm.condition_provider is None or tts_model.lm.fuser is None:
             raise EngineError("this engine serves checkpoints conditioned on a voice embedding")
@@ -209,9 +210,22 @@ class TTSEngine:
         self.mimi.streaming_forever(max_streams)
         state = self.lm_gen._streaming_state
         assert state is not None
-        if state.graphed_depth is not None:
-            # Per-slot sampling runs Python inside the depformer loop: not CUDA-graphable.
+        # The depformer runs its 32 codebooks one after another, each a handful of small kernels:
+        # eagerly on an H200 that made a frame take ~200 ms (docs/gpu.md). Replayed as one CUDA
+        # graph it launches once. The graph records the sampling hooks too, so they read only
+        # the fixed buffers below and never branch in Python on a step's data.
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        if state.graphed_depth is not None and not self.cuda_graphs:
             state.graphed_depth.disable = True
+        text_k = min(self.top_k_text, self.lm.text_linear.out_features)
+        audio_k = min(self.top_k, self.lm.card)
+        # Per row: sampling temperature (1 where it does not sample), whether its text and its
+        # audio are sampled this step (else greedy), and the step's random numbers.
+        self._temperatures = torch.ones(max_streams, device=self.device)
+        self._text_sampling = torch.zeros(max_streams, dtype=torch.bool, device=self.device)
+        self._audio_sampling = torch.zeros(max_streams, dtype=torch.bool, device=self.device)
+        self._text_noise = torch.ones(max_streams, text_k, device=self.device)
+        self._audio_noise = torch.ones(max_streams, self.lm.dep_q, audio_k, device=self.device)
         self._input_tokens = torch.full(
             (max_streams, self.lm.n_q - self.lm.dep_q, 1),
             self.machine.token_ids.zero,
@@ -221,11 +235,9 @@ class TTSEngine:
         self._no_depformer = torch.full(
             (max_streams, self.lm.dep_q, 1), self.machine.token_ids.zero, dtype=torch.long, device=self.device
         )
-        # Per step: which rows execute and which of them sample (text / audio).
+        # Per step: which rows execute and which of them make audio.
         self._exec_rows: list[int] = []
         self._audio_rows: list[int] = []
-        self._text_noise: torch.Tensor | None = None
-        self._audio_noise: torch.Tensor | None = None
         self._original_forward_depformer = self.lm.forward_depformer
 
     # ----- conditioning -------------------------------------------------------------------
@@ -342,11 +354,28 @@ class TTSEngine:
 
     @torch.no_grad()
     def warmup(self, steps: int = 3) -> None:
-        """Runs full-batch steps (and Mimi decodes) so kernels, caches and allocations are ready."""
+        """Runs full-batch steps (and Mimi decodes) so kernels, caches and allocations are ready,
+        and the depformer's CUDA graph is captured (its second call). Should the capture fail on
+        this GPU or driver, the engine says so and runs the depformer eagerly: slower, not broken."""
+        try:
+            self._warmup(max(steps, 2) if self.cuda_graphs else steps)
+        except RuntimeError:
+            state = self.lm_gen._streaming_state
+            if not self.cuda_graphs or state is None or state.graphed_depth is None:
+                raise
+            logger.exception("CUDA graph capture of the depformer failed: running it eagerly (slower)")
+            torch.cuda.synchronize()
+            self.cuda_graphs = False
+            state.graphed_depth.reset()
+            state.graphed_depth.disable = True
+            self._warmup(steps)
+
+    def _warmup(self, steps: int) -> None:
         everything = torch.ones(self.max_streams, dtype=torch.bool, device=self.device)
         self._exec_rows, self._audio_rows = list(range(self.max_streams)), []
         for slot in self._slots:
             slot.temperature = 0.0
+        self._prepare_sampling([])
         self.lm_gen.set_exec_mask(everything)
         self.mimi.set_exec_mask(everything)
         with self._sampling_hooks():
@@ -493,7 +522,7 @@ class TTSEngine:
         self._audio_rows = [slot.index for slot in runnable if slot.offset >= self.delay_steps]
         self.lm_gen.set_exec_mask(exec_mask.to(self.device))
         replace = None if self._audio_rows else self._no_depformer
-        self._draw_noise(runnable)
+        self._prepare_sampling(runnable)
         with self._sampling_hooks():
             frame = self.lm_gen.step(self._input_tokens, depformer_replace_tokens=replace)
         assert frame is not None
@@ -576,41 +605,41 @@ class TTSEngine:
 
     # ----- hooks inside LMGen.step (engine thread) -------------------------------------------
 
-    def _draw_noise(self, runnable: list[_Slot]) -> None:
-        """This step's random numbers, drawn per slot in the order LMGen's sampling would draw
-        them for that slot alone (text, then each audio codebook), and moved to the device once."""
-        text_k = min(self.top_k_text, self.lm.text_linear.out_features)
-        audio_k = min(self.top_k, self.lm.card)
-        text = torch.ones(self.max_streams, text_k)
-        audio = torch.ones(self.max_streams, self.lm.dep_q, audio_k)
+    def _prepare_sampling(self, runnable: list[_Slot]) -> None:
+        """Fills the sampling buffers for this step. The random numbers are drawn per slot in the
+        order LMGen's sampling would draw them for that slot alone (text, then each audio
+        codebook), so a seeded stream says the same whatever else the engine is saying."""
+        temperatures = torch.ones(self.max_streams)
+        text_sampling = torch.zeros(self.max_streams, dtype=torch.bool)
+        audio_sampling = torch.zeros(self.max_streams, dtype=torch.bool)
+        text = torch.ones(self._text_noise.shape)
+        audio = torch.ones(self._audio_noise.shape) if self._audio_rows else None
         audio_rows = set(self._audio_rows)
         for slot in runnable:
             if slot.temperature > 0.0 and slot.generator is not None:
+                temperatures[slot.index] = slot.temperature
+                text_sampling[slot.index] = True
                 text[slot.index].exponential_(1, generator=slot.generator)
-                if slot.index in audio_rows:
+                if audio is not None and slot.index in audio_rows:
+                    audio_sampling[slot.index] = True
                     audio[slot.index].exponential_(1, generator=slot.generator)
-        self._text_noise = text.to(self.device)
-        self._audio_noise = audio.to(self.device) if audio_rows else None
+        self._temperatures.copy_(temperatures)
+        self._text_sampling.copy_(text_sampling)
+        self._audio_sampling.copy_(audio_sampling)
+        self._text_noise.copy_(text)
+        if audio is not None:
+            self._audio_noise.copy_(audio)
 
-    def _sample(self, logits: torch.Tensor, rows: list[int], top_k: int, noise: torch.Tensor | None) -> torch.Tensor:
-        """One token per row: for `rows`, sampled as LMGen would for that slot alone (same
-        temperature, top-k, and random numbers from the slot's generator); greedy elsewhere."""
+    def _sample(self, logits: torch.Tensor, sampling: torch.Tensor, top_k: int, noise: torch.Tensor) -> torch.Tensor:
+        """One token per row: where `sampling`, drawn as LMGen would for that slot alone (same
+        temperature, top-k, and random numbers from the slot's generator); greedy elsewhere.
+        Fixed shapes and no Python branch on the data: this runs inside the depformer's graph."""
         flat = logits.reshape(logits.shape[0], logits.shape[-1]).float()
-        tokens = flat.argmax(dim=-1)
-        by_temperature: dict[float, list[int]] = {}
-        for row in rows:
-            temperature = self._slots[row].temperature
-            if temperature > 0.0:
-                by_temperature.setdefault(temperature, []).append(row)
-        for temperature, group in by_temperature.items():
-            assert noise is not None
-            index = torch.tensor(group, device=flat.device)
-            probs = torch.softmax(flat[index] / temperature, dim=-1)
-            k = min(top_k, probs.shape[-1])
-            top_probs, top_index = torch.topk(probs, k, dim=-1)
-            choice = (top_probs / noise[index]).argmax(dim=-1, keepdim=True)
-            tokens[index] = top_index.gather(-1, choice)[:, 0]
-        return tokens
+        greedy = flat.argmax(dim=-1)
+        probs = torch.softmax(flat / self._temperatures[:, None], dim=-1)
+        top_probs, top_index = torch.topk(probs, min(top_k, probs.shape[-1]), dim=-1)
+        choice = (top_probs / noise).argmax(dim=-1, keepdim=True)
+        return torch.where(sampling, top_index.gather(-1, choice)[:, 0], greedy)
 
     @staticmethod
     def _force(logits: torch.Tensor, tokens: torch.Tensor) -> None:
@@ -622,13 +651,12 @@ class TTSEngine:
     def _on_text_logits(self, text_logits: torch.Tensor) -> None:
         if self.tts.padding_bonus:
             text_logits[..., self.machine.token_ids.pad] += self.tts.padding_bonus
-        tokens = self._sample(text_logits, self._exec_rows, self.top_k_text, self._text_noise)
+        tokens = self._sample(text_logits, self._text_sampling, self.top_k_text, self._text_noise)
         self._force(text_logits, tokens)
 
     def _forward_depformer(self, cb_index: int, sequence: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
         logits = self._original_forward_depformer(cb_index, sequence, transformer_out)
-        noise = None if self._audio_noise is None else self._audio_noise[:, cb_index]
-        tokens = self._sample(logits, self._audio_rows, self.top_k, noise)
+        tokens = self._sample(logits, self._audio_sampling, self.top_k, self._audio_noise[:, cb_index])
         logits = logits.clone()
         self._force(logits, tokens)
         return logits

@@ -380,6 +380,7 @@ def build_service(settings: EngineSettings) -> TTSService:
         top_k_text=settings.top_k_text,
         padding_between=settings.padding_between,
         max_steps=settings.max_steps,
+        cuda_graphs=settings.cuda_graphs,
     )
     engine.warmup(settings.warmup_steps)
     engine.start()

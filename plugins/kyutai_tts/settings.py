@@ -46,6 +46,9 @@ class EngineSettings(EngineSettingsBase):
     final_padding: int = Field(default=4, ge=0)
     max_steps: int = Field(default=3000, ge=16)  # one stream's longest answer: 240 s at 12.5 Hz
     warmup_steps: int = Field(default=3, ge=1)
+    # On a GPU the depformer (32 codebooks per frame) replays as one CUDA graph, captured at warmup.
+    # False runs it eagerly: for a driver where the capture fails (the engine also falls back alone).
+    cuda_graphs: bool = True
     # A client that sends no text (empty Text, Voice and other messages do not count) for this
     # long before its Eos holds a slot for nothing: drop it.
     idle_timeout_s: float = Field(default=30.0, gt=0)

@@ -48,3 +48,19 @@ def test_the_quick_tts_bench_holds_the_capacity_and_varies_the_active_streams() 
     assert result["skip_idle_slots_saves_pct"] == {"1": entry["saves_pct"]}
     assert result["idle_slot_cost_ms"] == entry["idle_slot_cost_ms"]
     assert result["plugin_first_frame_ms_p50"] > 0
+
+
+def test_the_graph_check_compares_the_codes_of_two_engines_stream_by_stream() -> None:
+    """On a CPU both engines run eagerly, so the check must find them equal and say no graph was
+    captured; on a GPU the same harness compares the graphed depformer with the eager one."""
+    import torch
+
+    from bench.tts import graph_check
+
+    torch.set_num_threads(1)
+    outcome = graph_check("cpu", torch.float32)
+
+    assert outcome["frames_compared"] > 30, "three streams of a dozen words each"
+    assert outcome["codes_equal"] is True
+    assert outcome["graph_captured"] is False, "no CUDA graph on a CPU"
+    assert outcome["eager_step_ms_p50"] > 0 and outcome["graphed_step_ms_p50"] > 0
