@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+# Set by the GPU suite (bench/gpu.py): each row is also appended here as soon as it is measured,
+# so a bench stopped at its share of the budget still gives the rows it had.
+ROWS_FILE_ENV = "BENCH_ROWS_FILE"
 
 
 def git_rev() -> str:
@@ -40,6 +44,34 @@ def livekit_agents_installed() -> bool:
     except ImportError:
         return False
     return True
+
+
+def row_measured(row: dict[str, Any], *, echo: bool = True) -> None:
+    """A result row, measured: to stderr (unless the bench says it its own way), and to
+    `$BENCH_ROWS_FILE` (one JSON line) when set."""
+    if echo:
+        progress(f"  {row}")
+    rows_file = os.environ.get(ROWS_FILE_ENV)
+    if rows_file:
+        with open(rows_file, "a", encoding="utf-8") as out:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def partial_rows(rows_file: Path) -> list[dict[str, Any]]:
+    """The rows a bench appended to its rows file; a line cut short by a kill is skipped."""
+    rows: list[dict[str, Any]] = []
+    try:
+        lines = rows_file.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, emit, progress
+from bench.common import REPO, ROWS_FILE_ENV, emit, partial_rows, progress
 
 ENGINE_LEVELS = "1,8,32,64,128,256"
 SESSION_LEVELS = "20,40,64"
@@ -93,23 +95,34 @@ class GpuMemory:
 
 
 def run_step(step: Step, timeout_s: float) -> tuple[dict[str, Any] | None, str | None, float | None]:
-    """The bench's JSON (its last stdout line), or why there is none; and its peak GPU memory."""
+    """The bench's JSON (its last stdout line), or why there is none; and its peak GPU memory.
+    A bench stopped at its share (or failing) still gives the rows it measured before, as a
+    result marked `partial`."""
     progress(f"gpu suite: {step.bench} {' '.join(step.args)} (at most {timeout_s:.0f} s)")
-    with GpuMemory() as memory:
+    with tempfile.TemporaryDirectory(prefix=f"gpu-suite-{step.bench}-") as tmp:
+        rows_file = Path(tmp) / "rows.jsonl"
+        env = {**os.environ, ROWS_FILE_ENV: str(rows_file)}
+        with GpuMemory() as memory:
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-m", f"bench.{step.bench}", *step.args],
+                    cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout_s,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                error = f"{step.bench}: over its {timeout_s:.0f} s share of the budget"
+                return _partial(rows_file), error, memory.peak_mb
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        if done.returncode != 0 or not lines:
+            return _partial(rows_file), f"{step.bench}: exit {done.returncode}", memory.peak_mb
         try:
-            done = subprocess.run(
-                [sys.executable, "-m", f"bench.{step.bench}", *step.args],
-                cwd=REPO, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout_s,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            return None, f"{step.bench}: over its {timeout_s:.0f} s share of the budget", memory.peak_mb
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    if done.returncode != 0 or not lines:
-        return None, f"{step.bench}: exit {done.returncode}", memory.peak_mb
-    try:
-        return json.loads(lines[-1]), None, memory.peak_mb
-    except json.JSONDecodeError:
-        return None, f"{step.bench}: its last line is not JSON", memory.peak_mb
+            return json.loads(lines[-1]), None, memory.peak_mb
+        except json.JSONDecodeError:
+            return _partial(rows_file), f"{step.bench}: its last line is not JSON", memory.peak_mb
+
+
+def _partial(rows_file: Path) -> dict[str, Any] | None:
+    rows = partial_rows(rows_file)
+    return {"results": rows, "partial": True} if rows else None
 
 
 def merge(outcomes: list[tuple[Step, dict[str, Any] | None, str | None, float | None]]) -> dict[str, Any]:
@@ -121,8 +134,10 @@ def merge(outcomes: list[tuple[Step, dict[str, Any] | None, str | None, float | 
     weights: dict[str, str] = {}
     for step, result, error, peak in outcomes:
         gpu_mem_mb[step.bench] = peak
+        if error is not None or result is None:
+            kept = f" ({len(result['results'])} rows kept)" if result else ""
+            failed.append(f"{error or f'{step.bench}: no result'}{kept}")
         if result is None:
-            failed.append(error or f"{step.bench}: no result")
             continue
         rows.extend({"bench": step.bench, **row} for row in result.get("results", []))
         weights[step.bench] = str(result.get("weights"))

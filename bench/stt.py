@@ -57,7 +57,7 @@ from bench.capacity import (
     skip_idle_points,
     summary,
 )
-from bench.common import emit, livekit_agents_installed, percentile, progress
+from bench.common import emit, livekit_agents_installed, percentile, progress, row_measured
 
 FRAME = 1920
 FRAME_S = 0.08
@@ -227,7 +227,7 @@ def level_row(
         # A step with `active` slots carrying audio, on the engine alone (no server, no clients).
         "engine_step_ms_p50": round(engine_alone * 1000, 3),
     }
-    progress(f"stt bench: {row}")
+    row_measured(row)
     return row
 
 

@@ -50,7 +50,7 @@ from bench.capacity import (
     skip_idle_points,
     summary,
 )
-from bench.common import emit, livekit_agents_installed, percentile, progress
+from bench.common import emit, livekit_agents_installed, percentile, progress, row_measured
 
 ANSWER = (
     "Bonjour Julie, le cours de yoga est à dix-huit heures, il reste trois places. "
@@ -335,7 +335,7 @@ def main() -> None:
         for active in levels:
             progress(f"{active} active stream(s) on {capacity} slots…")
             row = run_level(tiny, capacity, active, args.device, dtype, graphs)
-            progress(f"  {row}")
+            row_measured(row)
             results.append(row)
         for active in skip_idle_points(capacity):
             full = next((row for row in results if row["active"] == active), None)

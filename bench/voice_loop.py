@@ -94,7 +94,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from bench.common import REPO, emit, progress
+from bench.common import REPO, emit, progress, row_measured
 from bench.profile import TreeProfile
 from bench.token_service import make_bench_gym
 from bench.turns import (
@@ -532,6 +532,7 @@ async def measure(bench: Bench, levels: list[int], turns: int, soak: float | Non
         for n in levels:
             row, stages = await bench.level(n, turns)
             results.append(row)
+            row_measured(row, echo=False)
             for name, values in stages.items():
                 all_stages.setdefault(name, []).extend(values)
         top.update(add_cost_fit(idle, results))

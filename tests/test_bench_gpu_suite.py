@@ -36,3 +36,29 @@ def test_the_full_suite_sweeps_1_to_256_streams_and_20_to_64_sessions_within_its
     assert steps["voice_loop"].args[steps["voice_loop"].args.index("--sessions") + 1] == "20,40,64"
     assert abs(sum(step.share for step in steps.values()) - 1.0) < 1e-9
     assert all(isinstance(step, Step) for step in plan(quick=True))
+
+
+def test_a_bench_stopped_at_its_share_still_gives_the_rows_it_measured(tmp_path, monkeypatch) -> None:
+    """The TTS bench of the first H200 run overran its share after four levels, and its rows were
+    only in the log: a bench now appends each row to the suite's rows file as it is measured."""
+    from bench.common import ROWS_FILE_ENV, partial_rows, row_measured
+
+    rows_file = tmp_path / "rows.jsonl"
+    monkeypatch.setenv(ROWS_FILE_ENV, str(rows_file))
+    row_measured({"streams": 1, "step_ms_p50": 198.7})
+    row_measured({"streams": 8, "step_ms_p50": 216.8}, echo=False)
+    with rows_file.open("a") as out:
+        out.write('{"streams": 32, "step_')  # the kill came in the middle of a line
+
+    kept = partial_rows(rows_file)
+    assert [row["streams"] for row in kept] == [1, 8]
+
+    stt, tts, _voice = plan(quick=False)
+    merged = merge([
+        (stt, {"bench": "stt", "weights": "real-size-random", "results": [{"streams": 1}]}, None, None),
+        (tts, {"results": kept, "partial": True}, "tts: over its 240 s share of the budget", 50521.0),
+    ])  # fmt: skip
+    assert [(row["bench"], row["streams"]) for row in merged["results"]] == [("stt", 1), ("tts", 1), ("tts", 8)]
+    assert merged["failed"] == ["tts: over its 240 s share of the budget (2 rows kept)"]
+    assert merged["summaries"]["tts"] == {"partial": True}
+    assert partial_rows(tmp_path / "missing.jsonl") == []
