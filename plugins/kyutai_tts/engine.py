@@ -210,10 +210,11 @@ class TTSEngine:
         self.mimi.streaming_forever(max_streams)
         state = self.lm_gen._streaming_state
         assert state is not None
-        # The depformer runs its 32 codebooks one after another, each a handful of small kernels:
-        # eagerly on an H200 that made a frame take ~200 ms (docs/gpu.md). Replayed as one CUDA
-        # graph it launches once. The graph records the sampling hooks too, so they read only
-        # the fixed buffers below and never branch in Python on a step's data.
+        # The depformer runs its 32 codebooks one after another, each a handful of small kernels.
+        # Run eagerly, this is the likely cause of the ~200 ms frames measured on an H200
+        # (docs/gpu.md; not yet profiled there). Replayed as one CUDA graph, it launches once. The
+        # graph records the sampling hooks too, so they read only the fixed buffers below and never
+        # branch in Python on a step's data.
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         if state.graphed_depth is not None and not self.cuda_graphs:
             state.graphed_depth.disable = True
