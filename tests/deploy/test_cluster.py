@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 from livekit import rtc
 
+from bench.voice_kiosks import BenchKiosk
 from jarvis_local.kiosk_sim import SessionRefused, SimulatedKiosk, open_session, poll, synthesize_french
 from jarvis_local.llm_standin import LLMStandIn, Say
 from jarvis_local.speech_models import tiny_models
@@ -131,7 +132,7 @@ def sessions_of(stack: LocalStack, worker: str) -> set[str]:
     return set(re.findall(r"session (\S+): ready", stack.log_tail(worker, 100_000)))
 
 
-async def visit(cluster: Cluster, kiosk_id: str, node: LiveKitNode) -> tuple[SimulatedKiosk, str]:
+async def visit(cluster: Cluster, kiosk_id: str, node: LiveKitNode) -> tuple[BenchKiosk, str]:
     """The gym backend opens a session (again while the workers are full: 503) and the kiosk joins
     through ``node``; a kiosk JARVIS does not join within AGENT_S leaves and starts over, as the
     kiosk does (on a starved machine a worker can fail a job request: its job process not ready; a
@@ -148,7 +149,7 @@ async def visit(cluster: Cluster, kiosk_id: str, node: LiveKitNode) -> tuple[Sim
     deadline = time.perf_counter() + JOIN_S
     while True:
         session = await poll(opened, JOIN_S, every_s=1.0, what=f"a session for {kiosk_id}")
-        kiosk = SimulatedKiosk()
+        kiosk = BenchKiosk()  # it also keeps the agent's own record of each turn (its stage times)
         try:
             await kiosk.join(node.url, session["token"])
             if await poll(kiosk.agent, AGENT_S, every_s=0.1):
@@ -170,22 +171,18 @@ def link_lost(kiosk: SimulatedKiosk) -> bool:
 
 
 # Setup included: four engines, two workers and two nodes start on two cores (~2 min quiet, 5 under load).
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "issue 12 part 4: passed 3 of 4 runs on 2026-12-03 on a box loaded by other work (CI included), and "
-        "every run since (2 of 2 on a quiet box on 2026-12-04, every CI run); once, with the greetings heard "
-        "out first, node B's spoken turn during node A's loss got no answer within 60 s: not explained"
-    ),
-)
+# Not an expected failure since 2026-12-04: 10 of 10 runs passed here that day (4 beside a busy loop on one
+# core), and every CI run since 2026-12-03. One run on 2026-12-03 missed node B's answer within 60 s; its
+# logs were not kept and it has not recurred. The agent's stage record, now printed, shows where that
+# turn's seconds go: its STT final comes seconds late while node A's kiosks start new sessions beside it.
 @pytest.mark.timeout(600)
 async def test_kiosks_spread_over_two_nodes_and_two_workers_and_survive_losing_a_node(
     stack: LocalStack, cluster: Cluster
 ) -> None:
     nodes = [cluster.node_a, cluster.node_b]
-    kiosks: dict[str, tuple[SimulatedKiosk, LiveKitNode]] = {}
+    kiosks: dict[str, tuple[BenchKiosk, LiveKitNode]] = {}
     sessions: dict[str, str] = {}
-    reconnected: list[SimulatedKiosk] = []
+    reconnected: list[BenchKiosk] = []
     try:
         # One kiosk after the other, alternating the node, each greeted before the next comes: the
         # test reads which node and worker served whom.
@@ -229,22 +226,28 @@ async def test_kiosks_spread_over_two_nodes_and_two_workers_and_survive_losing_a
             return {"noticed_s": noticed - lost_at, "reconnect_to_greeting_s": heard - noticed,
                     "loss_to_greeting_s": heard - lost_at}  # fmt: skip
 
-        async def turn_on_b(kiosk: SimulatedKiosk) -> float:
+        async def turn_on_b(kiosk: BenchKiosk) -> tuple[float, dict[str, object]]:
+            records = len(kiosk.agent_turns)
             turn = await kiosk.say(await asyncio.to_thread(synthesize_french, QUESTION), QUESTION)
             answered = await kiosk.hear_answer(turn, ANSWER_S)
             assert answered.v2v_ms is not None, "a session on node B was not answered after node A's loss"
-            return answered.v2v_ms
+            # The agent's own stage times for that turn (sent once its answer has played): where the
+            # seconds went while node A's kiosks came back beside it.
+            stages = await poll(lambda: kiosk.agent_turns[records:], 30, every_s=0.1)
+            keys = ("end_of_turn_ms", "stt_final_ms", "llm_ttft_ms", "tts_ttfa_ms", "agent_v2v_ms")
+            return answered.v2v_ms, {k: stages[-1].get(k) for k in keys} if stages else {}
 
         # At once: the survivor's turn while node A's kiosks find their way back.
         survivor_turn = asyncio.create_task(turn_on_b(next(iter(on_b.values()))))
         reconnects = await asyncio.gather(*(reconnect(k, kiosk) for k, kiosk in on_a.items()))
-        v2v_ms = await survivor_turn
+        v2v_ms, survivor_stages = await survivor_turn
         assert all(kiosk.room.connection_state == rtc.ConnectionState.CONN_CONNECTED for kiosk in on_b.values())
         assert rooms_on(cluster.node_b) >= KIOSKS // 2 + len(on_a), "the reconnected kiosks are not on node B"
         figures = {
             "sessions_per_node": per_node,
             "sessions_per_worker": {k: len(v) for k, v in per_worker.items()},
             "node_b_turn_after_loss_v2v_ms": round(v2v_ms),
+            "node_b_turn_agent_stages_ms": survivor_stages,
             "reconnects": [{k: round(v, 2) for k, v in r.items()} for r in reconnects],
             "reconnect_to_greeting_s_max": round(max(r["reconnect_to_greeting_s"] for r in reconnects), 2),
         }
