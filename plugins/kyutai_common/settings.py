@@ -30,6 +30,10 @@ class EngineSettingsBase(BaseSettings):
     # plugins then pick another replica), live streams may finish for up to this long, then the
     # process exits 0. Keep it below the unit's TimeoutStopSec (deploy/systemd) or systemd kills first.
     drain_timeout_s: float = Field(default=30.0, ge=0.0, le=3600.0)
+    # Torch's CPU threads for the model (0: torch's default, one per core). An engine on a GPU needs
+    # few; engines that share a CPU host with others should take 1 each, or their thread pools
+    # contend for the same cores.
+    torch_threads: int = Field(default=0, ge=0)
 
     @field_validator("device")
     @classmethod

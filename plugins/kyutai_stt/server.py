@@ -465,7 +465,8 @@ class SttServer:
 def build_server(settings: EngineSettings) -> SttServer:
     """The one way to build a server from settings: load, warm up (blocking: call off the loop).
     `start()` it in the event loop that will serve it."""
-    logger.info("loading %s (max_streams %d)", settings.checkpoint, settings.max_streams)
+    logger.info("loading %s (max_streams %d, torch threads %d)", settings.checkpoint, settings.max_streams,
+                torch.get_num_threads())
     checkpoint = load_checkpoint(
         settings.checkpoint,
         settings.device,

@@ -29,7 +29,6 @@ class EngineSettings(EngineSettingsBase):
     # 80 ms for all of them. Lower trades compute for latency; a backlog is stepped at once.
     batch_wait_ms: float = Field(default=80.0, ge=0.0, le=200.0)
     warmup_steps: int = Field(default=2, ge=0)
-    torch_threads: int = Field(default=0, ge=0)  # 0: torch's default; CPU servers sharing a host set it
     # A client whose unsent messages pile up past this is too slow (or does not read): its stream
     # is ended (1008) rather than buffered. One Step per 80 ms of audio: 2000 is 160 s of audio.
     max_pending_messages: int = Field(default=2000, ge=10)

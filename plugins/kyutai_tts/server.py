@@ -438,7 +438,10 @@ def main() -> None:
     settings = EngineSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     check_api_keys(settings, logger)
-    logger.info("loading %s (max_streams %d)", settings.checkpoint, settings.max_streams)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    logger.info("loading %s (max_streams %d, torch threads %d)", settings.checkpoint, settings.max_streams,
+                torch.get_num_threads())
     with running_service(settings) as service:
         logger.info("ready on %s:%d%s", settings.host, settings.port, protocol.PATH)
         config = uvicorn.Config(

@@ -89,3 +89,9 @@ async def test_the_bound_ends_a_drain_whose_stream_never_finishes(engine: Engine
 
 async def test_a_second_sigterm_stops_at_once(engine: EngineProcess) -> None:
     await check_a_second_sigterm_stops_at_once(engine, stream_url(engine), ready)
+
+
+async def test_an_engine_sharing_a_cpu_host_takes_the_torch_threads_it_is_given(engine: EngineProcess) -> None:
+    # The local stack starts every engine with KYUTAI_TTS_TORCH_THREADS=1; the TTS engine once ignored it
+    # and ran a thread per core beside the other engines on the same cores.
+    assert "torch threads 1)" in engine.log.read_text()
