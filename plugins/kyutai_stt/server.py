@@ -39,6 +39,9 @@ from .settings import EngineSettings
 
 logger = logging.getLogger("kyutai_stt.server")
 
+# How long a client may take to accept the close of its stream before its connection is dropped.
+CLOSE_S = 2.0
+
 LOGGED_CHARS = 120  # a client's error text is cut to this in logs and Error messages
 # While draining, a stream with no word since its last final (or its start) for this long is
 # between two of the member's turns: it is handed over then (see SttServer.drain). One whose
@@ -247,7 +250,7 @@ class SttServer:
             self.metrics.connections.labels("draining").inc()
             with contextlib.suppress(ConnectionClosed):
                 await websocket.send(protocol.pack(protocol.error(protocol.DRAINING)))
-                await websocket.close(protocol.CLOSE_FULL, protocol.DRAINING)
+            await close_connection(websocket, protocol.CLOSE_FULL, protocol.DRAINING)
             return
         slot = await self._run_in_model_thread(self.engine.open_slot)
         if slot is None:
@@ -255,7 +258,7 @@ class SttServer:
             logger.warning("no free slot (%d streams)", self.engine.max_streams)
             with contextlib.suppress(ConnectionClosed):
                 await websocket.send(protocol.pack(protocol.error(protocol.NO_FREE_CHANNELS)))
-                await websocket.close(protocol.CLOSE_FULL, protocol.NO_FREE_CHANNELS)
+            await close_connection(websocket, protocol.CLOSE_FULL, protocol.NO_FREE_CHANNELS)
             return
         self.metrics.connections.labels("accepted").inc()
         stream = Stream(slot=slot, frame_size=self.engine.frame_size)
@@ -283,8 +286,7 @@ class SttServer:
             with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
                 await asyncio.wait_for(sender, timeout=2.0)
             sender.cancel()
-            with contextlib.suppress(ConnectionClosed):
-                await websocket.close()
+            await close_connection(websocket)
 
     def _fail(self, stream: Stream, kind: str, message: str, close_code: int = protocol.CLOSE_CLIENT_ERROR) -> None:
         """End one stream with an Error its client can act on; the close code after it says
@@ -362,8 +364,7 @@ class SttServer:
             message = await stream.out.get()
             if isinstance(message, int):
                 # Ending the connection also ends the receive loop, which frees the slot.
-                with contextlib.suppress(ConnectionClosed):
-                    await websocket.close(message)
+                await close_connection(websocket, message)
                 return
             try:
                 await websocket.send(protocol.pack(message))
@@ -460,6 +461,18 @@ class SttServer:
                     self._fail(stream, "slow_client", "client reads too slowly")
                 elif self.draining:
                     self._hand_over_if_between_turns(stream)
+
+
+async def close_connection(websocket: ServerConnection, code: int = 1000, reason: str = "") -> None:
+    """Close, or drop the TCP connection when the client does not take the close within CLOSE_S.
+
+    websockets waits for a full send buffer to drain without a deadline, so a client that never reads
+    would keep its socket, and this task, for ever (CI, 2026-12-04: the stream had ended and freed its
+    slot, and the connection was still open 35 s later)."""
+    try:
+        await asyncio.wait_for(websocket.close(code, reason), CLOSE_S)
+    except (TimeoutError, ConnectionClosed):
+        websocket.transport.abort()
 
 
 def build_server(settings: EngineSettings) -> SttServer:
