@@ -34,6 +34,7 @@ from ..kyutai_common.fuzzing import (
     rss_kb,
     stream_once_free,
 )
+from ..kyutai_common.replicas import streams_in_use
 from .conftest import speech
 
 KEY = "stt-fuzz-key"
@@ -201,10 +202,6 @@ async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: E
     assert rss_after - rss_before < 20 * 1024
 
 
-async def streams_in_use(engine: EngineProcess) -> int:
-    return int((await engine.health()).json()["streams_in_use"])
-
-
 async def slow_client_drops(engine: EngineProcess) -> float:
     async with httpx.AsyncClient() as client:
         metrics = (await client.get(f"{engine.http}/metrics", params={"auth_id": KEY})).text
@@ -280,7 +277,7 @@ async def test_a_client_that_never_reads_is_dropped_and_the_healthy_stream_is_un
     drops = await slow_client_drops(engine)
 
     async def no_stream_left() -> bool:
-        return await streams_in_use(engine) == 0
+        return await streams_in_use(engine.ws) == 0
 
     # The healthy stream is over and the non-reading client is still connected: no stream may be left.
     dropped = await poll(no_stream_left, 60, every_s=1.0)
