@@ -3,7 +3,7 @@
     ip netns exec <ns> python -m tests.faults.kiosk_on_link '<json: livekit_url, token, questions>'
 
 Joins with the token the gym backend got, hears the greeting out, speaks each question (espeak-ng)
-and waits for the answer to be heard to its end, then leaves. Prints one JSON line: the greeting's
+and waits until JARVIS has finished speaking (3 s of quiet), then leaves. Prints one JSON line: the greeting's
 wait, each turn's voice-to-voice time (null: no answer, a lost turn) and what JARVIS said.
 """
 
@@ -19,6 +19,8 @@ from typing import Any
 from jarvis_local.kiosk_sim import SimulatedKiosk, poll, synthesize_french
 
 ANSWER_WITHIN_S = 20.0
+# Longer than a cut answer's stop plus the next answer's voice-to-voice time on this link.
+DONE_QUIET_S = 3.0
 
 
 def said_lines(kiosk: SimulatedKiosk, count: int) -> bool:
@@ -46,6 +48,10 @@ async def visit(livekit_url: str, token: str, questions: list[str]) -> dict[str,
             result["turns"].append({"question": question, "v2v_ms": v2v_ms})
             if answered is not None:
                 await poll(functools.partial(said_lines, kiosk, index + 2), 30)
+                # The member waits until JARVIS has said all it will. When a lost packet split the
+                # question, the line above may be the answer to its first half, cut by its second
+                # half, whose own answer is still to come (CI, 2026-12-04: the kiosk left during it).
+                await poll(lambda: kiosk.heard.stopped_after(answered, DONE_QUIET_S), 60, what="JARVIS to finish")
         result["jarvis_said"] = [text for _at, text in kiosk.transcripts]
         result["stt_heard"] = len(kiosk.member_transcripts)
     finally:

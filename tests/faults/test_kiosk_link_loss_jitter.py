@@ -145,9 +145,11 @@ async def test_ten_percent_loss_and_100ms_jitter_on_the_kiosk_link(on_link: OnLi
     assert sum(r["kind"] == "user" for r in logged) >= len(QUESTIONS)
     # An answer may be cut only by the rest of its own question. The tiny STT's pause head ends a turn
     # on any silent frame, and a lost packet can make one. Then JARVIS starts answering the first half,
-    # and the second half talks over it, as a real member would. About 1 run in 4 here. Any other cut
-    # answer is a fault.
+    # and the second half talks over it, as a real member would. About 1 run in 4 here. The second
+    # half's row is logged before or after the cut answer's, whichever is written first. Any other
+    # cut answer is a fault.
+    kinds = [r["kind"] for r in logged] + [None]
     for index, row in enumerate(logged):
         if row["kind"] == "agent" and row["interrupted"]:
-            before = [r["kind"] for r in logged[max(0, index - 2) : index]]
-            assert before == ["user", "user"], f"an answer was cut, not by a split question: {logged}"
+            split = kinds[index - 1] == "user" and "user" in (kinds[index - 2], kinds[index + 1])
+            assert split, f"an answer was cut, not by a split question: {logged}"
