@@ -51,7 +51,8 @@ async def visit(livekit_url: str, token: str, questions: list[str]) -> dict[str,
                 # The member waits until JARVIS has said all it will. When a lost packet split the
                 # question, the line above may be the answer to its first half, cut by its second
                 # half, whose own answer is still to come (CI, 2026-12-04: the kiosk left during it).
-                await poll(lambda: kiosk.heard.stopped_after(answered, DONE_QUIET_S), 60, what="JARVIS to finish")
+                finished = functools.partial(kiosk.heard.stopped_after, answered, DONE_QUIET_S)
+                await poll(finished, 60, what="JARVIS to finish")
         result["jarvis_said"] = [text for _at, text in kiosk.transcripts]
         result["stt_heard"] = len(kiosk.member_transcripts)
     finally:
