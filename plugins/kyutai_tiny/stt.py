@@ -181,12 +181,16 @@ def write_tiny_stt(
     lm_overrides: dict[str, Any] | None = None,
     mimi_overrides: dict[str, Any] | None = None,
     real_size: bool = False,
+    real_mimi: bool = False,
 ) -> Path:
     """Write a tiny STT checkpoint into `directory`; returns the path of its `config.json`.
 
     `extra_heads=False` writes a checkpoint without end-of-speech heads (like `kyutai/stt-1b-en_fr`).
     `real_size=True` writes random weights in the real model's shapes (about 1B parameters: for
     benchmarks on a GPU machine), with the real Mimi config and random codebooks.
+    `real_mimi=True` keeps the tiny LM but gives it the real Mimi (random codebooks): the layout
+    Kyutai's Rust moshi-server can load too, as it builds its Mimi from the real config alone
+    (codebooks fitted on speech-like audio, so that the text head sees words, pads and boundaries).
     """
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer_path = write_tiny_tokenizer(directory / TOKENIZER_NAME)
@@ -200,8 +204,12 @@ def write_tiny_stt(
         lm_config = tiny_stt_lm_config(
             text_card=tokenizer_size(tokenizer_path), extra_heads=4 if extra_heads else 0, **(lm_overrides or {})
         )
-        n_q_mimi = max(8, lm_config["n_q"])
-        mimi_config = tiny_mimi_config(n_q=n_q_mimi, bins=lm_config["card"], **(mimi_overrides or {}))
+        if real_mimi:
+            mimi_config = json.loads(json.dumps(loaders._mimi_config))
+            lm_config["card"] = mimi_config["quantizer"]["bins"]
+        else:
+            n_q_mimi = max(8, lm_config["n_q"])
+            mimi_config = tiny_mimi_config(n_q=n_q_mimi, bins=lm_config["card"], **(mimi_overrides or {}))
     mimi = build_tiny_mimi(mimi_config, seed=seed, kmeans=not real_size)
     save_state_dict(mimi, directory / MIMI_NAME)
     write_json(directory / MIMI_CONFIG_NAME, mimi_config)
