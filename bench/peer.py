@@ -13,9 +13,9 @@ tensors under candle's names (a renamed copy: `in_projs.0.weight` → `in_proj_w
 its model config as TOML, all derived from the checkpoint's `config.json`.
 
 Both servers get the same CPU threads (`--threads`: torch's for ours, rayon's for moshi-server)
-and the same batch size (the largest stream level). For each level, that many Kyutai-protocol
-clients stream the same speech-like audio in real time (80 ms frames) to one server, then the
-other. Per row (`engine` × `streams`):
+and, at each level, a batch of that many streams (both compute the whole batch at every step, so
+this is each one at full load). For each level, that many Kyutai-protocol clients stream the same
+speech-like audio in real time (80 ms frames) to one server, then the other. Per row (`engine` × `streams`):
 - `step_ms_p50` / `_p95`: from sending a frame to receiving its `Step` message, as the client sees
   it (both servers send one Step per stream per model step; their internal timers differ);
 - `rtf`: mean of that over the frame period (80 ms);
@@ -162,10 +162,19 @@ def toml_text(table: dict[str, Any], prefix: str = "") -> str:
 @dataclass(frozen=True)
 class PeerCheckpoint:
     directory: Path  # ours: config.json and the files it names
-    rust_config: Path  # moshi-server's TOML, pointing at the renamed copy in the same directory
+    asr_module: dict[str, Any]  # moshi-server's [modules.asr], pointing at the renamed copies beside them
+
+    def rust_config(self, batch_size: int) -> Path:
+        """moshi-server's TOML for a batch of ``batch_size`` streams."""
+        top = {"static_dir": str(self.directory), "log_dir": str(self.directory / "rust-logs"),
+               "instance_name": "bench-peer", "authorized_ids": [API_KEY],
+               "modules": {"asr": {**self.asr_module, "batch_size": batch_size}}}  # fmt: skip
+        path = self.directory / f"moshi-server-batch{batch_size}.toml"
+        path.write_text(toml_text(top) + "\n")
+        return path
 
 
-def write_peer_checkpoint(directory: Path, batch_size: int) -> PeerCheckpoint:
+def write_peer_checkpoint(directory: Path) -> PeerCheckpoint:
     from kyutai_tiny.stt import write_tiny_stt
 
     if not (directory / "config.json").is_file():
@@ -182,13 +191,9 @@ def write_peer_checkpoint(directory: Path, batch_size: int) -> PeerCheckpoint:
         "text_tokenizer_file": str(directory / config["tokenizer_name"]),
         "audio_tokenizer_file": str(candle_mimi),
         "asr_delay_in_tokens": round(config["stt_config"]["audio_delay_seconds"] * 12.5),
-        "batch_size": batch_size, "temperature": 0.0, "model": rust_model_config(config),
+        "temperature": 0.0, "model": rust_model_config(config),
     }  # fmt: skip
-    top = {"static_dir": str(directory), "log_dir": str(directory / "rust-logs"), "instance_name": "bench-peer",
-           "authorized_ids": [API_KEY], "modules": {"asr": asr}}  # fmt: skip
-    rust_config = directory / "moshi-server.toml"
-    rust_config.write_text(toml_text(top) + "\n")
-    return PeerCheckpoint(directory, rust_config)
+    return PeerCheckpoint(directory, asr)
 
 
 # --- the two servers ---------------------------------------------------------------------------
@@ -244,10 +249,10 @@ def our_engine(checkpoint: PeerCheckpoint, batch_size: int, threads: int, log: P
 
 
 @contextmanager
-def rust_peer(binary: Path, checkpoint: PeerCheckpoint, threads: int, log: Path) -> Iterator[str]:
+def rust_peer(binary: Path, checkpoint: PeerCheckpoint, batch_size: int, threads: int, log: Path) -> Iterator[str]:
     port = free_port()
     command = [str(binary), "worker", "--cpu", "--addr", "127.0.0.1", "--port", str(port),
-               "--config", str(checkpoint.rust_config)]  # fmt: skip
+               "--config", str(checkpoint.rust_config(batch_size))]  # fmt: skip
     with running("moshi-server", command, {"RAYON_NUM_THREADS": str(threads)}, port, "/api/build_info", log) as url:
         yield url
 
@@ -346,14 +351,14 @@ async def measure(args: argparse.Namespace, binary: Path, checkpoint: PeerCheckp
     from kyutai_tiny.common import synthetic_speech
 
     audio = synthetic_speech(args.seconds, SAMPLE_RATE, seed=7).astype(np.float32)
-    batch = max(args.streams)
     rows: list[dict[str, Any]] = []
-    with our_engine(checkpoint, batch, args.threads, logs / "ours.log") as url:
-        for streams in args.streams:
+    # Each level on servers sized to it: both compute their whole batch at every step, live or not,
+    # so a batch of exactly the live streams is the deployment at full load.
+    for streams in args.streams:
+        with our_engine(checkpoint, streams, args.threads, logs / f"ours-{streams}.log") as url:
             progress(f"ours: {streams} stream(s)")
             rows.append(await run_level(url, "ours", streams, audio))
-    with rust_peer(binary, checkpoint, args.threads, logs / "moshi-server.log") as url:
-        for streams in args.streams:
+        with rust_peer(binary, checkpoint, streams, args.threads, logs / f"moshi-server-{streams}.log") as url:
             progress(f"moshi-server: {streams} stream(s)")
             rows.append(await run_level(url, "moshi-server", streams, audio))
     by = {(r["engine"], r["streams"]): r for r in rows}
@@ -400,7 +405,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        checkpoint = write_peer_checkpoint(CHECKPOINT_DIR, max(args.streams))
+        checkpoint = write_peer_checkpoint(CHECKPOINT_DIR)
         top = asyncio.run(measure(args, binary, checkpoint, workdir))
     rows = top.pop("results")
     emit("peer", weights="tiny-lm+real-size-mimi (random)", quick=args.quick, results=rows, **top)

@@ -67,8 +67,8 @@ def moshi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = peer_binary()
     if binary is None:
         pytest.skip("Kyutai's moshi-server is not built here (python -m bench.peer --build)")
-    checkpoint: PeerCheckpoint = write_peer_checkpoint(CHECKPOINT_DIR, 4)
-    with rust_peer(binary, checkpoint, 1, tmp_path_factory.mktemp("peer") / "moshi-server.log") as url:
+    checkpoint: PeerCheckpoint = write_peer_checkpoint(CHECKPOINT_DIR)
+    with rust_peer(binary, checkpoint, 2, 1, tmp_path_factory.mktemp("peer") / "moshi-server.log") as url:
         yield url
 
 
