@@ -398,7 +398,8 @@ def main() -> None:
         progress(f"bench.peer: {error}")
         sys.exit(2)
     if binary is None:
-        progress(f"bench.peer: no moshi-server in {PEER_ROOT / 'bin'} nor $JARVIS_MOSHI_SERVER: run with --build once")
+        progress(f"bench.peer: no moshi-server in {PEER_ROOT / 'bin'} nor $JARVIS_MOSHI_SERVER;"
+                 " build it once with `python -m bench.peer --build` (cargo, about 10 min on 2 cores)")
         sys.exit(2)
 
     os.environ.setdefault("NO_TORCH_COMPILE", "1")

@@ -9,6 +9,7 @@ peer bench gives its JSON.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -102,3 +103,14 @@ def test_the_peer_bench_reports_both_servers(moshi_server: str) -> None:
         assert row["streams"] == 1 and row["frames"] == 50 and row["frames_without_step"] == 0, row
         assert row["step_ms_p50"] > 0 and row["rtf"] > 0
     assert payload["ratio_step"]["1"] > 0
+
+
+def test_without_moshi_server_the_peer_bench_says_how_to_build_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "JARVIS_MOSHI_SERVER"}
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.peer", "--quick"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**env, "JARVIS_RUST_PEER_ROOT": str(tmp_path)},
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "python -m bench.peer" in run.stderr and "--build" in run.stderr
+    assert not list(tmp_path.iterdir()), "nothing is built or downloaded unless asked"
