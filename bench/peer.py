@@ -54,6 +54,7 @@ import websockets
 from kyutai_stt.protocol import PATH as ASR_PATH
 
 from bench.common import REPO, emit, percentile, progress, row_measured
+from jarvis_local.stack import free_port
 
 RUST_PEER_VERSION = "0.6.4"
 PEER_ROOT = Path(os.environ.get("JARVIS_RUST_PEER_ROOT", Path.home() / ".cache" / "jarvis" / "rust-peer"))
@@ -197,14 +198,6 @@ def write_peer_checkpoint(directory: Path) -> PeerCheckpoint:
 
 
 # --- the two servers ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -188,9 +188,9 @@ def write_tiny_stt(
     `extra_heads=False` writes a checkpoint without end-of-speech heads (like `kyutai/stt-1b-en_fr`).
     `real_size=True` writes random weights in the real model's shapes (about 1B parameters: for
     benchmarks on a GPU machine), with the real Mimi config and random codebooks.
-    `real_mimi=True` keeps the tiny LM but gives it the real Mimi (random codebooks): the layout
-    Kyutai's Rust moshi-server can load too, as it builds its Mimi from the real config alone
-    (codebooks fitted on speech-like audio, so that the text head sees words, pads and boundaries).
+    `real_mimi=True` keeps the tiny LM but gives it the real Mimi (random weights, codebooks fitted
+    on speech-like audio as the tiny Mimi's are): the layout Kyutai's Rust moshi-server can load
+    too, as it builds its Mimi from the real config alone.
     """
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer_path = write_tiny_tokenizer(directory / TOKENIZER_NAME)
