@@ -54,7 +54,7 @@ import websockets
 from kyutai_stt.protocol import PATH as ASR_PATH
 
 from bench.common import REPO, emit, percentile, progress, row_measured
-from jarvis_local.stack import free_port
+from jarvis_local.stack import free_port, wait_for
 
 RUST_PEER_VERSION = "0.6.4"
 PEER_ROOT = Path(os.environ.get("JARVIS_RUST_PEER_ROOT", Path.home() / ".cache" / "jarvis" / "rust-peer"))
@@ -98,9 +98,12 @@ def build_peer() -> Path:
 
 
 def write_candle_copy(weights: Path, target: Path) -> Path:
-    """The tensors under moshi-server's names (those of Kyutai's published files): the same values."""
+    """The tensors under moshi-server's names (those of Kyutai's published files): the same values.
+    Written again only when ``weights`` is newer (the Mimi's copy is 385 MB)."""
     from safetensors.numpy import load_file, save_file
 
+    if target.is_file() and target.stat().st_mtime >= weights.stat().st_mtime:
+        return target
     renamed: dict[str, np.ndarray] = {}
     for name, tensor in load_file(str(weights)).items():
         for python_name, candle_name in CANDLE_NAMES.items():
@@ -204,18 +207,13 @@ def write_peer_checkpoint(directory: Path) -> PeerCheckpoint:
 def running(name: str, command: list[str], env: dict[str, str], port: int, health: str, log: Path) -> Iterator[str]:
     proc = subprocess.Popen(command, env={**os.environ, **env}, cwd=REPO, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=1):
+            return True
+
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} did not answer {health} within 300 s (log: {log})") from None
-                time.sleep(0.5)
+        wait_for(healthy, f"{name} (log: {log})", 300, proc)
         yield f"ws://127.0.0.1:{port}"
     finally:
         if proc.poll() is None:

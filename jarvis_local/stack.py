@@ -43,7 +43,8 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for(check: object, what: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+def wait_for(check: object, what: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``check()`` is true (an OSError counts as not yet); StackError if ``proc`` exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -63,7 +64,7 @@ def _tcp_open(port: int) -> bool:
 
 
 def wait_for_port(port: int, what: str, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    _wait_for(lambda: _tcp_open(port), what, timeout_s, proc)
+    wait_for(lambda: _tcp_open(port), what, timeout_s, proc)
 
 
 def _postgres_bin(name: str) -> str:
@@ -177,7 +178,7 @@ class LocalStack:
         )
         self.processes.append(("postgres", proc))
         isready = _postgres_bin("pg_isready")
-        _wait_for(
+        wait_for(
             lambda: subprocess.run(
                 [isready, "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "jarvis"], capture_output=True
             ).returncode == 0,
@@ -218,7 +219,7 @@ class LocalStack:
             stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT,
         )
         self.processes.append(("redis", proc))
-        _wait_for(lambda: _tcp_open(self.redis_port), "Redis", 15, proc)
+        wait_for(lambda: _tcp_open(self.redis_port), "Redis", 15, proc)
 
     # -- LiveKit ------------------------------------------------------------------------
     def livekit_config(
@@ -273,7 +274,7 @@ class LocalStack:
             with urllib.request.urlopen(f"http://{host}:{port}/", timeout=1) as r:
                 return bool(r.status == 200)
 
-        _wait_for(healthy, f"LiveKit server (log: {self.workdir / (name + '.log')})", 30, proc)
+        wait_for(healthy, f"LiveKit server (log: {self.workdir / (name + '.log')})", 30, proc)
         return proc
 
     def start_livekit(self) -> None:
@@ -331,7 +332,7 @@ class LocalStack:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
                 return bool(r.status == 200)
 
-        _wait_for(healthy, "token service", 60, proc)
+        wait_for(healthy, "token service", 60, proc)
         return f"http://127.0.0.1:{port}"
 
     def start_agent_worker(
@@ -348,7 +349,7 @@ class LocalStack:
                 f.seek(start)
                 return b"registered worker" in f.read()
 
-        _wait_for(
+        wait_for(
             registered,
             f"agent worker (log: {log})", timeout_s, proc,
         )
@@ -379,7 +380,7 @@ class LocalStack:
                 return bool(r.status == 200)
 
         # Loading and warming a model up takes a while on a small CPU.
-        _wait_for(healthy, f"{module} (log: {self.workdir / (name + '.log')})", 180, proc)
+        wait_for(healthy, f"{module} (log: {self.workdir / (name + '.log')})", 180, proc)
         self.engines[f"ws://127.0.0.1:{port}"] = proc
         self.engine_specs[f"ws://127.0.0.1:{port}"] = (name, module, prefix, env)
         return f"ws://127.0.0.1:{port}"

@@ -22,6 +22,7 @@ from kyutai_stt import STT
 from livekit.agents.stt import SpeechEventType
 from safetensors.numpy import load_file
 
+from bench.common import REPO
 from bench.peer import (
     API_KEY,
     CHECKPOINT_DIR,
@@ -36,8 +37,6 @@ from bench.peer import (
 
 from .conftest import speech
 from .test_plugin import FAST_FAIL, assert_turns_well_formed, collect, to_frames
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_peer_config_is_the_checkpoints_model_in_moshi_servers_terms(tiny_stt_dir: Path) -> None:
