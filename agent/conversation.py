@@ -264,7 +264,13 @@ async def start_conversation(
         room_options=room_io.RoomOptions(
             text_input=True,
             text_output=True,
-            audio_input=room_io.AudioInputOptions(frame_size_ms=speech.input_frame_ms) if spoken and speech else False,
+            audio_input=(
+                room_io.AudioInputOptions(
+                    frame_size_ms=speech.input_frame_ms, auto_gain_control=speech.auto_gain_control
+                )
+                if spoken and speech
+                else False
+            ),
             audio_output=spoken,
         ),
     )

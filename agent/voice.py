@@ -53,6 +53,11 @@ class SpeechSettings(BaseModel):
     # default holds each sound up to 50 ms before silero sees it: the barge-in pause and stop, and
     # the STT's end of turn, all wait on it.
     input_frame_ms: int = Field(default=20, ge=10, le=100)
+    # livekit-agents runs WebRTC's automatic gain control on every input frame unless told not to.
+    # The kiosk's browser already levels its microphone (kiosk MICROPHONE_CAPTURE: autoGainControl),
+    # so a second pass only costs a native call per frame (and lifts a quiet clang towards silero's
+    # threshold). Turn it on for a kiosk whose capture has no gain control of its own.
+    auto_gain_control: bool = False
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Speech:
     aec_warmup_s: float = 0.0
     barge_in: BargeInSettings = field(default_factory=BargeInSettings)
     input_frame_ms: int = 20
+    auto_gain_control: bool = False
 
 
 def turn_handling(settings: SpeechSettings) -> TurnHandlingOptions:
@@ -108,4 +114,5 @@ def build_speech(settings: SpeechSettings, gym_id: str, gym_voice: str | None = 
     return Speech(
         stt=stt, tts=tts, vad=vad, turn_handling=handling, aec_warmup_s=settings.aec_warmup_s,
         barge_in=settings.barge_in, input_frame_ms=settings.input_frame_ms,
+        auto_gain_control=settings.auto_gain_control,
     )

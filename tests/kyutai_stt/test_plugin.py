@@ -313,6 +313,34 @@ async def test_against_a_server_that_sends_no_steps_like_moshi_server_without_he
     assert events[-2].alternatives[0].text == "bonjour bonjour"
 
 
+async def test_the_kiosks_20_ms_frames_reach_the_engine_as_whole_model_frames() -> None:
+    """A room delivers 20 ms frames; the engine steps on 80 ms. The plugin sends whole model
+    frames (a quarter of the messages, nothing later for the model), and the member's last
+    words before a flush go out ahead of its Marker, not held back."""
+    received: list[tuple[str, int]] = []
+
+    async def engine_like(ws: websockets.asyncio.server.ServerConnection) -> None:
+        await ws.send(msgpack.packb({"type": "Ready"}))
+        async for raw in ws:
+            message = msgpack.unpackb(raw)
+            received.append((message["type"], len(message.get("pcm", ()))))
+
+    async with websockets.asyncio.server.serve(engine_like, "127.0.0.1", 0) as fake:
+        port = fake.sockets[0].getsockname()[1]
+        stream = STT(url=f"ws://127.0.0.1:{port}").stream(conn_options=FAST_FAIL)
+        for frame in to_frames(np.full(4800, 0.1, np.float32), 24000, 480):  # 200 ms of the member
+            stream.push_frame(frame)
+        stream.flush()
+        for _ in range(100):
+            if ("Marker", 0) in received:
+                break
+            await asyncio.sleep(0.05)
+        await stream.aclose()
+    marker = received.index(("Marker", 0))
+    assert received[:marker] == [("Audio", 1920), ("Audio", 1920), ("Audio", 960)]
+    assert received[marker + 1][0] == "Audio"  # the flush's silence, carrying the Marker through
+
+
 async def test_the_stream_reconnects_when_the_engine_restarts(tiny_stt_dir: Path) -> None:
     """The engine server is restarted (a deploy) while a member talks: the stream reconnects and
     transcribes what follows; nothing is raised to the agent."""
