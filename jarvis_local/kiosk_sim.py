@@ -32,6 +32,9 @@ from livekit import api, rtc
 from jarvis.session_contract import ATTR_READY
 from jarvis_local.stack import LocalStack
 
+# livekit-agents' ATTRIBUTE_AGENT_STATE (not imported: a kiosk process need not load the agents framework)
+ATTR_AGENT_STATE = "lk.agent.state"
+
 SAMPLE_RATE = 48_000
 FRAME_MS = 10
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
@@ -266,9 +269,12 @@ class SimulatedKiosk:
         self.transcripts: list[tuple[float, str]] = []
         self.member_transcripts: list[tuple[float, str]] = []
         self.videos: list[dict[str, str]] = []
+        # JARVIS's state as its participant attribute announced it, with when it reached us.
+        self.agent_states: list[tuple[float, str]] = []
 
     async def join(self, livekit_url: str, token: str) -> None:
         self.room.on("track_subscribed", self._on_track)
+        self.room.on("participant_attributes_changed", self._on_attributes)
         self.room.register_text_stream_handler("lk.transcription", self._on_transcription)
         await self.room.connect(livekit_url, token)
         self.room.local_participant.register_rpc_method("kiosk.show_video", self._show_video)
@@ -280,6 +286,24 @@ class SimulatedKiosk:
     def _on_track(self, track: rtc.Track, _pub: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
         if track.kind == rtc.TrackKind.KIND_AUDIO and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
             self._tasks.append(asyncio.create_task(self._listen(track)))
+
+    def _on_attributes(self, changed: dict[str, str], participant: rtc.Participant) -> None:
+        if ATTR_AGENT_STATE in changed and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            self.agent_states.append((time.perf_counter(), changed[ATTR_AGENT_STATE]))
+
+    def finished_speaking(self, since: float, quiet_s: float = 0.6) -> float | None:
+        """When what JARVIS began saying after ``since`` ended (its last voiced frame), or None yet.
+
+        Quiet alone is not the end: on a busy machine its audio may pause mid-sentence for longer
+        than a member's pause. It is over once JARVIS has said it is "listening" again after
+        "speaking", and its audio has been quiet ``quiet_s`` since."""
+        speaking = next((at for at, state in self.agent_states if at >= since and state == "speaking"), None)
+        if speaking is None or not any(at > speaking and state == "listening" for at, state in self.agent_states):
+            return None
+        last = self.heard.last_speech_after(since)
+        if last is None or time.perf_counter() - last < quiet_s:
+            return None
+        return last
 
     def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
         kind = transcript_kind(

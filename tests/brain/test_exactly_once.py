@@ -426,7 +426,16 @@ async def hold_commits(admin: Any, hold: bool) -> None:
     else:
         await admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
     await admin.execute("SELECT pg_reload_conf()")
-    await asyncio.sleep(0.3)  # each backend reads the new setting at its next command
+    # The postmaster passes the reload on to every backend, which reads it at its next command: seen
+    # here first (a loaded box may take longer than any fixed pause), then a moment for the others.
+    expected = "jarvis_absent_standby" if hold else ""
+    for _ in range(100):
+        if await admin.fetchval("SHOW synchronous_standby_names") == expected:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"PostgreSQL did not take synchronous_standby_names = {expected!r} within 5 s")
+    await asyncio.sleep(0.3)
 
 
 # --- through the conversation: the stand-in LLM repeats, the member barges in ------------------

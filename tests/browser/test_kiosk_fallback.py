@@ -138,7 +138,7 @@ async def test_kiosk_uses_the_previous_provider_when_no_agent_comes(
     waited = next(s["t"] for s in result["states"] if s["state"] == "waiting_agent")
     moved = result["fallbacks"][0]["t"]
     # The bound, measured in the page: never early; late only by timer and event-loop slack.
-    assert AGENT_BOUND_MS <= moved - waited < AGENT_BOUND_MS + 1500, moved - waited
+    assert AGENT_BOUND_MS <= moved - waited < AGENT_BOUND_MS + 3000, moved - waited  # a loaded CI box delays timers
     print(f"\nno agent: waited {moved - waited:.0f} ms (bound {AGENT_BOUND_MS} ms) before the previous provider")
 
 

@@ -18,7 +18,7 @@ import pytest
 from jarvis_local.kiosk_sim import poll
 from jarvis_local.llm_standin import Say
 from tests.faults.conftest import AGENT, Jarvis, log_lines, rows, visit, voice_session
-from tests.platform.test_session_log_durable import kill_9
+from tests.platform.test_session_log_durable import kill_9, outbox_rows
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,13 @@ async def test_worker_killed_mid_answer_loses_nothing_said(llms: Jarvis) -> None
         asked = len(llms.primary.requests)
         await member.kiosk.send_chat("Comment je réserve un cours de yoga ?")
         await poll(lambda: len(llms.primary.requests) > asked, 15, what="the LLM request for the question")
+        # Killed once the question is in the outbox (fsynced in a thread: on a loaded box, later
+        # than the request): what this test proves is that nothing on disk is lost.
+        await poll(
+            lambda: any(r.get("text") == "Comment je réserve un cours de yoga ?"
+                        for r in outbox_rows(stack, member.session_id)),
+            15, what="the question in the session's outbox",
+        )  # fmt: skip
         await asyncio.sleep(0.5)
         killed = await asyncio.to_thread(kill_9, stack, llms.log_name)
     finally:
@@ -59,7 +66,9 @@ async def test_worker_killed_mid_answer_loses_nothing_said(llms: Jarvis) -> None
         ("agent", "Réponse du primaire : Vous ouvrez à quelle heure demain ?"),
         ("user", "Comment je réserve un cours de yoga ?"),
     ]
-    assert log_lines(llms.worker_log(), member.session_id, "ended as interrompue")
+    # logged by the sweeper after its commit, which the poll above may have seen first
+    await poll(lambda: log_lines(llms.worker_log(), member.session_id, "ended as interrompue"), 10,
+               what="the sweeper's log line")
 
     # The next badge scan is served by the new worker.
     llms.primary.script(lambda _request: Say("Me revoilà."))

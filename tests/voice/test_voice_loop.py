@@ -61,9 +61,7 @@ async def hear_the_greeting_out(kiosk: SimulatedKiosk) -> float:
     """JARVIS greets the member and finishes, as a member waits for it; returns when it ended."""
     joined = time.perf_counter()
     greeting = await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30, what="the greeting's audio")
-    ended = await poll(
-        lambda: kiosk.heard.stopped_after(greeting, 0.6), GREETING_MAX_S + 1, what="the end of the greeting"
-    )
+    ended = await poll(lambda: kiosk.finished_speaking(joined - 10), GREETING_MAX_S + 1, what="the end of the greeting")
     assert ended - greeting < GREETING_MAX_S, f"the greeting lasted {ended - greeting:.1f} s"
     return ended
 
@@ -130,9 +128,7 @@ async def test_member_speaks_and_jarvis_answers_with_audio_and_the_video(
         video = await poll(lambda: kiosk.videos, 20)
         assert video == [{"url": "/videos/energie-lyon-part-dieu/squat.mp4", "title": "Le squat"}]
         # the member listens to the end of the answer before walking away
-        answer_start = turn.first_answer
-        assert answer_start is not None
-        await poll(lambda: kiosk.heard.stopped_after(answer_start, 0.6), 30, what="the end of JARVIS's answer")
+        await poll(lambda: kiosk.finished_speaking(turn.voice_end), 30, what="the end of JARVIS's answer")
     finally:
         await kiosk.leave()
 
@@ -184,14 +180,13 @@ async def test_member_talks_over_jarvis_and_jarvis_stops(stack: LocalStack, voic
         # first question: the video (short answer); second: the long answer we talk over
         first = await kiosk.hear_answer(await kiosk.say(synthesize_french(QUESTION), QUESTION), 30)
         assert first.first_answer is not None, "JARVIS did not answer the first question"
-        await poll(
-            lambda: kiosk.heard.stopped_after(first.first_answer or 0, 0.6), 30, what="the end of the first answer"
-        )
+        await poll(lambda: kiosk.finished_speaking(first.voice_end), 30, what="the end of the first answer")
         second = await kiosk.hear_answer(await kiosk.say(synthesize_french(SECOND_QUESTION)), 30)
         assert second.first_answer is not None, "JARVIS did not start the long answer"
-        # Talk over it once JARVIS is well into it (the answer lasts several seconds).
+        # Talk over it once JARVIS is well into it (the answer lasts several seconds), at a moment
+        # its voice is on: a slow TTS step on a loaded box leaves short gaps in it.
         await asyncio.sleep(0.5)
-        assert kiosk.heard.speaking_at(time.perf_counter(), 0.2), (
+        assert await poll(lambda: kiosk.heard.speaking_at(time.perf_counter(), 0.2) or None, 3, every_s=0.02), (
             "JARVIS stopped its long answer on its own before the member talked over it; "
             f"the STT heard: {kiosk.member_transcripts}"
         )
@@ -199,7 +194,7 @@ async def test_member_talks_over_jarvis_and_jarvis_stops(stack: LocalStack, voic
         barge_in = await kiosk.start_saying(from_first_voiced_sample(synthesize_french(BARGE_IN)))
         # (the onset is when the first sample leaves the mic's queue: a moment from now)
         await asyncio.sleep(max(0.0, barge_in - time.perf_counter()) + 0.05)
-        assert kiosk.heard.speaking_at(barge_in, 0.2), "JARVIS was not speaking when the member cut in"
+        assert kiosk.heard.speaking_at(barge_in, 0.4), "JARVIS was not speaking when the member cut in"
         stopped = await poll(lambda: kiosk.heard.stopped_after(barge_in, QUIET_AFTER_STOP_S), 10)
         assert stopped is not None, "JARVIS kept talking over the member (or resumed within a second)"
         stop_ms = 1000 * (stopped - barge_in)
