@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -42,3 +44,12 @@ async def create_gym(dsn: str, *, rate_limit_per_minute: int = 100, city: str = 
     finally:
         await conn.close()
     return TestGym(gym_id, key, badge, member_id)
+
+
+async def within_one_rate_window(needed_s: float = 10.0) -> None:
+    """Waits for the next minute when fewer than ``needed_s`` seconds are left in this one: the
+    token service counts sessions per gym in fixed one-minute windows, so requests that straddle
+    two windows are counted apart and an expected 429 would not come (about one run in 30)."""
+    left = 60 - time.time() % 60
+    if left < needed_s:
+        await asyncio.sleep(left + 0.05)

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jarvis_local.stack import LocalStack, free_port
 from tests.conftest import BORDEAUX_KEY, CAMILLE, LYON_GYM_ID, LYON_KEY
-from tests.platform.gym_factory import create_gym
+from tests.platform.gym_factory import create_gym, within_one_rate_window
 from token_service.app import create_app
 from token_service.settings import TokenServiceSettings
 
@@ -110,6 +110,7 @@ async def test_bad_requests_get_a_clear_reason(client_for, key, body, status, co
 async def test_busy_gym_is_rate_limited_with_retry_after(stack: LocalStack, client_for) -> None:
     gym = await create_gym(stack.pg_dsn, rate_limit_per_minute=3)
     client = await client_for()
+    await within_one_rate_window()
     statuses = [
         (await ask(client, gym.api_key, {"badge_id": gym.badge_id, "kiosk_id": "k1"})).status_code for _ in range(3)
     ]
