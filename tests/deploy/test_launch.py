@@ -68,11 +68,6 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return total
 
 
-def agent_state(kiosk: SimulatedKiosk) -> str | None:
-    agent = kiosk.agent()
-    return None if agent is None else agent.attributes.get("lk.agent.state")
-
-
 def environment(pid: int) -> dict[str, str]:
     """A running process's environment, as it was started."""
     items = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
@@ -156,12 +151,9 @@ async def test_one_host_with_every_role_runs_from_the_generated_config(
             assert await poll(kiosk.agent, 60), "JARVIS did not join the kiosk's room"
             joined = time.perf_counter()
             await poll(lambda: kiosk.heard.first_speech_after(joined - 10), 30, what="the greeting's audio")
-            # The greeting is over when the agent says it listens again (its audio may pause mid-sentence on
-            # a busy machine, so silence alone is not the end). The state is a participant attribute and
-            # may reach the kiosk after the greeting's first audio: until it says "speaking", its
-            # "listening" is the one from before the greeting.
-            await poll(lambda: agent_state(kiosk) == "speaking", 30, every_s=0.1, what="the agent to say it speaks")
-            await poll(lambda: agent_state(kiosk) == "listening", 60, every_s=0.1, what="the end of the greeting")
+            # The greeting is over when the agent says it listens again after speaking (its audio may
+            # pause mid-sentence on a busy machine, so silence alone is not the end).
+            await poll(lambda: kiosk.finished_speaking(joined - 10), 90, every_s=0.1, what="the end of the greeting")
             turn = await kiosk.hear_answer(await kiosk.say(synthesize_french(QUESTION), QUESTION), 45)
             assert turn.v2v_ms is not None, "JARVIS never answered out loud"
 

@@ -49,7 +49,7 @@ async def create_gym(dsn: str, *, rate_limit_per_minute: int = 100, city: str = 
 async def within_one_rate_window(needed_s: float = 10.0) -> None:
     """Waits for the next minute when fewer than ``needed_s`` seconds are left in this one: the
     token service counts sessions per gym in fixed one-minute windows, so requests that straddle
-    two windows are counted apart and an expected 429 would not come (about one run in 30)."""
+    two windows are counted apart and an expected 429 would not come."""
     left = 60 - time.time() % 60
     if left < needed_s:
         await asyncio.sleep(left + 0.05)
