@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import torch
+from kyutai_common.runtime import freeze_startup_objects, log_slow_collections
 from kyutai_common.settings import check_api_keys
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -507,6 +508,8 @@ async def run(settings: EngineSettings) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     server = await asyncio.to_thread(build_server, settings)
+    freeze_startup_objects(logger)
+    log_slow_collections(logger)
     await server.start()
     done = asyncio.Event()
     server.on_model_failure = done.set

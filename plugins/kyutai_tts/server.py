@@ -22,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from kyutai_common.checkpoint import checkpoint_info, resolve_device, resolve_dtype
+from kyutai_common.runtime import freeze_startup_objects, log_slow_collections
 from kyutai_common.settings import check_api_keys
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import HTTPConnection
@@ -443,6 +444,8 @@ def main() -> None:
     logger.info("loading %s (max_streams %d, torch threads %d)", settings.checkpoint, settings.max_streams,
                 torch.get_num_threads())
     with running_service(settings) as service:
+        freeze_startup_objects(logger)
+        log_slow_collections(logger)
         logger.info("ready on %s:%d%s", settings.host, settings.port, protocol.PATH)
         config = uvicorn.Config(
             create_app(service),

@@ -154,6 +154,11 @@ async def assert_survived(engine: EngineProcess, pid: int, report: FuzzReport, s
     assert await engine.healthy()
     assert report.inputs == sent
     assert 1011 not in report.close_codes  # no input is an engine fault
+    # No stop-the-world garbage collection held the streams (kyutai_common.runtime): the
+    # startup objects were frozen, and no collection since went over its warning bound.
+    log = engine.log.read_text()
+    assert "startup objects out of the garbage collector" in log
+    assert [line for line in log.splitlines() if "garbage collection of generation" in line] == []
 
 
 async def closed_with(ws: Any, timeout_s: float) -> tuple[list[dict[str, Any]], int | None]:
