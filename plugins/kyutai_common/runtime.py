@@ -1,4 +1,5 @@
-"""The engine servers' process-wide settings: Python's garbage collector kept off the audio path.
+"""Python's garbage collector kept off the request path of a long-running server (the engine
+servers, the token service).
 
 A full collection holds the GIL while it scans every tracked object, and so stops both the model
 thread and the event loop. A loaded engine tracks about half a million objects (torch's, moshi's

@@ -353,6 +353,8 @@ async def test_the_service_spreads_over_worker_processes(stack: LocalStack) -> N
     """JARVIS_TOKEN_WORKERS=2 (docs/ops.md: what a flood needs in production): two processes serve the one
     port, each a whole service, and a gym's sessions open through them."""
     gym = await create_gym(stack.pg_dsn, rate_limit_per_minute=1000)
+    log = stack.workdir / "token_service.log"
+    earlier_log = log.stat().st_size if log.exists() else 0  # the module's other token services
     url = await asyncio.to_thread(stack.start_token_service, {
         "JARVIS_TOKEN_WORKERS": "2", "JARVIS_ADMISSION_CONTROL": "false",
         "JARVIS_LIVEKIT_API_SECRET": stack.livekit_api_secret,
@@ -373,6 +375,9 @@ async def test_the_service_spreads_over_worker_processes(stack: LocalStack) -> N
             missing = await http.post("/v1/sessions", json=session_body(gym.badge_id))
         assert statuses == [201] * 6
         assert (missing.status_code, missing.json()["code"]) == (401, "missing_api_key")
+        # Each process froze its imports out of the garbage collector's reach (kyutai_common.runtime).
+        ours = log.read_bytes()[earlier_log:].decode()
+        assert ours.count("startup objects out of the garbage collector") == 2, ours[-2000:]
     finally:
         supervisor.terminate()
         await asyncio.to_thread(supervisor.wait, 30)
