@@ -9,6 +9,7 @@ import math
 import os
 from typing import Any
 
+from kyutai_common.runtime import log_slow_collections
 from livekit import rtc
 from livekit.agents import AgentServer, AgentSession, JobContext, JobExecutorType, JobRequest
 from prometheus_client import Gauge
@@ -54,6 +55,7 @@ def kiosk_present(room: rtc.Room) -> bool:
 
 
 async def entrypoint(ctx: JobContext) -> None:
+    log_slow_collections(logger)  # the forkserver froze livekit-agents' imports; what the job makes is not
     settings = AgentSettings()
     try:
         meta = SessionMetadata.parse(ctx.job.metadata)

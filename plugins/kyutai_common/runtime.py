@@ -27,8 +27,10 @@ def freeze_startup_objects(logger: logging.Logger) -> None:
 
 
 def log_slow_collections(logger: logging.Logger, threshold_s: float = SLOW_COLLECTION_S) -> None:
-    """A warning for each collection that held the process over `threshold_s`: every stream
-    heard it as a gap."""
+    """A warning for each collection that held the process over `threshold_s`: every stream or
+    session it serves heard it as a gap. Once per process: later calls do nothing."""
+    if any(getattr(callback, "slow_collection_log", False) for callback in gc.callbacks):
+        return
     started: list[float] = []
 
     def on_collection(phase: str, info: dict[str, Any]) -> None:
@@ -38,10 +40,11 @@ def log_slow_collections(logger: logging.Logger, threshold_s: float = SLOW_COLLE
             held_s = time.perf_counter() - started[0]
             if held_s > threshold_s:
                 logger.warning(
-                    "garbage collection of generation %d held every stream for %.0f ms (%d objects collected)",
+                    "garbage collection of generation %d held the process for %.0f ms (%d objects collected)",
                     info["generation"],
                     held_s * 1000,
                     info["collected"],
                 )
 
+    on_collection.slow_collection_log = True  # type: ignore[attr-defined]
     gc.callbacks.append(on_collection)
