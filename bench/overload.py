@@ -23,7 +23,9 @@ runs). Pass ``--capacity`` for a bigger host, sized from ``bench.voice_loop``'s 
 Rows (``level``: ``half`` | ``overload``): every ``voice_loop`` turn key of the admitted sessions
 (``v2v_ms_p50``, ``v2v_ms_p95``, ``turns``, ``answered``, ``lost_turns``, ...), ``sessions`` (admitted),
 and for ``overload``: ``offered`` (sessions asked for), ``refused``, ``refusal_ms_p50``,
-``refusal_ms_p95``, ``refusal_ms_max``, ``refusal_codes`` (status/code → count), ``rooms_of_refused``
+``refusal_ms_p95``, ``refusal_ms_max``, ``refusal_ms`` and ``refusal_server_ms`` (each refusal in
+order, whole and the token service's own share from its ``Server-Timing``), ``refusal_codes``
+(status/code → count), ``rooms_of_refused``
 (rooms LiveKit holds for refused sessions: 0). Top level: ``capacity``, ``v2v_p95_ratio`` (overload
 p95 / half p95; the promise is ≤ 1.2), ``promise`` (each part of the must-show, true/false:
 ``refusals_under_50ms`` (max), ``v2v_p95_within_20pct``, ``no_lost_turns`` (admitted sessions, both
@@ -91,7 +93,9 @@ async def ramp(bench: Bench, count: int, every_s: float, stop: asyncio.Event) ->
                                 headers={"Authorization": f"Bearer {bench.gym_key}"})
             ms = 1000 * (time.perf_counter() - started)
             body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            _, _, served = r.headers.get("server-timing", "").partition(";dur=")
             answers.append({"status": r.status_code, "code": body.get("code"), "ms": ms,
+                            "server_ms": float(served) if served else None,
                             "retry_after": r.headers.get("retry-after"), "room": body.get("room")})
             await asyncio.sleep(every_s)
     return answers
@@ -120,6 +124,10 @@ async def measure(
         "refusal_ms_p50": None if not times else round(percentile(times, 50) or 0.0, 1),
         "refusal_ms_p95": None if not times else round(percentile(times, 95) or 0.0, 1),
         "refusal_ms_max": None if not times else round(max(times), 1),
+        # In order, with the token service's own share of each (its Server-Timing): what the rest
+        # took was the box's scheduling and the loopback.
+        "refusal_ms": [round(t, 1) for t in times],
+        "refusal_server_ms": [a["server_ms"] for a in refused],
         "refusal_codes": dict(Counter(f"{a['status']} {a['code']}" for a in answers)),
         "rooms_of_refused": sum(1 for a in answers if a["room"] and a["room"] in live),
     })

@@ -385,7 +385,9 @@ class KeyGate:
 
 
 class MetricsMiddleware:
-    """Counts requests by route template and status, and times them (plain ASGI: cheap)."""
+    """Counts requests by route template and status, and times them (plain ASGI: cheap). Every
+    answer says how long the service itself took (`Server-Timing: app;dur=<ms>`), so that the
+    gym's backend can tell the service's time from the network's and its own host's."""
 
     def __init__(self, app: ASGIApp, metrics: TokenServiceMetrics) -> None:
         self.app = app
@@ -402,6 +404,8 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                took = f"app;dur={1000 * (time.perf_counter() - started):.1f}".encode()
+                message = {**message, "headers": [*message.get("headers", ()), (b"server-timing", took)]}
             await send(message)
 
         try:
