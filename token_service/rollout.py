@@ -2,9 +2,9 @@
 
 The flags live in PostgreSQL (migration 005: ``jarvis_rollout_global``, ``jarvis_rollout``), the
 source of truth, changed by SQL or by the admin routes below. Each token-service instance reads
-both tables whole into a snapshot and reads it again once it is ``refresh_s`` old (0.5 s by
-default): a change reaches every instance within ``refresh_s`` plus one query, without a restart
-and without any instance having to be told. The tables are tiny (a row per gym or pilot kiosk).
+both tables whole into a snapshot, and a task of its own reads them again every ``refresh_s``
+(0.5 s by default): a change reaches every instance within ``refresh_s`` plus one query, without a
+restart and without any instance having to be told. The tables are tiny (a row per gym or pilot kiosk).
 
 Decision, first match wins: the global kill switch (everyone off); the kiosk's own row; its gym's
 row; the global default mode. ``percent N`` admits the members whose bucket (a hash of gym and
@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -85,40 +84,65 @@ def disabled_error() -> ApiError:
 
 
 class Rollout:
-    """The snapshot of the flags, read again from PostgreSQL once it is ``refresh_s`` old.
+    """The snapshot of the flags, read again from PostgreSQL every ``refresh_s`` by a task of its own.
 
-    One reader at a time (the others wait for its result); when the database does not answer the
-    last snapshot stays in use (logged), so a database hiccup does not flip any kiosk."""
+    Requests read the snapshot in memory and never wait for the database: on a loaded host one
+    refusal waited 330 ms for a flags query that happened to fall due on its path (bench.overload,
+    2026-12-05). Only the first request, and the first after an admin route changed a flag here,
+    read it themselves. When the database does not answer, the last snapshot stays in use (logged
+    once per outage), so a database hiccup does not flip any kiosk."""
 
     def __init__(self, pool: Any, refresh_s: float = 0.5, timeout_s: float = 1.0) -> None:
         self.get_pool = pool  # an async callable returning the asyncpg pool (made lazily by the app)
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
         self._snapshot: Snapshot | None = None
-        self._read_at = 0.0
+        self._changed_here = False
         self._lock = asyncio.Lock()
+        self._refresher: asyncio.Task[None] | None = None
+        self._failing = False
 
     async def snapshot(self) -> Snapshot:
-        if self._snapshot is not None and time.monotonic() - self._read_at < self.refresh_s:
-            return self._snapshot
-        async with self._lock:
-            if self._snapshot is not None and time.monotonic() - self._read_at < self.refresh_s:
-                return self._snapshot
-            started = time.monotonic()
-            try:
-                self._snapshot = await self._read()
-                self._read_at = started
-            except Exception as exc:
-                if self._snapshot is None:
-                    raise ApiError(503, "database_unavailable", "database unavailable, retry shortly") from exc
-                # Retry on the next request, not at every one: keep the old one for refresh_s.
-                self._read_at = started
-                logger.warning("rollout flags not read (%s): keeping the last ones", type(exc).__name__)
-            return self._snapshot
+        if self._snapshot is None or self._changed_here:
+            async with self._lock:
+                if self._snapshot is None or self._changed_here:
+                    await self._refresh(fail=self._snapshot is None)
+        if self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_every_period(), name="rollout-refresh")
+        assert self._snapshot is not None
+        return self._snapshot
 
     def invalidate(self) -> None:
-        """Read the flags again on the next request."""
-        self._read_at = 0.0
+        """Read the flags again on the next request (an admin route changed them here)."""
+        self._changed_here = True
+
+    async def aclose(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+
+    async def _refresh_every_period(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            async with self._lock:
+                await self._refresh(fail=False)
+
+    async def _refresh(self, *, fail: bool) -> None:
+        """Reads the flags; on failure raises ``database_unavailable`` when ``fail``, else keeps the last ones."""
+        self._changed_here = False
+        try:
+            self._snapshot = await self._read()
+        except Exception as exc:
+            if fail:
+                raise ApiError(503, "database_unavailable", "database unavailable, retry shortly") from exc
+            if not self._failing:
+                logger.warning("rollout flags not read (%s): keeping the last ones", type(exc).__name__)
+            self._failing = True
+            return
+        if self._failing:
+            logger.info("rollout flags read again")
+        self._failing = False
 
     async def _read(self) -> Snapshot:
         pool = await self.get_pool()

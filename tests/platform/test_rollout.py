@@ -8,6 +8,7 @@ kiosk joins, which admission would rightly count as on their way (tests/platform
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -236,6 +237,40 @@ async def test_admin_routes_pilot_one_kiosk_and_need_the_admin_key(
         await asyncio.sleep(FLIP_BOUND_S)
         assert (await ask(in_process, "", gym, gym.badge_id, kiosk="pilote")).code == "jarvis_disabled"
         assert not (await http.put(f"{base}/kill-switch", json={"on": False}, headers=ADMIN)).json()["kill_switch"]
+
+
+async def test_a_database_outage_keeps_the_last_flags_with_one_log_line(
+    stack: LocalStack, instances: tuple[str, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gym's kiosks are sent to the current provider → PostgreSQL stops → its badge scans still
+    get jarvis_disabled, from the flags read last → one warning for the whole outage (the flags are
+    read in the background, never on a request's path) → the database is back → read again."""
+    url, in_process = instances
+    caplog.set_level(logging.INFO, logger="token_service.rollout")
+    gym = await create_gym(stack.pg_dsn, rate_limit_per_minute=1000)
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.put(f"{url}/v1/admin/rollout/gyms/{gym.gym_id}", json={"mode": "off"}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+    await poll(lambda: _disabled(in_process, gym), FLIP_BOUND_S * 3, what="the gym's flag read by the instance")
+
+    def rollout_lines(text: str) -> list[str]:
+        return [rec.getMessage() for rec in caplog.records if text in rec.getMessage()]
+
+    await asyncio.to_thread(stack.stop_postgres)
+    try:
+        answers = []
+        for _ in range(8):  # 2 s: four refresh periods of the flags
+            answers.append(await ask(in_process, "", gym, gym.badge_id))
+            await asyncio.sleep(0.25)
+        assert {(a.status, a.code) for a in answers} == {(403, "jarvis_disabled")}
+        assert len(rollout_lines("rollout flags not read")) == 1, rollout_lines("rollout flags")
+    finally:
+        await asyncio.to_thread(stack.start_postgres)
+    await poll(lambda: bool(rollout_lines("rollout flags read again")), 30, what="the flags read after the outage")
+
+
+async def _disabled(client: httpx.AsyncClient, gym: TestGym) -> bool:
+    return (await ask(client, "", gym, gym.badge_id)).code == "jarvis_disabled"
 
 
 async def test_every_error_has_a_code_and_openapi_declares_the_bearer_scheme(
