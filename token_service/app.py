@@ -134,6 +134,7 @@ class Services:
             self._redis_retry_at = 0.0
 
     async def aclose(self) -> None:
+        await self.keys.aclose()
         await self.rollout.aclose()
         await self.weather.aclose()
         await self.redis.aclose()

@@ -1,7 +1,9 @@
 """Gym API keys: which gym a key belongs to, at the cost of at most one query per key and client.
 
-A valid key is kept in memory for ``cache_ttl_s`` (then checked again: a revoked key stops within
-that time). A wrong key is kept as wrong for ``bad_key_ttl_s``, so a backend retrying the same bad
+A valid key is kept in memory for ``cache_ttl_s``. A task of its own checks every key known valid
+again, in one query, every half of that: a revoked key stops within ``cache_ttl_s``, and a request
+with a known key never waits for the database (on a loaded host such a check on a request's path
+took hundreds of ms). A wrong key is kept as wrong for ``bad_key_ttl_s``, so a backend retrying the same bad
 key costs nothing. A flood of *random* keys defeats any cache, so each client (IP) may send only
 ``bad_keys_per_minute`` wrong keys; after that its unknown keys are refused unchecked (429) until
 the minute ends. A key this process has seen valid is always checked, even from such a client: a
@@ -14,6 +16,7 @@ processes a client gets N times the allowance, still a bounded number of queries
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +28,14 @@ KEY_QUERY = (
     "SELECT g.id::text AS gym_id, g.city, g.rate_limit_per_minute FROM gym_api_keys k"
     " JOIN gyms g ON g.id = k.gym_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL"
 )
+
+# The keys known valid, checked again together (their gyms' settings may have changed too).
+KNOWN_KEYS_QUERY = (
+    "SELECT k.key_hash, g.id::text AS gym_id, g.city, g.rate_limit_per_minute FROM gym_api_keys k"
+    " JOIN gyms g ON g.id = k.gym_id WHERE k.key_hash = ANY($1::text[]) AND k.revoked_at IS NULL"
+)
+
+logger = logging.getLogger("token_service.keys")
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,8 @@ class GymKeys:
         self._bad: dict[str, float] = {}
         self.limiter = BadKeyLimiter(bad_keys_per_minute)
         self._unknown_lookups = asyncio.Semaphore(self.UNKNOWN_LOOKUPS)
+        self._rechecker: asyncio.Task[None] | None = None
+        self._recheck_failing = False
 
     def answer_from_memory(
         self, key: str, client: str
@@ -156,4 +169,41 @@ class GymKeys:
             self.limiter.forgive(client)
         gym = GymKey(row["gym_id"], row["city"], row["rate_limit_per_minute"])
         self._known[digest] = (gym, now + self._cache_ttl_s)
+        if self._rechecker is None:
+            self._rechecker = asyncio.create_task(self._recheck_every_period(), name="gym-keys-recheck")
         return gym
+
+    async def aclose(self) -> None:
+        if self._rechecker is not None:
+            self._rechecker.cancel()
+            await asyncio.gather(self._rechecker, return_exceptions=True)
+            self._rechecker = None
+
+    async def _recheck_every_period(self) -> None:
+        while True:
+            await asyncio.sleep(self._cache_ttl_s / 2)
+            await self.recheck_known()
+
+    async def recheck_known(self) -> None:
+        """Keys still valid stay fresh for another ``cache_ttl_s``; a revoked one expires now (its
+        next request asks the database, which refuses it). When the database does not answer, the
+        keys expire on their own (one warning per outage)."""
+        digests = list(self._known)
+        if not digests:
+            return
+        started = time.monotonic()
+        try:
+            rows = await (await self._pool()).fetch(KNOWN_KEYS_QUERY, digests)
+        except Exception as exc:
+            if not self._recheck_failing:
+                logger.warning("gym API keys not checked again (%s): each expires on its own", type(exc).__name__)
+            self._recheck_failing = True
+            return
+        self._recheck_failing = False
+        valid = {row["key_hash"]: GymKey(row["gym_id"], row["city"], row["rate_limit_per_minute"]) for row in rows}
+        for digest in digests:
+            gym = valid.get(digest)
+            if gym is not None:
+                self._known[digest] = (gym, started + self._cache_ttl_s)
+            elif digest in self._known:
+                self._known[digest] = (self._known[digest][0], 0.0)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from jarvis.db import gym_key_hash
+from jarvis_local.kiosk_sim import poll
+from jarvis_local.pg_stats import statement_calls
 from jarvis_local.stack import LocalStack, free_port
 from tests.conftest import BORDEAUX_KEY, CAMILLE, LYON_GYM_ID, LYON_KEY
 from tests.platform.gym_factory import create_gym, within_one_rate_window
@@ -105,6 +111,49 @@ async def test_bad_requests_get_a_clear_reason(client_for, key, body, status, co
     assert reason in r.json()["detail"]
     if status == 401:
         assert r.headers["www-authenticate"] == "Bearer"
+
+
+# The key lookups PostgreSQL runs (token_service/keys.py): one key on a request's path, or every
+# known key again in the background.
+PER_KEY, RECHECK = "k.key_hash = $1", "k.key_hash = ANY($1"
+
+
+async def test_a_revoked_key_is_refused_within_the_key_cache_time_and_the_others_keep_working(
+    stack: LocalStack, client_for
+) -> None:
+    """Two gyms' backends open sessions → for 2.5 key-cache times, no request of theirs waits for a
+    key lookup (the service checks every known key again in the background, in one query) → one
+    gym's key is revoked in the database → its next requests are refused within the key cache's
+    time, without a restart → the other gym never noticed."""
+    ttl_s = 1.0
+    revoked, other = await create_gym(stack.pg_dsn), await create_gym(stack.pg_dsn)
+    client = await client_for(api_key_cache_ttl_s=ttl_s)
+    for gym in (revoked, other):
+        assert (await ask(client, gym.api_key, {"badge_id": gym.badge_id, "kiosk_id": "k1"})).status_code == 201
+
+    lookups, rechecks = await statement_calls(stack.pg_dsn, PER_KEY), await statement_calls(stack.pg_dsn, RECHECK)
+    for n in range(10):
+        r = await ask(client, other.api_key, {"badge_id": other.badge_id, "kiosk_id": f"k{n}"})
+        assert r.status_code == 201, r.text
+        await asyncio.sleep(ttl_s / 4)
+    assert await statement_calls(stack.pg_dsn, PER_KEY) == lookups
+    assert await statement_calls(stack.pg_dsn, RECHECK) - rechecks >= 2
+
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        await conn.execute("UPDATE gym_api_keys SET revoked_at = now() WHERE key_hash = $1",
+                           gym_key_hash(revoked.api_key))
+    finally:
+        await conn.close()
+    revoked_at = time.monotonic()
+
+    async def refused() -> bool:
+        r = await ask(client, revoked.api_key, {"badge_id": revoked.badge_id, "kiosk_id": "k1"})
+        return r.status_code == 401 and r.json()["code"] == "bad_api_key"
+
+    await poll(refused, 10, every_s=0.05, what="the revoked key refused")
+    assert time.monotonic() - revoked_at < ttl_s + 0.5
+    assert (await ask(client, other.api_key, {"badge_id": other.badge_id, "kiosk_id": "k2"})).status_code == 201
 
 
 async def test_busy_gym_is_rate_limited_with_retry_after(stack: LocalStack, client_for) -> None:
