@@ -84,6 +84,10 @@ async def ramp(bench: Bench, count: int, every_s: float, stop: asyncio.Event) ->
         await asyncio.sleep(0.5)
     progress(f"  full: {count} more badge scans, one every {every_s:g} s")
     async with httpx.AsyncClient(timeout=30) as http:
+        # A gym backend's HTTP client is long-lived: its first request's one-off set-up in this process
+        # (httpx's and anyio's, ~35 ms on an idle box, 240 ms on this loaded one while the token service
+        # spent 4 ms on the refusal: 2026-12-05) is not the refusal's time.
+        await http.get(f"{bench.token_url}/healthz")
         for n in range(count):
             if stop.is_set():
                 break
