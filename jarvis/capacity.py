@@ -28,6 +28,8 @@ from collections.abc import Callable
 import redis
 from pydantic import BaseModel, Field
 
+from jarvis.background import OutageLog
+
 logger = logging.getLogger("jarvis.capacity")
 
 HEARTBEAT_INTERVAL_S = 1.0
@@ -71,7 +73,9 @@ class HeartbeatPublisher:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._thread: threading.Thread | None = None
-        self._failing = False
+        # Admission then treats the capacity as unknown (the token service's rule, not ours).
+        self._outage = OutageLog(logger, "capacity heartbeat not published", "will retry",
+                                 "capacity heartbeat published again")
 
     def start(self) -> None:
         if self._thread is None:
@@ -95,11 +99,6 @@ class HeartbeatPublisher:
                 pipe.set(seen_key(self.agent), "1", ex=SEEN_TTL_S)
                 pipe.execute()
         except redis.RedisError as exc:
-            # Admission then treats the capacity as unknown (the token service's rule, not ours).
-            if not self._failing:
-                logger.warning("capacity heartbeat not published (%s): will retry", type(exc).__name__)
-            self._failing = True
+            self._outage.failed(exc)
             return
-        if self._failing:
-            logger.info("capacity heartbeat published again")
-        self._failing = False
+        self._outage.succeeded()

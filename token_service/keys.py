@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from jarvis.background import OutageLog, Periodic
 from jarvis.db import gym_key_hash
 
 KEY_QUERY = (
@@ -106,8 +107,9 @@ class GymKeys:
         self._bad: dict[str, float] = {}
         self.limiter = BadKeyLimiter(bad_keys_per_minute)
         self._unknown_lookups = asyncio.Semaphore(self.UNKNOWN_LOOKUPS)
-        self._rechecker: asyncio.Task[None] | None = None
-        self._recheck_failing = False
+        self._rechecker = Periodic("gym-keys-recheck", cache_ttl_s / 2, self.recheck_known)
+        self._outage = OutageLog(logger, "gym API keys not checked again", "each expires on its own",
+                                 "gym API keys checked again")
 
     def answer_from_memory(
         self, key: str, client: str
@@ -169,20 +171,11 @@ class GymKeys:
             self.limiter.forgive(client)
         gym = GymKey(row["gym_id"], row["city"], row["rate_limit_per_minute"])
         self._known[digest] = (gym, now + self._cache_ttl_s)
-        if self._rechecker is None:
-            self._rechecker = asyncio.create_task(self._recheck_every_period(), name="gym-keys-recheck")
+        self._rechecker.start()
         return gym
 
     async def aclose(self) -> None:
-        if self._rechecker is not None:
-            self._rechecker.cancel()
-            await asyncio.gather(self._rechecker, return_exceptions=True)
-            self._rechecker = None
-
-    async def _recheck_every_period(self) -> None:
-        while True:
-            await asyncio.sleep(self._cache_ttl_s / 2)
-            await self.recheck_known()
+        await self._rechecker.aclose()
 
     async def recheck_known(self) -> None:
         """Keys still valid stay fresh for another ``cache_ttl_s``; a revoked one expires now (its
@@ -195,11 +188,9 @@ class GymKeys:
         try:
             rows = await (await self._pool()).fetch(KNOWN_KEYS_QUERY, digests)
         except Exception as exc:
-            if not self._recheck_failing:
-                logger.warning("gym API keys not checked again (%s): each expires on its own", type(exc).__name__)
-            self._recheck_failing = True
+            self._outage.failed(exc)
             return
-        self._recheck_failing = False
+        self._outage.succeeded()
         valid = {row["key_hash"]: GymKey(row["gym_id"], row["city"], row["rate_limit_per_minute"]) for row in rows}
         for digest in digests:
             gym = valid.get(digest)

@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from jarvis.background import OutageLog, Periodic
 from token_service.errors import ApiError
 
 logger = logging.getLogger("token_service.rollout")
@@ -99,16 +100,15 @@ class Rollout:
         self._snapshot: Snapshot | None = None
         self._changed_here = False
         self._lock = asyncio.Lock()
-        self._refresher: asyncio.Task[None] | None = None
-        self._failing = False
+        self._refresher = Periodic("rollout-refresh", refresh_s, self._refresh_in_background)
+        self._outage = OutageLog(logger, "rollout flags not read", "keeping the last ones", "rollout flags read again")
 
     async def snapshot(self) -> Snapshot:
         if self._snapshot is None or self._changed_here:
             async with self._lock:
                 if self._snapshot is None or self._changed_here:
                     await self._refresh(fail=self._snapshot is None)
-        if self._refresher is None:
-            self._refresher = asyncio.create_task(self._refresh_every_period(), name="rollout-refresh")
+        self._refresher.start()
         assert self._snapshot is not None
         return self._snapshot
 
@@ -117,16 +117,11 @@ class Rollout:
         self._changed_here = True
 
     async def aclose(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
-            self._refresher = None
+        await self._refresher.aclose()
 
-    async def _refresh_every_period(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            async with self._lock:
-                await self._refresh(fail=False)
+    async def _refresh_in_background(self) -> None:
+        async with self._lock:
+            await self._refresh(fail=False)
 
     async def _refresh(self, *, fail: bool) -> None:
         """Reads the flags; on failure raises ``database_unavailable`` when ``fail``, else keeps the last ones."""
@@ -136,13 +131,9 @@ class Rollout:
         except Exception as exc:
             if fail:
                 raise ApiError(503, "database_unavailable", "database unavailable, retry shortly") from exc
-            if not self._failing:
-                logger.warning("rollout flags not read (%s): keeping the last ones", type(exc).__name__)
-            self._failing = True
+            self._outage.failed(exc)
             return
-        if self._failing:
-            logger.info("rollout flags read again")
-        self._failing = False
+        self._outage.succeeded()
 
     async def _read(self) -> Snapshot:
         pool = await self.get_pool()
