@@ -45,6 +45,11 @@ class GymKey:
     city: str
     rate_limit_per_minute: int
 
+    @classmethod
+    def from_row(cls, row: Any) -> GymKey:
+        """From a row of KEY_QUERY or KNOWN_KEYS_QUERY."""
+        return cls(row["gym_id"], row["city"], row["rate_limit_per_minute"])
+
 
 class TooManyBadKeys(Exception):
     """This client sent too many wrong keys this minute: refused without a query."""
@@ -169,7 +174,7 @@ class GymKeys:
             return None
         if known is None:
             self.limiter.forgive(client)
-        gym = GymKey(row["gym_id"], row["city"], row["rate_limit_per_minute"])
+        gym = GymKey.from_row(row)
         self._known[digest] = (gym, now + self._cache_ttl_s)
         self._rechecker.start()
         return gym
@@ -191,7 +196,7 @@ class GymKeys:
             self._outage.failed(exc)
             return
         self._outage.succeeded()
-        valid = {row["key_hash"]: GymKey(row["gym_id"], row["city"], row["rate_limit_per_minute"]) for row in rows}
+        valid = {row["key_hash"]: GymKey.from_row(row) for row in rows}
         for digest in digests:
             gym = valid.get(digest)
             if gym is not None:
