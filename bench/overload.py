@@ -57,6 +57,7 @@ from jarvis_local.kiosk_sim import room_names, synthesize_french
 from jarvis_local.speech_models import tiny_models
 from jarvis_local.stack import LocalStack, StackError, local_stack
 from token_service.admission import Admission, OverCapacity
+from token_service.app import server_timing_ms
 
 AGENT = "jarvis"
 
@@ -97,9 +98,8 @@ async def ramp(bench: Bench, count: int, every_s: float, stop: asyncio.Event) ->
                                 headers={"Authorization": f"Bearer {bench.gym_key}"})
             ms = 1000 * (time.perf_counter() - started)
             body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-            _, _, served = r.headers.get("server-timing", "").partition(";dur=")
             answers.append({"status": r.status_code, "code": body.get("code"), "ms": ms,
-                            "server_ms": float(served) if served else None,
+                            "server_ms": server_timing_ms(r.headers.get("server-timing")),
                             "retry_after": r.headers.get("retry-after"), "room": body.get("room")})
             await asyncio.sleep(every_s)
     return answers

@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import signal
@@ -332,6 +333,8 @@ class Bench:
     join_timeout_s: float
     profile_dir: Path | None = None
     metrics_url: str | None = None
+    # Each level's raw kiosk records, one JSON line per level: what a slow turn's post-mortem reads.
+    records_path: Path | None = None
     next_badge: int = 0
 
     def specs(self, n: int) -> list[VisitSpec]:
@@ -407,6 +410,9 @@ class Bench:
         await pool.step("leave", "left")
         await pool.close()
         failed = sessions - sum(r["ready"] for r in records)
+        if self.records_path is not None:
+            with self.records_path.open("a") as out:
+                out.write(json.dumps({"sessions": sessions, "records": records}) + "\n")
         figures, stages = turn_figures(records, never_spoken=turns * failed)
         seconds = max(t1 - t0, 1e-6)
         # The processes hosting this level's sessions existed when it began; new ones are refills.
@@ -582,7 +588,7 @@ def run(args: argparse.Namespace) -> None:
             stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
             engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sentences=sentences,
             answer_timeout_s=args.answer_timeout, join_timeout_s=args.join_timeout, profile_dir=args.profile,
-            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", records_path=args.records,
         )
         results, top = asyncio.run(measure(bench, levels, args.turns, args.soak, args.soak_sessions))
         if not any(r["agent_turns"] for r in results):
@@ -611,6 +617,9 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=None, metavar="MINUTES",
                         help="soak instead of levels: --soak-sessions kiosks for MINUTES (not in CI)")
     parser.add_argument("--soak-sessions", type=int, default=20)
+    parser.add_argument("--records", type=Path, default=None, metavar="FILE",
+                        help="append each level's raw kiosk records (every turn's times, the agent's turn records)"
+                             " to FILE, one JSON line per level")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="profile the worker's tree while each level talks: CPU per thread name (/proc) and"
                              " per Python function (py-spy); each row gets a 'profile', raw stacks go to DIR. py-spy"

@@ -386,6 +386,12 @@ class KeyGate:
         await refusal(scope, receive, send)
 
 
+def server_timing_ms(server_timing: str | None) -> float | None:
+    """The service's own time for an answer, in ms, from its `Server-Timing` header's value (None: absent)."""
+    name, _, duration = (server_timing or "").partition(";dur=")
+    return float(duration) if name == "app" and duration else None
+
+
 class MetricsMiddleware:
     """Counts requests by route template and status, and times them (plain ASGI: cheap). Every
     answer says how long the service itself took (`Server-Timing: app;dur=<ms>`), so that the

@@ -16,6 +16,7 @@ from typing import Any
 
 # Collections longer than this get a log line: a stream's frame is 80 ms.
 SLOW_COLLECTION_S = 0.05
+_slow_collections_logged = False
 
 
 def freeze_startup_objects(logger: logging.Logger) -> None:
@@ -29,8 +30,10 @@ def freeze_startup_objects(logger: logging.Logger) -> None:
 def log_slow_collections(logger: logging.Logger, threshold_s: float = SLOW_COLLECTION_S) -> None:
     """A warning for each collection that held the process over `threshold_s`: every stream or
     session it serves heard it as a gap. Once per process: later calls do nothing."""
-    if any(getattr(callback, "slow_collection_log", False) for callback in gc.callbacks):
+    global _slow_collections_logged
+    if _slow_collections_logged:
         return
+    _slow_collections_logged = True
     started: list[float] = []
 
     def on_collection(phase: str, info: dict[str, Any]) -> None:
@@ -46,5 +49,4 @@ def log_slow_collections(logger: logging.Logger, threshold_s: float = SLOW_COLLE
                     info["collected"],
                 )
 
-    on_collection.slow_collection_log = True  # type: ignore[attr-defined]
     gc.callbacks.append(on_collection)
