@@ -8,9 +8,11 @@ alone would make every clang a stop, because livekit-agents confirms a pause onl
 member's final transcript, which comes at the end of their turn.
 
 Step 2, the confirmation, is here: the member's voice held for ``confirm_after_s`` without a
-break (silero's continuous run, not its speech span, which includes the hangover silence
-after a short noise) interrupts the paused answer at once. Gym noises are short; a spoken
-"attends" is not.
+break interrupts the paused answer at once. Gym noises are short; a spoken "attends" is not.
+The run is counted here, from silero's per-window probabilities, not read from silero's own
+``raw_accumulated_speech``: that one is reported before the window just scored is added (one
+32 ms window late), and once speech has started it also counts windows down to the lower
+deactivation threshold, so a noise that tails off keeps it growing.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class BargeInSettings(BaseModel):
     # "mmh" or "ouais" holds longer than any sensible value here (bench.barge_in's backchannels);
     # 0.15 stops 60 ms sooner but also confirms a quiet closed-mouth hum, which 0.2 did not.
     confirm_after_s: float = Field(default=0.2, ge=0.05, le=3.0)
+    # Only windows silero scores at least this likely voice count towards that run (0.5: silero's
+    # own activation threshold, but without its hysteresis once speech has started).
+    confirm_min_probability: float = Field(default=0.5, gt=0.0, lt=1.0)
     # A pause that no words followed resumes after this much silence (livekit-agents' false interruption).
     resume_after_s: float = Field(default=1.0, ge=0.1, le=10.0)
 
@@ -106,6 +111,22 @@ class _ObservedStream(lk_vad.VADStream):
         self._inner.end_input()
 
 
+class VoicedRun:
+    """How long the member's voice has held without a break, up to the VAD window just scored."""
+
+    def __init__(self, min_probability: float) -> None:
+        self.min_probability = min_probability
+        self.seconds = 0.0
+
+    def update(self, event: lk_vad.VADEvent) -> float:
+        if event.type == lk_vad.VADEventType.INFERENCE_DONE:
+            if event.probability >= self.min_probability:
+                self.seconds += sum(frame.duration for frame in event.frames)
+            else:
+                self.seconds = 0.0
+        return self.seconds
+
+
 class BargeIn:
     """Confirms or lets go of livekit-agents' pause for one session; logs each step and sends it
     to the kiosk (``publish``: the ``jarvis.barge_in`` data topic, which the barge-in bench reads)."""
@@ -119,6 +140,7 @@ class BargeIn:
         self._confirmed: SpeechHandle | None = None
         self._watched: SpeechHandle | None = None  # the answer whose end _on_answer_done hears
         self._paused_at = 0.0
+        self._voiced = VoicedRun(settings.confirm_min_probability)
         self.confirmed = 0
         self.resumed = 0
 
@@ -164,12 +186,9 @@ class BargeIn:
         return 1000 * (time.monotonic() - self._paused_at)
 
     def _on_vad(self, event: lk_vad.VADEvent) -> None:
+        voiced_s = self._voiced.update(event)
         paused = self._paused
-        if (
-            paused is None
-            or event.type != lk_vad.VADEventType.INFERENCE_DONE
-            or event.raw_accumulated_speech < self._settings.confirm_after_s
-        ):
+        if paused is None or voiced_s < self._settings.confirm_after_s:
             return
         self._paused = None
         if paused.done() or paused.interrupted or not paused.allow_interruptions:
@@ -179,5 +198,5 @@ class BargeIn:
         self.confirmed += 1
         self._step(
             "confirmed", "confirmed (%.0f ms of voice), JARVIS stops %.0f ms after its pause",
-            1000 * event.raw_accumulated_speech, self._elapsed_ms(),
+            1000 * voiced_s, self._elapsed_ms(),
         )
