@@ -43,6 +43,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
         bench = Bench(
             stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
             engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sentences=sentences,
-            answer_timeout_s=10.0, join_timeout_s=120.0,
+            answer_timeout_s=10.0, join_timeout_s=120.0, records_path=args.records,
         )
         results = asyncio.run(measure(bench, args.capacity, args.turns, args.ramp, args.ramp_every))
     half, over = results[0]["v2v_ms_p95"], results[-1]["v2v_ms_p95"]
@@ -205,6 +206,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3, help="sentences per admitted session")
     parser.add_argument("--ramp", type=int, default=12, help="badge scans past capacity")
     parser.add_argument("--ramp-every", type=float, default=0.5, help="seconds between them")
+    parser.add_argument("--records", type=Path, default=None, metavar="FILE",
+                        help="append each level's raw kiosk records to FILE, one JSON line per level")
     parser.add_argument("--token-nice", type=int, default=-10,
                         help="the token service's nice value (root lowers it): on its own host in production, it"
                              " does not queue behind the engines; 0 leaves it as it starts")

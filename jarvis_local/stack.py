@@ -476,7 +476,8 @@ class LocalStack:
 def local_stack(workdir: Path | None = None, *, livekit: bool = True) -> Iterator[LocalStack]:
     """Start PostgreSQL, Redis and (optionally) LiveKit; stop them all on exit.
 
-    With no ``workdir``, everything lives in a temporary directory removed afterwards.
+    With no ``workdir``, everything lives in a temporary directory removed afterwards, unless
+    ``JARVIS_KEEP_STACK_DIR=1``: then it stays, every process's log in it, for a post-mortem.
     """
     tmp = None
     if workdir is None:
@@ -493,5 +494,7 @@ def local_stack(workdir: Path | None = None, *, livekit: bool = True) -> Iterato
         yield stack
     finally:
         stack.stop()
-        if tmp is not None:
+        if tmp is not None and os.environ.get("JARVIS_KEEP_STACK_DIR") == "1":
+            print(f"local stack: kept {tmp} (JARVIS_KEEP_STACK_DIR=1)", file=sys.stderr)
+        elif tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -142,6 +142,7 @@ class SttServer:
         self.on_model_failure: Callable[[], None] | None = None  # called once when it does
         self.draining = False  # SIGTERM: refuse new streams, let live ones finish (see drain)
         self._stream_ended = asyncio.Event()
+        self._step_s = 0.0  # a batched step's time, smoothed: what stepping each stream alone would cost
 
     @property
     def port(self) -> int:
@@ -415,10 +416,14 @@ class SttServer:
                     await asyncio.wait_for(self._audio_ready.wait(), timeout=0.5)
                 continue
             # Real-time clients deliver their frames out of phase; a step costs the whole batch
-            # whoever is in it, so wait a little for the others' frames rather than step for a few.
+            # whoever is in it, so under load wait a little for the others' frames rather than step
+            # for a few. While stepping each stream on its own would still leave the model thread
+            # mostly idle, that wait would only hold up a member's words and end of turn (up to a
+            # frame whenever another kiosk talks: the overload bench's half-to-full p95, Dec 5).
             # A backlog (prefix, flush, a client ahead of real time) is drained at once.
             backlog = any(len(stream.pending) > 1 for stream in ready)
-            if len(ready) < len(live) and not backlog:
+            solo_load = self._step_s * len(live) / budget
+            if len(ready) < len(live) and not backlog and solo_load > self.settings.batch_wait_above_load:
                 remaining = min(stream.pending_since for stream in ready) + batch_wait - time.monotonic()
                 if remaining > 0:
                     with contextlib.suppress(TimeoutError):
@@ -439,6 +444,7 @@ class SttServer:
                     self._fail(stream, "model", "model step failed", protocol.CLOSE_ENGINE_ERROR)
                 continue
             self.metrics.step_seconds.observe(stats.seconds)
+            self._step_s = stats.seconds if not self._step_s else 0.9 * self._step_s + 0.1 * stats.seconds
             if stats.seconds > budget:
                 self.metrics.frames_over_budget.inc()
             for slot, output in outputs.items():

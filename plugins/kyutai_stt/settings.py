@@ -28,6 +28,10 @@ class EngineSettings(EngineSettingsBase):
     # step waits (at most one frame period) until every live stream has its frame: one step per
     # 80 ms for all of them. Lower trades compute for latency; a backlog is stepped at once.
     batch_wait_ms: float = Field(default=80.0, ge=0.0, le=200.0)
+    # ...but only under load: while one step per live stream per frame period would keep the model
+    # thread busy less than this share of real time, each frame is stepped as soon as it is whole.
+    # 0: always wait (the most streams per step, whatever the latency).
+    batch_wait_above_load: float = Field(default=0.5, ge=0.0, le=10.0)
     warmup_steps: int = Field(default=2, ge=0)
     # A client whose unsent messages pile up past this is too slow (or does not read): its stream
     # is ended (1008) rather than buffered. One Step per 80 ms of audio: 2000 is 160 s of audio.

@@ -272,6 +272,60 @@ async def test_a_silent_or_unread_client_does_not_block_a_neighbour(stt_server: 
         assert loop.time() - started < frames * 0.08 + 1.5
 
 
+async def two_kiosks_out_of_phase(server: SttServer, frames: int = 12) -> float:
+    """Two members talk at once, their frames 40 ms apart: the model steps this took."""
+    url = f"{server_url(server)}/api/asr-streaming"
+
+    async def member(offset_s: float, seed: int) -> None:
+        async with websockets.connect(url) as ws:
+            await ws.recv()
+            await asyncio.sleep(offset_s)
+            audio = speech(frames * 0.08, seed=seed)
+            steps = 0
+
+            async def read_steps() -> None:
+                nonlocal steps
+                async for raw in ws:
+                    if msgpack.unpackb(raw)["type"] == "Step":
+                        steps += 1
+                        if steps == frames:
+                            return
+
+            reader = asyncio.create_task(read_steps())
+            started = asyncio.get_running_loop().time()
+            for i in range(frames):
+                await ws.send(pack({"type": "Audio", "pcm": audio[i * FRAME : (i + 1) * FRAME].tolist()}))
+                await asyncio.sleep(max(0.0, started + (i + 1) * 0.08 - asyncio.get_running_loop().time()))
+            await asyncio.wait_for(reader, timeout=5.0)
+
+    def stepped() -> float:
+        return server.metrics.registry.get_sample_value("kyutai_stt_step_seconds_count") or 0.0
+
+    before = stepped()
+    await asyncio.gather(member(0.0, 5), member(0.04, 6))
+    return stepped() - before
+
+
+async def test_a_quiet_engine_steps_each_members_frame_at_once_and_a_busy_one_batches_them(
+    tiny_stt_dir: Path,
+) -> None:
+    """Two kiosks talk at once, out of phase. On a quiet engine neither member's frame waits for
+    the other's (a step each: their words and end of turn are not held up by up to a frame); on an
+    engine where one step per stream would be load, the frames share one step per frame period."""
+    quiet = await start_server(tiny_stt_dir, max_streams=2)
+    try:
+        quiet_steps = await two_kiosks_out_of_phase(quiet)
+    finally:
+        await quiet.stop()
+    busy = await start_server(tiny_stt_dir, max_streams=2, batch_wait_above_load=0.0)
+    try:
+        busy_steps = await two_kiosks_out_of_phase(busy)
+    finally:
+        await busy.stop()
+    assert quiet_steps >= 1.6 * 12, f"{quiet_steps} steps for 2 x 12 frames: the quiet engine waited to batch"
+    assert busy_steps <= 1.4 * 12, f"{busy_steps} steps for 2 x 12 frames: the busy engine did not batch"
+
+
 async def test_the_checkpoints_silence_prefix_is_fed_by_the_server(tmp_path: Path) -> None:
     """A checkpoint asking for a silence prefix: the server feeds it to each new stream, so a
     client sends only its audio and gets the words of the reference loop run on prefix + audio,
