@@ -50,12 +50,34 @@ KIOSK_LEFT_ON_PURPOSE = frozenset(
 )
 
 
+class RoutineEndOfTurnNotice(logging.Filter):
+    """livekit-agents warns whenever the STT ends a turn while silero still hears speech. Here that
+    is every turn: Kyutai's end-of-speech head ends it before silero's silence hangover does (the
+    point of STT turn detection). As a warning it would bury the real ones; it stays at debug."""
+
+    MESSAGE = "stt end of speech received while vad is still in a speech segment"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.getMessage().startswith(self.MESSAGE):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_routine_notices() -> None:
+    """Once per process."""
+    livekit_logger = logging.getLogger("livekit.agents")
+    if not any(isinstance(f, RoutineEndOfTurnNotice) for f in livekit_logger.filters):
+        livekit_logger.addFilter(RoutineEndOfTurnNotice())
+
+
 def kiosk_present(room: rtc.Room) -> bool:
     return any(p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT for p in room.remote_participants.values())
 
 
 async def entrypoint(ctx: JobContext) -> None:
     log_slow_collections(logger)  # the forkserver froze livekit-agents' imports; what the job makes is not
+    quiet_routine_notices()
     settings = AgentSettings()
     try:
         meta = SessionMetadata.parse(ctx.job.metadata)
