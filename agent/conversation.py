@@ -228,11 +228,13 @@ async def start_conversation(
     *,
     speech: Speech | None = None,
     notify_coach: CoachNotifier = log_only_notifier,
+    llm: lk_llm.LLM | None = None,
 ) -> AgentSession[GymTools]:
-    """Start talking with the member; returns once the conversation is running."""
+    """Start talking with the member; returns once the conversation is running. ``llm``: one
+    built from the same settings at the process's warm-up, else it is built here."""
     config: LLMConfig = resources.settings.llm
     try:
-        llm: lk_llm.LLM | None = build_llm(config)
+        llm = llm or build_llm(config)
     except ValueError as exc:
         # A misconfigured LLM must not cost the member the session: greet, then stay silent.
         logger.error("session %s: no LLM (%s); check JARVIS_LLM__* settings", context.session_id, exc)

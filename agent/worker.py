@@ -9,15 +9,16 @@ import math
 import os
 from typing import Any
 
-from kyutai_common.runtime import log_slow_collections
+from kyutai_common.runtime import freeze_startup_objects, log_slow_collections
 from livekit import rtc
-from livekit.agents import AgentServer, AgentSession, JobContext, JobExecutorType, JobRequest
+from livekit.agents import AgentServer, AgentSession, JobContext, JobExecutorType, JobProcess, JobRequest
 from prometheus_client import Gauge
 
 from agent.context_loader import load_member_context
 from agent.conversation import start_conversation
 from agent.engine_load import EngineWatch
 from agent.heartbeat import CapacityHeartbeat
+from agent.llm import build_llm
 from agent.metrics import ERRORS, SESSIONS_ACTIVE, TURN_METRICS_TOPIC, TurnLatency, kiosk_publisher
 from agent.metrics_files import fold_ended_processes
 from agent.resources import SessionResources
@@ -71,12 +72,39 @@ def quiet_routine_notices() -> None:
         livekit_logger.addFilter(RoutineEndOfTurnNotice())
 
 
+PREWARMED_LLM = "llm"  # JobProcess.userdata key: the session's LLM client, built at warm-up
+
+
+def prewarm(proc: JobProcess) -> None:
+    """An idle job process's warm-up, before any kiosk waits on it: everything a session would
+    otherwise do once on its event loop, where livekit-agents' loop monitor measured it holding
+    the member's audio (Dec 5, 2-core box): the speech plugins' imports (350-430 ms), the LLM
+    client's TLS context (160-330 ms), anyio's backend (230 ms), the hyphenator's tables used by
+    the TTS's word splitting (110-130 ms). Then it all leaves the garbage collector's reach, whose
+    full collections over it held a session's process 70-80 ms."""
+    quiet_routine_notices()
+    log_slow_collections(logger)
+    settings = AgentSettings()
+    if settings.speech.mode != "text":
+        import kyutai_stt  # noqa: F401
+        import kyutai_tts  # noqa: F401
+    import anyio._backends._asyncio  # noqa: F401
+    from livekit.agents.tokenize import basic
+
+    basic.hyphenate_word("entraînement")
+    try:
+        proc.userdata[PREWARMED_LLM] = build_llm(settings.llm)
+    except ValueError:
+        pass  # the session builds it again and says what is wrong in its own log line
+    freeze_startup_objects(logger)
+
+
 def kiosk_present(room: rtc.Room) -> bool:
     return any(p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT for p in room.remote_participants.values())
 
 
 async def entrypoint(ctx: JobContext) -> None:
-    log_slow_collections(logger)  # the forkserver froze livekit-agents' imports; what the job makes is not
+    log_slow_collections(logger)  # the process froze what it loaded (prewarm); what the job makes is not
     quiet_routine_notices()
     settings = AgentSettings()
     try:
@@ -142,7 +170,8 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.room.on("participant_disconnected", on_participant_left)
     gym_voice = context.gym.agent_settings.get("voice")
     speech = build_speech(settings.speech, context.gym.id, gym_voice if isinstance(gym_voice, str) else None)
-    session = await start_conversation(ctx, context, resources, speech=speech)
+    session = await start_conversation(ctx, context, resources, speech=speech,
+                                       llm=ctx.proc.userdata.pop(PREWARMED_LLM, None))
     watch_session(session, resources, meta.session_id, ctx.room)
     await ctx.room.local_participant.set_attributes(
         {ATTR_SESSION_ID: meta.session_id, ATTR_GYM_ID: meta.gym_id, ATTR_MEMBER_ID: meta.member_id, ATTR_READY: "1"}
@@ -227,6 +256,7 @@ def build_server(settings: AgentSettings | None = None) -> AgentServer:
         # threshold made an idle worker report itself full while it started a job.
         load_threshold=math.inf,
         load_fnc=worker_load,
+        setup_fnc=prewarm,
         prometheus_port=settings.prometheus_port or None,
         port=0,
     )

@@ -17,11 +17,18 @@ from typing import Any
 # Collections longer than this get a log line: a stream's frame is 80 ms.
 SLOW_COLLECTION_S = 0.05
 _slow_collections_logged = False
+_startup_frozen = False
 
 
 def freeze_startup_objects(logger: logging.Logger) -> None:
     """Moves every object alive after loading and warm-up out of the collector's reach, so that
-    a full collection scans only what streams have created since. Call once, after warm-up."""
+    a full collection scans only what streams have created since. Call after warm-up; once per
+    process (later calls do nothing: in a process that already serves, the full collection
+    before the freeze would be the very pause this avoids)."""
+    global _startup_frozen
+    if _startup_frozen:
+        return
+    _startup_frozen = True
     gc.collect()
     gc.freeze()
     logger.info("froze %d startup objects out of the garbage collector", gc.get_freeze_count())
