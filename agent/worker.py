@@ -79,15 +79,18 @@ def prewarm(proc: JobProcess) -> None:
     """An idle job process's warm-up, before any kiosk waits on it: everything a session would
     otherwise do once on its event loop, where livekit-agents' loop monitor measured it holding
     the member's audio (Dec 5, 2-core box): the speech plugins' imports (350-430 ms), the LLM
-    client's TLS context (160-330 ms), anyio's backend (230 ms), the hyphenator's tables used by
+    client's and the engine health reads' TLS contexts (160-330 ms each), anyio's backend (230 ms),
+    the hyphenator's tables used by
     the TTS's word splitting (110-130 ms). Then it all leaves the garbage collector's reach, whose
     full collections over it held a session's process 70-80 ms."""
     quiet_routine_notices()
-    log_slow_collections(logger)
     settings = AgentSettings()
     if settings.speech.mode != "text":
-        import kyutai_stt  # noqa: F401
-        import kyutai_tts  # noqa: F401
+        import kyutai_stt.stt  # noqa: F401  (the packages load their plugins lazily)
+        import kyutai_tts.tts  # noqa: F401
+        from kyutai_common.client import health_tls
+
+        health_tls()  # the replicas' health reads share one TLS context, built here
     import anyio._backends._asyncio  # noqa: F401
     from livekit.agents.tokenize import basic
 
@@ -97,6 +100,7 @@ def prewarm(proc: JobProcess) -> None:
     except ValueError:
         pass  # the session builds it again and says what is wrong in its own log line
     freeze_startup_objects(logger)
+    log_slow_collections(logger)  # from here on: the freeze's own full collection is no news
 
 
 def kiosk_present(room: rtc.Room) -> bool:

@@ -23,8 +23,9 @@ prewarm(proc)
 prewarm(proc)  # a second call (a thread executor's next job) neither collects nor freezes again
 llm = proc.userdata.get(PREWARMED_LLM)
 print(json.dumps({
-    "imported": sorted(m for m in ("kyutai_stt", "kyutai_tts", "anyio._backends._asyncio") if m in sys.modules),
-    "loaded_by_prewarm": "kyutai_stt" not in before,
+    "imported": sorted(m for m in ("kyutai_stt.stt", "kyutai_tts.tts", "anyio._backends._asyncio") if m in sys.modules),
+    "loaded_by_prewarm": "kyutai_stt.stt" not in before,
+    "health_tls": __import__("kyutai_common.client").client.health_tls.cache_info().currsize,
     "llm": type(llm).__module__ + "." + type(llm).__name__ if llm else None,
     "frozen": gc.get_freeze_count(),
     "torch": "torch" in sys.modules,
@@ -45,11 +46,12 @@ def test_an_idle_job_process_is_ready_for_a_member_before_the_kiosk_joins() -> N
         JARVIS_LLM__PRIMARY__PROVIDER="vllm", JARVIS_LLM__PRIMARY__MODEL="jarvis-fr",
         JARVIS_LLM__PRIMARY__BASE_URL="http://127.0.0.1:9/v1",
     )
-    assert ready["imported"] == ["anyio._backends._asyncio", "kyutai_stt", "kyutai_tts"]
-    assert ready["loaded_by_prewarm"] is True
+    assert ready["imported"] == ["anyio._backends._asyncio", "kyutai_stt.stt", "kyutai_tts.tts"]
+    assert ready["loaded_by_prewarm"] is True and ready["health_tls"] == 1
     assert ready["llm"] == "livekit.plugins.openai.llm.LLM"
     assert isinstance(ready["frozen"], int) and ready["frozen"] > 10_000
     assert log.count("startup objects out of the garbage collector") == 1, log
+    assert "garbage collection of generation" not in log, log  # the freeze's own collection is not reported
     assert ready["torch"] is False  # the engines hold the models; a session's process never loads torch
 
 

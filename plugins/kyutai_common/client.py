@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 
 @functools.cache
-def _health_tls() -> ssl.SSLContext:
+def health_tls() -> ssl.SSLContext:
     """One TLS context for every health read: httpx builds a new one (loading the CA bundle) per
     client otherwise, 0.3-0.5 s of CPU on a loaded host, inside the failover's 500 ms."""
     return httpx.create_ssl_context()
@@ -181,7 +181,7 @@ class ReplicaPool:
             u for u in self.urls if refresh or u not in self._health or now - self._health[u].checked_at > HEALTH_TTL_S
         ]
         if stale:
-            async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S, verify=_health_tls()) as client:
+            async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S, verify=health_tls()) as client:
                 fresh = await asyncio.gather(*(self._read_health(client, u) for u in stale))
             self._health.update(zip(stale, fresh, strict=True))
         usable = [u for u in self.urls if self._health[u].free > 0]
