@@ -38,6 +38,7 @@ API::
         # {"turns", "answered", "late_turns", "lost_turns", "junk_answers", "v2v_ms_p50",
         #  "v2v_ms_p95", "overhead_ms_p50", "overhead_ms_p95", "member_final_ms_p50"}
     percentile(values, pct) -> float | None  # nearest rank; None when empty
+    ratio_interval(reference, measured, pct) -> (low, high) | None  # bootstrap, 90 %
     next_starts(starts) -> list[float | None] # each utterance's next start, from the starts in order
     match_agent_turn(voice_end, first_audio, agent_turns) -> dict | None
         # the agent's turn record (jarvis.turn_metrics) whose audio the kiosk heard first
@@ -46,6 +47,7 @@ API::
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +98,25 @@ def percentile(values: Iterable[float], pct: float) -> float | None:
         return None
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return round(ordered[min(rank, len(ordered)) - 1], 1)
+
+
+def ratio_interval(
+    reference: Sequence[float], measured: Sequence[float], pct: float, *, level: float = 0.9, draws: int = 2000,
+) -> tuple[float, float] | None:
+    """Bootstrap interval of ``percentile(measured, pct) / percentile(reference, pct)``: each draw
+    resamples both sets of turns with replacement. With 20 or 40 turns a p95 is one of the slowest
+    two, so one run's ratio is a draw from this spread, not the ratio itself. Seeded: the same
+    turns give the same interval. ``None`` when either set is empty."""
+    if not reference or not measured:
+        return None
+    rng = random.Random(0)
+    ratios = sorted(
+        (percentile(rng.choices(measured, k=len(measured)), pct) or 0.0)
+        / (percentile(rng.choices(reference, k=len(reference)), pct) or 1.0)
+        for _ in range(draws)
+    )
+    tail = (1 - level) / 2
+    return round(ratios[int(tail * draws)], 2), round(ratios[min(draws - 1, int((1 - tail) * draws))], 2)
 
 
 def next_starts(starts: Sequence[float]) -> list[float | None]:

@@ -213,6 +213,7 @@ def turn_figures(records: list[dict[str, Any]], never_spoken: int) -> tuple[dict
     """The level's turn keys (``bench.turns``) and each stage's per-turn values over answered turns."""
     kiosks: list[tuple[list[Utterance], list[float]]] = []
     stages: dict[str, list[float]] = {name: [] for name in (*AGENT_STAGES, "member_final", "transport")}
+    v2v: list[float] = []
     for rec in records:
         if not rec["ready"]:
             continue
@@ -228,8 +229,11 @@ def turn_figures(records: list[dict[str, Any]], never_spoken: int) -> tuple[dict
             )
             utterances.append(utt)
             # Stage medians over the same answered turns as v2v, nothing else.
-            if not outcome(utt).answered:
+            fate = outcome(utt)
+            if not fate.answered:
                 continue
+            if fate.v2v_ms is not None:
+                v2v.append(round(fate.v2v_ms, 1))
             for name, key in AGENT_STAGES.items():
                 if agent.get(key) is not None:
                     stages[name].append(agent[key])
@@ -242,6 +246,7 @@ def turn_figures(records: list[dict[str, Any]], never_spoken: int) -> tuple[dict
     figures["overlapped_turns"] = sum(u["overlapped"] for r in records for u in r["utterances"])
     figures["junk_transcripts"] = sum(r["junk_transcripts"] for r in records)
     figures["agent_turns"] = sum(len(r["agent_turns"]) for r in records)
+    figures["v2v_ms"] = v2v  # every answered turn's, kiosk by kiosk: what an interval is drawn from
     return figures, stages
 
 

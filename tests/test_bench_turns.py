@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench.turns import Utterance, match_agent_turn, next_starts, outcome, percentile, summarize, summarize_kiosks
+from bench.turns import (
+    Utterance,
+    match_agent_turn,
+    next_starts,
+    outcome,
+    percentile,
+    ratio_interval,
+    summarize,
+    summarize_kiosks,
+)
 
 
 def test_overhead_is_computed_per_turn() -> None:
@@ -137,3 +146,17 @@ def test_per_session_cost_is_the_slope_not_total_over_n() -> None:
     assert [r["cpu_pct_per_session"] for r in rows] == [15.0, 15.0]
     assert [r["rss_mb_per_session"] for r in rows] == [100.0, 100.0]
     assert [r["uss_mb_per_session"] for r in rows] == [40.0, 40.0]
+
+
+def test_a_p95_ratio_from_twenty_turns_comes_with_its_spread() -> None:
+    """One slow turn in twenty sets a p95: the interval says how far one run's ratio can stray."""
+    half = [500.0] * 19 + [700.0]
+    same = [500.0] * 38 + [700.0] * 2
+    low, high = ratio_interval(half, same, 95) or (0.0, 0.0)
+    assert low < 1.0 < high  # the same sessions, and one run could read 0.71 or 1.4
+    assert ratio_interval(half, same, 95) == (low, high)  # seeded: the same turns, the same interval
+    steady = [500.0] * 19 + [520.0]
+    slower = [650.0] * 38 + [900.0] * 2
+    low, _ = ratio_interval(steady, slower, 95) or (0.0, 0.0)
+    assert low > 1.2  # clearly slower at full load, whichever turns were drawn
+    assert ratio_interval([], slower, 95) is None
