@@ -235,6 +235,27 @@ async def test_health_and_prometheus_metrics(stt_server: SttServer) -> None:
     assert missing.status_code == 404
 
 
+async def talk_in_real_time(ws: websockets.ClientConnection, audio: np.ndarray, frames: int, timeout_s: float) -> None:
+    """Send `frames` frames of `audio` at the pace of speech and wait for the model's Step on each."""
+    steps = 0
+
+    async def read_steps() -> None:
+        nonlocal steps
+        async for raw in ws:
+            if msgpack.unpackb(raw)["type"] == "Step":
+                steps += 1
+                if steps == frames:
+                    return
+
+    reader = asyncio.create_task(read_steps())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(frames):
+        await ws.send(pack({"type": "Audio", "pcm": audio[i * FRAME : (i + 1) * FRAME].tolist()}))
+        await asyncio.sleep(max(0.0, started + (i + 1) * 0.08 - loop.time()))
+    await asyncio.wait_for(reader, timeout=timeout_s)
+
+
 async def test_a_silent_or_unread_client_does_not_block_a_neighbour(stt_server: SttServer) -> None:
     """One kiosk connects and sends nothing, another floods audio and never reads its answers:
     the third, streaming in real time, gets a Step for every frame it sends, in time."""
@@ -252,22 +273,7 @@ async def test_a_silent_or_unread_client_does_not_block_a_neighbour(stt_server: 
         loop = asyncio.get_running_loop()
         started = loop.time()
         frames = 12
-        audio = speech(frames * 0.08, seed=4)
-        steps = 0
-
-        async def read_steps() -> None:
-            nonlocal steps
-            async for raw in member:
-                if msgpack.unpackb(raw)["type"] == "Step":
-                    steps += 1
-                    if steps == frames:
-                        return
-
-        reader = asyncio.create_task(read_steps())
-        for i in range(frames):
-            await member.send(pack({"type": "Audio", "pcm": audio[i * FRAME : (i + 1) * FRAME].tolist()}))
-            await asyncio.sleep(0.08)
-        await asyncio.wait_for(reader, timeout=3.0)
+        await talk_in_real_time(member, speech(frames * 0.08, seed=4), frames, timeout_s=3.0)
         # Real time plus at most one frame of batching wait and model time per frame.
         assert loop.time() - started < frames * 0.08 + 1.5
 
@@ -280,23 +286,7 @@ async def two_kiosks_out_of_phase(server: SttServer, frames: int = 12) -> float:
         async with websockets.connect(url) as ws:
             await ws.recv()
             await asyncio.sleep(offset_s)
-            audio = speech(frames * 0.08, seed=seed)
-            steps = 0
-
-            async def read_steps() -> None:
-                nonlocal steps
-                async for raw in ws:
-                    if msgpack.unpackb(raw)["type"] == "Step":
-                        steps += 1
-                        if steps == frames:
-                            return
-
-            reader = asyncio.create_task(read_steps())
-            started = asyncio.get_running_loop().time()
-            for i in range(frames):
-                await ws.send(pack({"type": "Audio", "pcm": audio[i * FRAME : (i + 1) * FRAME].tolist()}))
-                await asyncio.sleep(max(0.0, started + (i + 1) * 0.08 - asyncio.get_running_loop().time()))
-            await asyncio.wait_for(reader, timeout=5.0)
+            await talk_in_real_time(ws, speech(frames * 0.08, seed=seed), frames, timeout_s=5.0)
 
     def stepped() -> float:
         return server.metrics.registry.get_sample_value("kyutai_stt_step_seconds_count") or 0.0
