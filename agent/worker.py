@@ -80,9 +80,8 @@ def prewarm(proc: JobProcess) -> None:
     otherwise do once on its event loop, where livekit-agents' loop monitor measured it holding
     the member's audio (Dec 5, 2-core box): the speech plugins' imports (350-430 ms), the LLM
     client's and the engine health reads' TLS contexts (160-330 ms each), anyio's backend (230 ms),
-    the hyphenator's tables used by
-    the TTS's word splitting (110-130 ms). Then it all leaves the garbage collector's reach, whose
-    full collections over it held a session's process 70-80 ms."""
+    the hyphenator's tables used by the TTS's word splitting (110-130 ms). Then it all leaves the
+    garbage collector's reach, whose full collections over it held a session's process 70-80 ms."""
     quiet_routine_notices()
     settings = AgentSettings()
     if settings.speech.mode != "text":
