@@ -107,8 +107,6 @@ def kiosk_present(room: rtc.Room) -> bool:
 
 
 async def entrypoint(ctx: JobContext) -> None:
-    log_slow_collections(logger)  # the process froze what it loaded (prewarm); what the job makes is not
-    quiet_routine_notices()
     settings = AgentSettings()
     try:
         meta = SessionMetadata.parse(ctx.job.metadata)

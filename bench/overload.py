@@ -185,9 +185,12 @@ def run(args: argparse.Namespace) -> None:
             answer_timeout_s=10.0, join_timeout_s=120.0, records_path=args.records,
         )
         results = asyncio.run(measure(bench, args.capacity, args.turns, args.ramp, args.ramp_every))
-    half, over = results[0]["v2v_ms_p95"], results[-1]["v2v_ms_p95"]
-    ratio = None if not half or over is None else round(over / half, 2)
-    half_p50, over_p50 = results[0]["v2v_ms_p50"], results[-1]["v2v_ms_p50"]
+
+    def full_to_half(key: str) -> float | None:
+        half, over = results[0][key], results[-1][key]
+        return None if not half or over is None else round(over / half, 2)
+
+    ratio = full_to_half("v2v_ms_p95")
     refusal_max = results[-1]["refusal_ms_max"]
     promise = {
         "refusals_under_50ms": refusal_max is not None and refusal_max < 50,
@@ -198,7 +201,7 @@ def run(args: argparse.Namespace) -> None:
     emit("overload", weights=models.weights, quick=args.quick, results=results, capacity=args.capacity,
          turns_per_session=args.turns, v2v_p95_ratio=ratio,
          v2v_p95_ratio_ci90=ratio_interval(results[0]["v2v_ms"], results[-1]["v2v_ms"], 95),
-         v2v_p50_ratio=None if not half_p50 or over_p50 is None else round(over_p50 / half_p50, 2),
+         v2v_p50_ratio=full_to_half("v2v_ms_p50"),
          promise=promise, token_service_nice=token_nice,
          loadavg_1m_before=round(load_before, 2), loadavg_1m_after=round(os.getloadavg()[0], 2),
          cpus=os.cpu_count(), notes=[llm_banner] if llm_env else [])
