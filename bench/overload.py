@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> None:
             stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
             engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sentences=sentences,
             answer_timeout_s=10.0, join_timeout_s=120.0, records_path=args.records,
+            kiosks_per_process=args.kiosks_per_process,
         )
         results = asyncio.run(measure(bench, args.capacity, args.turns, args.ramp, args.ramp_every))
 
@@ -199,7 +200,7 @@ def run(args: argparse.Namespace) -> None:
         "all_ramp_refused": results[-1]["refused"] == results[-1]["offered"] - args.capacity > 0,
     }
     emit("overload", weights=models.weights, quick=args.quick, results=results, capacity=args.capacity,
-         turns_per_session=args.turns, v2v_p95_ratio=ratio,
+         turns_per_session=args.turns, kiosks_per_process=args.kiosks_per_process, v2v_p95_ratio=ratio,
          v2v_p95_ratio_ci90=ratio_interval(results[0]["v2v_ms"], results[-1]["v2v_ms"], 95),
          v2v_p50_ratio=full_to_half("v2v_ms_p50"),
          promise=promise, token_service_nice=token_nice,
@@ -217,6 +218,9 @@ def main() -> None:
     parser.add_argument("--ramp-every", type=float, default=0.5, help="seconds between them")
     parser.add_argument("--records", type=Path, default=None, metavar="FILE",
                         help="append each level's raw kiosk records to FILE, one JSON line per level")
+    parser.add_argument("--kiosks-per-process", type=int, default=1, metavar="N",
+                        help="simulated kiosks sharing one process (default 1: each kiosk is a device of its own,"
+                             " and the half and full levels time their turns alike)")
     parser.add_argument("--token-nice", type=int, default=-10,
                         help="the token service's nice value (root lowers it): on its own host in production, it"
                              " does not queue behind the engines; 0 leaves it as it starts")

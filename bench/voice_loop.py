@@ -121,7 +121,8 @@ SENTENCES = (
     "Combien de séries je dois faire pour les pectoraux ?",
     "Est-ce que le cours de yoga a lieu ce soir ?",
 )
-# Each kiosk process runs this many kiosks at most: few enough that its own loop stays prompt.
+# Each kiosk process runs this many kiosks at most (``--kiosks-per-process``): few enough that its
+# own loop stays prompt, few processes enough that 20 kiosks fit beside the stack on 2 cores.
 KIOSKS_PER_PROCESS = 2
 # What an idle job process may use (percent of a core) while the worker counts as quiet.
 IDLE_PROCESS_CPU_PCT = 1.5
@@ -286,13 +287,13 @@ class KioskPool:
     """Kiosk processes (spawned: no copy of this process's state), driven step by step."""
 
     def __init__(self, specs: list[VisitSpec], sentences: list[tuple[str, np.ndarray]], turns: int,
-                 soak_until: float | None = None) -> None:
+                 soak_until: float | None = None, per_process: int = KIOSKS_PER_PROCESS) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
-        for i in range(0, len(specs), KIOSKS_PER_PROCESS):
+        for i in range(0, len(specs), per_process):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=kiosk_process, args=(child, specs[i:i + KIOSKS_PER_PROCESS], sentences,
+            proc = ctx.Process(target=kiosk_process, args=(child, specs[i:i + per_process], sentences,
                                                            turns, soak_until), daemon=True)
             proc.start()
             child.close()  # so a dead kiosk process reads as EOF here, not as a hang
@@ -340,6 +341,7 @@ class Bench:
     metrics_url: str | None = None
     # Each level's raw kiosk records, one JSON line per level: what a slow turn's post-mortem reads.
     records_path: Path | None = None
+    kiosks_per_process: int = KIOSKS_PER_PROCESS
     next_badge: int = 0
 
     def specs(self, n: int) -> list[VisitSpec]:
@@ -395,7 +397,7 @@ class Bench:
         progress(f"level: {sessions} concurrent session(s), {turns} turn(s) each")
         level_began = time.time()
         before_level = await asyncio.to_thread(sample_tree, self.worker_pid)
-        pool = KioskPool(self.specs(sessions), self.sentences, turns)
+        pool = KioskPool(self.specs(sessions), self.sentences, turns, per_process=self.kiosks_per_process)
         opened = await pool.step(None, "opened")
         for r in opened:
             if r["error"]:
@@ -456,7 +458,8 @@ class Bench:
         timeline: list[dict[str, float]] = []
         _, tree0, eng0 = await self.snapshot()
         tasks_before = await self.worker_tasks()
-        pool = KioskPool(self.specs(sessions), self.sentences, turns, soak_until=time.time() + 60 * minutes)
+        pool = KioskPool(self.specs(sessions), self.sentences, turns, soak_until=time.time() + 60 * minutes,
+                         per_process=self.kiosks_per_process)
         await pool.step(None, "opened")
 
         async def sampler() -> None:
@@ -594,6 +597,7 @@ def run(args: argparse.Namespace) -> None:
             engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sentences=sentences,
             answer_timeout_s=args.answer_timeout, join_timeout_s=args.join_timeout, profile_dir=args.profile,
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", records_path=args.records,
+            kiosks_per_process=args.kiosks_per_process,
         )
         results, top = asyncio.run(measure(bench, levels, args.turns, args.soak, args.soak_sessions))
         if not any(r["agent_turns"] for r in results):
@@ -605,7 +609,7 @@ def run(args: argparse.Namespace) -> None:
         if llm_env:
             notes.append(llm_banner)
     emit("voice_loop", weights=models.weights, quick=args.quick, results=results, **top,
-         turns_per_session=args.turns, kiosks_per_process=KIOSKS_PER_PROCESS, llm=llm, soak_minutes=args.soak,
+         turns_per_session=args.turns, kiosks_per_process=args.kiosks_per_process, llm=llm, soak_minutes=args.soak,
          notes=notes)
 
 
@@ -622,6 +626,8 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=None, metavar="MINUTES",
                         help="soak instead of levels: --soak-sessions kiosks for MINUTES (not in CI)")
     parser.add_argument("--soak-sessions", type=int, default=20)
+    parser.add_argument("--kiosks-per-process", type=int, default=KIOSKS_PER_PROCESS, metavar="N",
+                        help=f"simulated kiosks sharing one process and its event loop (default {KIOSKS_PER_PROCESS})")
     parser.add_argument("--records", type=Path, default=None, metavar="FILE",
                         help="append each level's raw kiosk records (every turn's times, the agent's turn records)"
                              " to FILE, one JSON line per level")

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,16 +31,34 @@ from jarvis_local.speech_models import SpeechModels
 REPO = Path(__file__).resolve().parent.parent
 LIVEKIT_BINARY = REPO / ".tools" / "livekit-server"
 LIVEKIT_YAML = REPO / "livekit.yaml"
+LIVEKIT_START_ATTEMPTS = 3
 
 
 class StackError(RuntimeError):
     """A local service could not be started."""
 
 
+# Ports are drawn below Linux's ephemeral range (32768-60999): a port the kernel hands out for
+# bind(0) is also the kernel's pick for the next outgoing connection, and on a busy CI machine one
+# of those took a LiveKit node's port between our probe and its bind (the node exits 0 on it).
+PORT_RANGE = range(20000, 32768)
+_handed_out: set[tuple[int, int]] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, on any address, and not handed out before by this process."""
+    for _ in range(200):
+        port = secrets.choice(PORT_RANGE)
+        if (kind, port) in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _handed_out.add((kind, port))
+        return port
+    raise StackError(f"no free port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
 
 
 def wait_for(check: object, what: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
@@ -274,11 +292,28 @@ class LocalStack:
             with urllib.request.urlopen(f"http://{host}:{port}/", timeout=1) as r:
                 return bool(r.status == 200)
 
-        wait_for(healthy, f"LiveKit server (log: {self.workdir / (name + '.log')})", 30, proc)
+        try:
+            wait_for(healthy, f"LiveKit server {name}", 30, proc)
+        except StackError as exc:
+            raise StackError(f"{exc}; the end of {self.workdir / (name + '.log')}:\n{self.log_tail(name, 10)}") from exc
         return proc
 
+    def _start_livekit(self, name: str, config_for_attempt: Callable[[], dict[str, object]]) -> subprocess.Popen[bytes]:
+        """Start a node as systemd's ``Restart=always`` would, each time on fresh RTC ports: a node
+        whose port was taken meanwhile (or whose killed predecessor still holds it) prints the
+        bind error and exits with code 0 at once."""
+        for attempt in range(1, LIVEKIT_START_ATTEMPTS + 1):
+            try:
+                return self._run_livekit(name, config_for_attempt())
+            except StackError as exc:
+                if "address already in use" not in str(exc) or attempt == LIVEKIT_START_ATTEMPTS:
+                    raise
+                print(f"local stack: {name} lost a port (attempt {attempt}), starting it again", file=sys.stderr)
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
+
     def start_livekit(self) -> None:
-        self._run_livekit("livekit", self.livekit_config())
+        self._start_livekit("livekit", self.livekit_config)
 
     def start_livekit_node(
         self, name: str, host: str, redis_db: int, overrides: dict[str, object] | None = None
@@ -286,12 +321,13 @@ class LocalStack:
         """One more LiveKit node on ``host`` (127.0.0.x), in the cluster of every node on this stack's
         Redis database ``redis_db``; ``overrides`` replace top-level keys of its configuration.
         ``stop_livekit_node`` takes it down."""
-        node = LiveKitNode(name=name, host=host, port=free_port(), prometheus_port=free_port())
-        config = {
-            **self.livekit_config(host, node.port, redis_db, node.prometheus_port),
-            **(overrides or {}),
-        }
-        node.proc = self._run_livekit(name, config)
+        node = LiveKitNode(name=name, host=host, port=0, prometheus_port=0)
+
+        def config() -> dict[str, object]:
+            node.port, node.prometheus_port = free_port(), free_port()
+            return {**self.livekit_config(host, node.port, redis_db, node.prometheus_port), **(overrides or {})}
+
+        node.proc = self._start_livekit(name, config)
         self.livekit_nodes[name] = node
         return node
 

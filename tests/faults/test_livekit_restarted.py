@@ -17,26 +17,12 @@ import pytest
 from livekit import rtc
 
 from jarvis_local.kiosk_sim import SessionRefused, poll
-from jarvis_local.stack import LocalStack, StackError
 from tests.faults.conftest import Jarvis, Visit, ended, process, rows, visit
 
 pytestmark = pytest.mark.integration
 
 # Measured 26 s on a loaded 2-core machine: the worker's reconnect backoff, then a new dispatch.
 NEW_SESSION_WITHIN_S = 90.0
-
-
-def start_livekit_as_systemd_does(stack: LocalStack, attempts: int = 3) -> None:
-    """Start LiveKit again on its port, as ``Restart=always`` does: once in a while the new process
-    exits at once (code 0) while the killed one's sockets are released; the next start holds."""
-    for attempt in range(attempts):
-        try:
-            stack.start_livekit()
-            return
-        except StackError:
-            print(f"LiveKit start {attempt + 1} failed:\n{stack.log_tail('livekit', 15)}")
-            time.sleep(1.0)
-    raise StackError(f"LiveKit did not start again in {attempts} attempts")
 
 
 async def test_livekit_restarted_mid_session(llms: Jarvis) -> None:
@@ -50,7 +36,7 @@ async def test_livekit_restarted_mid_session(llms: Jarvis) -> None:
         livekit.send_signal(signal.SIGKILL)
         await asyncio.to_thread(livekit.wait, 10)
         restarted_at = time.perf_counter()
-        await asyncio.to_thread(start_livekit_as_systemd_does, stack)
+        await asyncio.to_thread(stack.start_livekit)  # on its port, retried as systemd does
 
         # The member's room died with the process: that conversation is over.
         with pytest.raises(AssertionError, match="timed out"):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import wave
 from collections.abc import AsyncIterator
@@ -43,11 +42,6 @@ def tiny_stt_no_heads_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same kind of checkpoint without end-of-speech heads (like kyutai/stt-1b-en_fr)."""
     return write_tiny_stt(tmp_path_factory.mktemp("tiny-stt-no-heads"), extra_heads=False).parent
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def start_server(checkpoint_dir: Path, max_streams: int = MAX_STREAMS, **overrides: Any) -> SttServer:

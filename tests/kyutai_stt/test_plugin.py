@@ -18,8 +18,10 @@ from livekit import rtc
 from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError, APITimeoutError
 from livekit.agents.stt import SpeechEvent, SpeechEventType
 
+from jarvis_local.stack import free_port
+
 from ..kyutai_common.engine_process import engine_process
-from .conftest import espeak_french, free_port, server_url, speech, start_server
+from .conftest import espeak_french, server_url, speech, start_server
 from .test_server import wait_for_streams
 
 FAST_FAIL = APIConnectOptions(max_retry=0, retry_interval=0.1, timeout=3.0)

@@ -23,6 +23,8 @@ from kyutai_tts.engine import TTSEngine, load_voice_file
 from kyutai_tts.server import TTSService, build_service, create_app
 from kyutai_tts.settings import EngineSettings
 
+from jarvis_local.stack import free_port
+
 torch.set_num_threads(1)
 
 FRENCH_ANSWER = "Bonjour Julie, le cours de yoga est à dix-huit heures, je te réserve une place ?"
@@ -118,13 +120,6 @@ def reference_generate(
         ]
     return codes, np.concatenate(pcm), result.all_transcripts[0]
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 API_KEY = "gym-secret"

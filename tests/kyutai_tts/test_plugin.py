@@ -15,7 +15,9 @@ from kyutai_tts.settings import PluginSettings
 from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError, APITimeoutError
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 
-from .conftest import API_KEY, FRENCH_ANSWER, free_port, reference_generate, until, wait_idle
+from jarvis_local.stack import free_port
+
+from .conftest import API_KEY, FRENCH_ANSWER, reference_generate, until, wait_idle
 
 NO_RETRY = APIConnectOptions(max_retry=0, timeout=2.0)
 # An LLM's deltas cut words anywhere.

@@ -147,6 +147,10 @@ async def test_kill_switch_during_a_burst_sends_every_new_session_back_within_a_
     async def burst(http: httpx.AsyncClient, base: str) -> None:
         while not stop.is_set():
             answers.append(await ask(http, base, gym, gym.badge_id))
+            # Once the kill switch is cached, the in-process instance answers without any real I/O:
+            # its loops never gave the event loop back, the process instance's connections sat
+            # idle past uvicorn's 5 s keep-alive and one request met a closed connection.
+            await asyncio.sleep(0)
 
     async with httpx.AsyncClient(timeout=30) as http:
         loops = [asyncio.create_task(burst(http, url)) for _ in range(2)]
