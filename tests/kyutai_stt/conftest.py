@@ -43,7 +43,6 @@ def tiny_stt_no_heads_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_stt(tmp_path_factory.mktemp("tiny-stt-no-heads"), extra_heads=False).parent
 
 
-
 async def start_server(checkpoint_dir: Path, max_streams: int = MAX_STREAMS, **overrides: Any) -> SttServer:
     settings = EngineSettings(
         checkpoint=str(checkpoint_dir),

@@ -121,7 +121,6 @@ def reference_generate(
     return codes, np.concatenate(pcm), result.all_transcripts[0]
 
 
-
 API_KEY = "gym-secret"
 
 
