@@ -286,8 +286,8 @@ def add_cost_fit(idle: dict[str, float], rows: list[dict[str, Any]]) -> dict[str
 class KioskPool:
     """Kiosk processes (spawned: no copy of this process's state), driven step by step."""
 
-    def __init__(self, specs: list[VisitSpec], sentences: list[tuple[str, np.ndarray]], turns: int,
-                 soak_until: float | None = None, per_process: int = KIOSKS_PER_PROCESS) -> None:
+    def __init__(self, specs: list[VisitSpec], sentences: list[tuple[str, np.ndarray]], turns: int, *,
+                 per_process: int, soak_until: float | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conns: list[Connection] = []
         self.procs: list[Any] = []

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from jarvis_local.stack import PORT_RANGE, LocalStack, free_port
 
 
 def test_free_ports_are_outside_the_kernels_ephemeral_range_and_never_handed_out_twice() -> None:
-    low, high = (int(n) for n in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     ports = [free_port() for _ in range(300)] + [free_port(socket.SOCK_DGRAM) for _ in range(300)]
     tcp, udp = ports[:300], ports[300:]
     assert len(set(tcp)) == len(tcp) and len(set(udp)) == len(udp)
