@@ -26,7 +26,9 @@ One turn record (:func:`TurnLatency.turns`, the ``jarvis.turn_metrics`` data pac
 member's turn, ``playout_at`` when the answer's first audio frame went out to the room,
 ``user_stopped_at`` when the agent heard the member stop (``playout_at - agent_v2v_ms``). A
 bench matches a turn to the kiosk's utterance with them (same host: same clock). Any stage
-LiveKit did not report is ``null``.
+LiveKit did not report is ``null``. The data packet also carries ``member_audio_jitter``: the
+jitter buffer the member's audio has waited in so far (``jarvis.audio_stats.JitterBuffer``), a
+part of the voice-to-voice time none of the stages above sees.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from livekit import rtc
 from livekit.agents import metrics as lk_metrics
 from livekit.agents.llm import ChatMessage
 from prometheus_client import Counter, Gauge, Histogram
+
+from jarvis.audio_stats import room_audio_jitter
 
 # 50 ms resolution up to 1 s, where the turn budget is decided; coarser beyond.
 _BUCKETS = (*(round(0.05 * i, 2) for i in range(1, 21)), 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -74,9 +78,12 @@ _STAGE_LABELS = {
 logger = logging.getLogger("jarvis.agent.metrics")
 
 
-def kiosk_publisher(room: rtc.Room | None, topic: str, session_id: str) -> Callable[[dict[str, Any]], None]:
+def kiosk_publisher(
+    room: rtc.Room | None, topic: str, session_id: str, *, audio_jitter: bool = False
+) -> Callable[[dict[str, Any]], None]:
     """Sends records to the room's kiosk on ``topic``, off the caller's path; a kiosk that left
-    misses a record, nothing more."""
+    misses a record, nothing more. With ``audio_jitter`` each record also carries the jitter
+    buffer the member's audio has waited in so far (``member_audio_jitter``)."""
     sending: set[asyncio.Task[None]] = set()
 
     def publish(record: dict[str, Any]) -> None:
@@ -85,7 +92,10 @@ def kiosk_publisher(room: rtc.Room | None, topic: str, session_id: str) -> Calla
 
         async def send() -> None:
             try:
-                await room.local_participant.publish_data(json.dumps(record), reliable=True, topic=topic)
+                sent = record
+                if audio_jitter:
+                    sent = {**record, "member_audio_jitter": [j.as_dict() for j in await room_audio_jitter(room)]}
+                await room.local_participant.publish_data(json.dumps(sent), reliable=True, topic=topic)
             except Exception as exc:
                 logger.debug("session %s: %s record not sent (%s)", session_id, topic, type(exc).__name__)
 

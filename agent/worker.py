@@ -185,7 +185,7 @@ def watch_session(
 ) -> TurnLatency:
     """Per-turn stage times and errors: each finished turn to Prometheus and to the kiosk
     (data topic ``jarvis.turn_metrics``), the turns and counts to voice_sessions at the end."""
-    latency = TurnLatency(publish=kiosk_publisher(room, TURN_METRICS_TOPIC, session_id))
+    latency = TurnLatency(publish=kiosk_publisher(room, TURN_METRICS_TOPIC, session_id, audio_jitter=True))
     session.on("metrics_collected", latency.on_metrics)
     session.on("speech_created", latency.on_speech_created)
     session.on("error", lambda event: ERRORS.labels(_error_kind(event)).inc())

@@ -30,6 +30,7 @@ import numpy as np
 from livekit import rtc
 
 from agent.metrics import TURN_METRICS_TOPIC
+from jarvis.audio_stats import room_audio_jitter
 from jarvis_local.kiosk_sim import FRAME_MS, SPEECH_RMS, SessionRefused, SimulatedKiosk, open_session, poll
 
 # The agent is done talking once it has been silent this long.
@@ -69,6 +70,8 @@ class VisitRecord:
     agent_turns: list[dict[str, Any]] = field(default_factory=list)
     # Final transcripts of the member's track while no utterance was waiting for its answer.
     junk_transcripts: int = 0
+    # The kiosk's jitter buffer for JARVIS's audio over the visit (jarvis.audio_stats.JitterBuffer).
+    answer_audio_jitter: list[dict[str, Any]] = field(default_factory=list)
 
 
 class BenchKiosk(SimulatedKiosk):
@@ -202,9 +205,10 @@ class Visit:
             await asyncio.sleep(random.uniform(0.3, 0.8))
         await poll(lambda: kiosk.quiet_for(QUIET_S), 20.0)
 
-    def finish_record(self) -> VisitRecord:
+    async def finish_record(self) -> VisitRecord:
         """The record, with what is only known once the talking is over."""
         rec = self.record
+        rec.answer_audio_jitter = [j.as_dict() for j in await room_audio_jitter(self.kiosk.room)]
         # A final arriving before the next utterance began still belongs to the previous one.
         for u, nxt in zip(rec.utterances, rec.utterances[1:], strict=False):
             if u["member_final"] is not None and u["member_final"] >= nxt["started"]:
@@ -237,7 +241,7 @@ async def _run(conn: Connection, specs: list[VisitSpec], sentences: list[tuple[s
                 visit = Visit(spec)
                 await visit.open()
                 await visit.talk(sentences, turns)
-                records.append(visit.finish_record())
+                records.append(await visit.finish_record())
                 await visit.close()
                 if not visit.record.ready:
                     await asyncio.sleep(5)  # do not hammer a worker that cannot take the session
@@ -255,7 +259,8 @@ async def _run(conn: Connection, specs: list[VisitSpec], sentences: list[tuple[s
     conn.send(("opened", [asdict(v.record) for v in visits]))
     await recv()
     await asyncio.gather(*(v.talk(sentences, turns) for v in visits))
-    conn.send(("talked", [asdict(v.finish_record()) for v in visits]))
+    finished = await asyncio.gather(*(v.finish_record() for v in visits))
+    conn.send(("talked", [asdict(r) for r in finished]))
     await recv()
     await asyncio.gather(*(v.close() for v in visits))
     conn.send(("left", None))

@@ -248,7 +248,23 @@ def turn_figures(records: list[dict[str, Any]], never_spoken: int) -> tuple[dict
     figures["junk_transcripts"] = sum(r["junk_transcripts"] for r in records)
     figures["agent_turns"] = sum(len(r["agent_turns"]) for r in records)
     figures["v2v_ms"] = v2v  # every answered turn's, kiosk by kiosk: what an interval is drawn from
+    figures.update(jitter_buffers(records))
     return figures, stages
+
+
+def jitter_buffers(records: list[dict[str, Any]]) -> dict[str, float | None]:
+    """How long WebRTC's jitter buffers held the audio, on average over the level's sessions: the
+    agent's for the member's voice (its last turn record's), the kiosk's for JARVIS's answers. A
+    part of every turn's voice-to-voice time no stage timer sees; it grows when packets come unevenly."""
+    def mean_delay(buffers: list[list[dict[str, Any]]]) -> float | None:
+        delays = [b["mean_delay_ms"] for each in buffers for b in each]
+        return round(statistics.fmean(delays), 1) if delays else None
+
+    member = [r["agent_turns"][-1].get("member_audio_jitter") or [] for r in records if r["agent_turns"]]
+    return {
+        "member_jitter_buffer_ms": mean_delay(member),
+        "answer_jitter_buffer_ms": mean_delay([r.get("answer_audio_jitter") or [] for r in records]),
+    }
 
 
 def stage_medians(stages: dict[str, list[float]]) -> dict[str, float | None]:

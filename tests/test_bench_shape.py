@@ -21,7 +21,7 @@ CASES = {
     "voice_loop": (
         ["--quick", "--sessions", "1", "--turns", "1"],
         {"v2v_ms_p50", "v2v_ms_p95", "overhead_ms_p50", "turns", "lost_turns", "cpu_pct_per_session",
-         "rss_mb_per_session"},
+         "rss_mb_per_session", "member_jitter_buffer_ms", "answer_jitter_buffer_ms"},
         {"stages_ms_p50"},
         "sessions",
     ),
@@ -49,6 +49,10 @@ def assert_content(name: str, payload: dict[str, Any]) -> None:
             assert row["errors"] == 0 and row["rps"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"], row
         else:
             assert_turns_were_answered(row)
+        if name == "voice_loop":
+            # read from WebRTC's own stats on both sides: the kiosk heard JARVIS, JARVIS heard the member
+            assert row["answer_jitter_buffer_ms"] > 0, row
+            assert row["agent_turns"] == 0 or row["member_jitter_buffer_ms"] > 0, row
     if name == "kiosk_browser":
         assert payload["python_kiosk_v2v_ms_p50"] is not None and payload["python_kiosk_v2v_ms_p50"] > 0, payload
 

@@ -160,3 +160,19 @@ def test_a_p95_ratio_from_twenty_turns_comes_with_its_spread() -> None:
     low, _ = ratio_interval(steady, slower, 95) or (0.0, 0.0)
     assert low > 1.2  # clearly slower at full load, whichever turns were drawn
     assert ratio_interval([], slower, 95) is None
+
+
+def test_a_level_reports_how_long_the_jitter_buffers_held_the_audio() -> None:
+    from bench.voice_loop import jitter_buffers
+
+    def buffer(ms: float) -> dict[str, Any]:
+        return {"mean_delay_ms": ms, "target_delay_ms": 20.0, "emitted_samples": 48_000, "concealed_samples": 0}
+
+    kiosk_a = {"agent_turns": [{"member_audio_jitter": [buffer(90.0)]}, {"member_audio_jitter": [buffer(30.0)]}],
+               "answer_audio_jitter": [buffer(20.0)]}
+    kiosk_b = {"agent_turns": [{"member_audio_jitter": [buffer(40.0)]}], "answer_audio_jitter": [buffer(40.0)]}
+    never_answered = {"agent_turns": [], "answer_audio_jitter": []}
+    # Each session's last record holds its whole visit so far: the earlier 90 ms is in it already.
+    assert jitter_buffers([kiosk_a, kiosk_b, never_answered]) == {
+        "member_jitter_buffer_ms": 35.0, "answer_jitter_buffer_ms": 30.0}
+    assert jitter_buffers([never_answered]) == {"member_jitter_buffer_ms": None, "answer_jitter_buffer_ms": None}
