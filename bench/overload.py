@@ -54,7 +54,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import emit, progress
 from bench.turns import percentile, ratio_interval
-from bench.voice_loop import SENTENCES, TINY_MODELS_DIR, Bench, pid_of, prepare, wait_until_quiet
+from bench.voice_loop import SENTENCES, TINY_MODELS_DIR, Bench, pid_of, prepare, sfu_pids, wait_until_quiet
 from jarvis_local.demo import llm_environment
 from jarvis_local.kiosk_sim import room_names, synthesize_french
 from jarvis_local.speech_models import tiny_models
@@ -181,8 +181,8 @@ def run(args: argparse.Namespace) -> None:
                                      min_processes=args.capacity + 2))
         bench = Bench(
             stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
-            engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sentences=sentences,
-            answer_timeout_s=10.0, join_timeout_s=120.0, records_path=args.records,
+            engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sfu_pids=sfu_pids(stack),
+            sentences=sentences, answer_timeout_s=10.0, join_timeout_s=120.0, records_path=args.records,
             kiosks_per_process=args.kiosks_per_process,
         )
         results = asyncio.run(measure(bench, args.capacity, args.turns, args.ramp, args.ramp_every))

@@ -173,6 +173,29 @@ def sample_tree(root_pid: int, private_memory: bool = False) -> dict[int, ProcSa
     return samples
 
 
+@dataclass(frozen=True)
+class CoreSample:
+    """Busy CPU seconds of the whole host (every core, since boot) and of each group of processes."""
+
+    box_s: float
+    groups: dict[str, float]
+
+
+def sample_cores(groups: dict[str, list[int]]) -> CoreSample:
+    t = psutil.cpu_times()
+    # guest time is already inside user time on Linux: not added again
+    box_s = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0) + getattr(t, "steal", 0.0)
+    return CoreSample(box_s, {name: sum(tree_cpu_s(sample_tree(pid)) for pid in pids) for name, pids in groups.items()})
+
+
+def cores_pct(before: CoreSample, after: CoreSample, seconds: float) -> dict[str, float]:
+    """Where the host's cores went between two samples (100 = one core): each group, ``other`` (what no
+    group holds: the token service, PostgreSQL, Redis, this bench, the rest of the host) and ``box``."""
+    shares = {name: round(100 * (after.groups[name] - before.groups[name]) / seconds, 1) for name in after.groups}
+    box = 100 * (after.box_s - before.box_s) / seconds
+    return {**shares, "other": round(max(0.0, box - sum(shares.values())), 1), "box": round(box, 1)}
+
+
 def tree_cpu_s(tree: dict[int, ProcSample]) -> float:
     """All the CPU the tree has used, its exited processes included."""
     return sum(s.cpu_s + s.reaped_cpu_s for s in tree.values())
@@ -350,6 +373,7 @@ class Bench:
     badges: list[str]
     worker_pid: int
     engine_pids: list[int]
+    sfu_pids: list[int]
     sentences: list[tuple[str, np.ndarray]]
     answer_timeout_s: float
     join_timeout_s: float
@@ -426,9 +450,13 @@ class Bench:
         profile = TreeProfile(self.worker_pid, self.profile_dir, f"sessions-{sessions}") if self.profile_dir else None
         if profile:
             profile.start()
+        groups = {"worker": [self.worker_pid], "engines": self.engine_pids,
+                  "kiosks": [proc.pid for proc in pool.procs], "sfu": self.sfu_pids}
+        cores0 = await asyncio.to_thread(sample_cores, groups)
         t0, tree0, eng0 = await self.snapshot()
         records = await pool.step("talk", "talked")
         t1, tree1, eng1 = await self.snapshot()
+        cores1 = await asyncio.to_thread(sample_cores, groups)
         profiled = await asyncio.to_thread(profile.stop) if profile else None
         await pool.step("leave", "left")
         await pool.close()
@@ -454,6 +482,7 @@ class Bench:
             "kiosk_processes": len(pool.procs),
             "engines_cpu_pct": round(100 * cpu_between(eng0, eng1, set(eng1)) / seconds, 1),
             "engines_rss_mb": round(sum(s.rss_mb for s in eng1.values()), 1),
+            "cores_pct": cores_pct(cores0, cores1, seconds),
             "stages_ms_p50": stage_medians(stages),
             "talk_s": round(seconds, 1),
             "settle_s": round(settle_s, 1),
@@ -463,6 +492,8 @@ class Bench:
         progress(f"  v2v p50 {row['v2v_ms_p50']} ms, p95 {row['v2v_ms_p95']} ms, answered {row['answered']}"
                  f"/{row['turns']} (late {row['late_turns']}), lost {row['lost_turns']}, junk answers"
                  f" {row['junk_answers']}, agent turn records {row['agent_turns']}")
+        progress("  cores (% of one): " + ", ".join(f"{name} {pct}" for name, pct in row["cores_pct"].items())
+                 + f" (this host has {psutil.cpu_count()})")
         # Sessions end, job processes exit and the pool refills: wait before the next level.
         await wait_until_quiet(self.worker_pid, what="worker after the level", timeout_s=60, max_cpu_pct=15)
         return row, stages
@@ -539,6 +570,11 @@ def pid_of(stack: LocalStack, name: str) -> int:
     raise StackError(f"{name} is not running")
 
 
+def sfu_pids(stack: LocalStack) -> list[int]:
+    """The LiveKit nodes running now (a node restarted on a fresh port leaves its dead first try listed)."""
+    return [proc.pid for name, proc in stack.processes if name.startswith("livekit") and proc.poll() is None]
+
+
 async def prepare(stack: LocalStack, max_sessions: int) -> tuple[str, list[str]]:
     await migrate(stack.pg_dsn, seed_demo=False)
     return await make_bench_gym(stack.pg_dsn, max(40, 4 * max_sessions))
@@ -610,7 +646,8 @@ def run(args: argparse.Namespace) -> None:
         progress(f"  worker quiet after {warm_s:.0f} s")
         bench = Bench(
             stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
-            engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sentences=sentences,
+            engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")],
+            sfu_pids=sfu_pids(stack), sentences=sentences,
             answer_timeout_s=args.answer_timeout, join_timeout_s=args.join_timeout, profile_dir=args.profile,
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", records_path=args.records,
             kiosks_per_process=args.kiosks_per_process,

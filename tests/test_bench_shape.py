@@ -21,7 +21,7 @@ CASES = {
     "voice_loop": (
         ["--quick", "--sessions", "1", "--turns", "1"],
         {"v2v_ms_p50", "v2v_ms_p95", "overhead_ms_p50", "turns", "lost_turns", "cpu_pct_per_session",
-         "rss_mb_per_session", "member_jitter_buffer_ms", "answer_jitter_buffer_ms"},
+         "rss_mb_per_session", "member_jitter_buffer_ms", "answer_jitter_buffer_ms", "cores_pct"},
         {"stages_ms_p50"},
         "sessions",
     ),
@@ -53,6 +53,11 @@ def assert_content(name: str, payload: dict[str, Any]) -> None:
             # read from WebRTC's own stats on both sides: the kiosk heard JARVIS, JARVIS heard the member
             assert row["answer_jitter_buffer_ms"] > 0, row
             assert row["agent_turns"] == 0 or row["member_jitter_buffer_ms"] > 0, row
+            # where the host's cores went while the kiosks talked: every group worked, none beyond the host
+            cores = row["cores_pct"]
+            assert {"worker", "engines", "kiosks", "sfu", "other", "box"} <= set(cores), cores
+            assert all(cores[group] > 0 for group in ("worker", "engines", "kiosks", "sfu")), cores
+            assert sum(v for k, v in cores.items() if k != "box") <= cores["box"] + 5, cores
     if name == "kiosk_browser":
         assert payload["python_kiosk_v2v_ms_p50"] is not None and payload["python_kiosk_v2v_ms_p50"] > 0, payload
 

@@ -176,3 +176,34 @@ def test_a_level_reports_how_long_the_jitter_buffers_held_the_audio() -> None:
     assert jitter_buffers([kiosk_a, kiosk_b, never_answered]) == {
         "member_jitter_buffer_ms": 35.0, "answer_jitter_buffer_ms": 30.0}
     assert jitter_buffers([never_answered]) == {"member_jitter_buffer_ms": None, "answer_jitter_buffer_ms": None}
+
+
+def test_the_cores_split_names_the_group_that_took_them_and_what_no_group_held() -> None:
+    from bench.voice_loop import CoreSample, cores_pct
+
+    before = CoreSample(100.0, {"worker": 10.0, "engines": 5.0, "kiosks": 0.0, "sfu": 1.0})
+    after = CoreSample(103.0, {"worker": 10.6, "engines": 5.4, "kiosks": 1.0, "sfu": 1.1})
+    assert cores_pct(before, after, 2.0) == {"worker": 30.0, "engines": 20.0, "kiosks": 50.0, "sfu": 5.0,
+                                             "other": 45.0, "box": 150.0}
+
+
+def test_a_process_spinning_on_a_core_shows_in_its_group_and_in_the_host() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from bench.voice_loop import cores_pct, sample_cores
+
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.5)  # past the interpreter's start
+        groups = {"spinner": [spinner.pid]}
+        before, t0 = sample_cores(groups), time.perf_counter()
+        time.sleep(1.5)
+        shares = cores_pct(before, sample_cores(groups), time.perf_counter() - t0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 50 < shares["spinner"] <= 105, shares
+    assert shares["box"] >= shares["spinner"] - 5, shares
