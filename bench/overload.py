@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> None:
         bench = Bench(
             stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
             engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sfu_pids=sfu_pids(stack),
+            stt_url=speech_env.get("KYUTAI_STT_URL"), engine_api_key=speech_env.get("KYUTAI_STT_API_KEY", ""),
             sentences=sentences, answer_timeout_s=10.0, join_timeout_s=120.0, records_path=args.records,
             kiosks_per_process=args.kiosks_per_process,
         )

@@ -124,6 +124,8 @@ SENTENCES = (
 # Each kiosk process runs this many kiosks at most (``--kiosks-per-process``): few enough that its
 # own loop stays prompt, few processes enough that 20 kiosks fit beside the stack on 2 cores.
 KIOSKS_PER_PROCESS = 2
+# The STT engine's histogram of how long each end-of-turn Marker waited (plugins/kyutai_stt/server.py).
+MARKER_WAIT = "kyutai_stt_marker_wait_seconds"
 # What an idle job process may use (percent of a core) while the worker counts as quiet.
 IDLE_PROCESS_CPU_PCT = 1.5
 IDLE_LEVEL_S = 10.0
@@ -194,6 +196,34 @@ def cores_pct(before: CoreSample, after: CoreSample, seconds: float) -> dict[str
     shares = {name: round(100 * (after.groups[name] - before.groups[name]) / seconds, 1) for name in after.groups}
     box = 100 * (after.box_s - before.box_s) / seconds
     return {**shares, "other": round(max(0.0, box - sum(shares.values())), 1), "box": round(box, 1)}
+
+
+def engine_histogram(url: str | None, api_key: str, name: str) -> tuple[float, float] | None:
+    """(sum, count) of one of a Kyutai engine's Prometheus histograms (``url``: its ws:// address),
+    or None when there is no engine or it does not answer."""
+    if url is None:
+        return None
+    request = urllib.request.Request(url.replace("ws://", "http://", 1).rstrip("/") + "/metrics",
+                                     headers={"kyutai-api-key": api_key})
+    found: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                metric, _, value = line.partition(" ")
+                if metric in (f"{name}_sum", f"{name}_count"):
+                    found[metric] = float(value)
+    except OSError:
+        return None
+    if len(found) < 2:
+        return None
+    return found[f"{name}_sum"], found[f"{name}_count"]
+
+
+def histogram_mean_ms(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """The mean of what a histogram observed between two reads, in ms."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(1000 * (after[0] - before[0]) / (after[1] - before[1]), 1)
 
 
 def tree_cpu_s(tree: dict[int, ProcSample]) -> float:
@@ -379,6 +409,9 @@ class Bench:
     join_timeout_s: float
     profile_dir: Path | None = None
     metrics_url: str | None = None
+    # The STT engine's address and key: each level reads how long its end-of-turn markers waited there.
+    stt_url: str | None = None
+    engine_api_key: str = ""
     # Each level's raw kiosk records, one JSON line per level: what a slow turn's post-mortem reads.
     records_path: Path | None = None
     kiosks_per_process: int = KIOSKS_PER_PROCESS
@@ -453,10 +486,12 @@ class Bench:
         groups = {"worker": [self.worker_pid], "engines": self.engine_pids,
                   "kiosks": [proc.pid for proc in pool.procs], "sfu": self.sfu_pids}
         cores0 = await asyncio.to_thread(sample_cores, groups)
+        markers0 = await asyncio.to_thread(engine_histogram, self.stt_url, self.engine_api_key, MARKER_WAIT)
         t0, tree0, eng0 = await self.snapshot()
         records = await pool.step("talk", "talked")
         t1, tree1, eng1 = await self.snapshot()
         cores1 = await asyncio.to_thread(sample_cores, groups)
+        markers1 = await asyncio.to_thread(engine_histogram, self.stt_url, self.engine_api_key, MARKER_WAIT)
         profiled = await asyncio.to_thread(profile.stop) if profile else None
         await pool.step("leave", "left")
         await pool.close()
@@ -483,6 +518,7 @@ class Bench:
             "engines_cpu_pct": round(100 * cpu_between(eng0, eng1, set(eng1)) / seconds, 1),
             "engines_rss_mb": round(sum(s.rss_mb for s in eng1.values()), 1),
             "cores_pct": cores_pct(cores0, cores1, seconds),
+            "stt_marker_wait_ms_mean": histogram_mean_ms(markers0, markers1),
             "stages_ms_p50": stage_medians(stages),
             "talk_s": round(seconds, 1),
             "settle_s": round(settle_s, 1),
@@ -647,7 +683,8 @@ def run(args: argparse.Namespace) -> None:
         bench = Bench(
             stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
             engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")],
-            sfu_pids=sfu_pids(stack), sentences=sentences,
+            sfu_pids=sfu_pids(stack), stt_url=speech_env.get("KYUTAI_STT_URL"),
+            engine_api_key=speech_env.get("KYUTAI_STT_API_KEY", ""), sentences=sentences,
             answer_timeout_s=args.answer_timeout, join_timeout_s=args.join_timeout, profile_dir=args.profile,
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", records_path=args.records,
             kiosks_per_process=args.kiosks_per_process,

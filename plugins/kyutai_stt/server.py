@@ -72,6 +72,14 @@ class Metrics:
             "Steps that took longer than the 80 ms of audio they process",
             registry=self.registry,
         )
+        # The end of a member's turn waits on this: a client's Marker (the plugin sends one, then a burst
+        # of silence, when the turn ends) comes back once the model has stepped through its text delay.
+        self.marker_wait_seconds = Histogram(
+            "kyutai_stt_marker_wait_seconds",
+            "From a Marker's arrival to its return (an end of turn's flush through the model)",
+            buckets=(0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0),
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "kyutai_stt_queue_depth", "Audio frames waiting for the model, all streams", registry=self.registry
         )
@@ -94,7 +102,8 @@ class Stream:
     frames_received: int = 0
     pending_since: float = 0.0  # when the oldest waiting frame arrived (monotonic)
     steps: int = 0
-    markers: deque[tuple[int, int]] = field(default_factory=deque)  # (step to reach, marker id)
+    # (step to reach, marker id, when it arrived: monotonic)
+    markers: deque[tuple[int, int, float]] = field(default_factory=deque)
     last_word_step: int = 0  # `steps` when the last Word was sent
     words_since_marker: bool = False  # a Word was sent since the last Marker went back (a turn is open)
     # The end of the last Word sent while no EndWord closed it yet: a Marker closes it with that
@@ -351,7 +360,8 @@ class SttServer:
                         self._fail(stream, "markers", f"more than {self.settings.max_pending_markers} markers waiting")
                         return
                     # Back once every frame received so far went through the model and its delay.
-                    stream.markers.append((stream.frames_received + self.engine.delay_steps, message.id))
+                    due = stream.frames_received + self.engine.delay_steps
+                    stream.markers.append((due, message.id, time.monotonic()))
                     self._emit_markers(stream)
             except protocol.ProtocolError as exc:
                 self._fail(stream, "protocol", str(exc))
@@ -380,7 +390,9 @@ class SttServer:
             if stream.open_word_end is not None:
                 stream.out.put_nowait(protocol.end_word(stream.open_word_end))
                 stream.open_word_end = None
-            stream.out.put_nowait(protocol.marker(stream.markers.popleft()[1]))
+            _, marker_id, arrived = stream.markers.popleft()
+            stream.out.put_nowait(protocol.marker(marker_id))
+            self.metrics.marker_wait_seconds.observe(time.monotonic() - arrived)
             echoed = True
         if echoed:
             stream.words_since_marker = False

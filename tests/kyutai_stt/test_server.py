@@ -98,11 +98,16 @@ async def test_a_kyutai_style_client_transcribes_a_wav_and_gets_its_marker(
     server = await start_server(tiny_stt_dir, max_streams=1)
     try:
         messages = await kyutai_client(server_url(server), audio, marker_id=42)
+        registry = server.metrics.registry
+        marker_waits = registry.get_sample_value("kyutai_stt_marker_wait_seconds_count")
+        marker_wait_s = registry.get_sample_value("kyutai_stt_marker_wait_seconds_sum")
     finally:
         await server.stop()
 
     assert messages[0] == {"type": "Ready"}
     assert messages[-1] == {"type": "Marker", "id": 42}
+    # ...and how long it waited for the model is what ops read when an end of turn feels slow
+    assert marker_waits == 1 and marker_wait_s is not None and 0 < marker_wait_s < 30
     steps = [m for m in messages if m["type"] == "Step"]
     assert [m["step_idx"] for m in steps] == list(range(1, len(steps) + 1))
     assert all(len(m["prs"]) == 4 and all(0.0 <= p <= 1.0 for p in m["prs"]) for m in steps)
@@ -229,6 +234,7 @@ async def test_health_and_prometheus_metrics(stt_server: SttServer) -> None:
         "kyutai_stt_step_seconds_bucket",
         "kyutai_stt_frames_over_budget_total",
         "kyutai_stt_queue_depth",
+        "kyutai_stt_marker_wait_seconds_bucket",
         'kyutai_stt_connections_total{result="full"}',
     ):
         assert name in metrics
