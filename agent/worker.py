@@ -12,6 +12,7 @@ from typing import Any
 from kyutai_common.runtime import freeze_startup_objects, log_slow_collections
 from livekit import rtc
 from livekit.agents import AgentServer, AgentSession, JobContext, JobExecutorType, JobProcess, JobRequest
+from livekit.agents.telemetry.pii import is_pii_attribute
 from prometheus_client import Gauge
 
 from agent.context_loader import load_member_context
@@ -65,11 +66,25 @@ class RoutineEndOfTurnNotice(logging.Filter):
         return True
 
 
+class MemberWordsOutOfLogs(logging.Filter):
+    """livekit-agents attaches what the member said, JARVIS's replies and tool arguments to some of
+    its log records ("skipping user input", "final transcript not received": overload warnings) as
+    ``lk.pii.*`` fields. Its telemetry drops such fields before export; its log handlers print them.
+    A gym's logs hold no member's words: the fields go (livekit's own test of what is personal), the
+    warning stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key in [key for key in vars(record) if is_pii_attribute(key)]:
+            delattr(record, key)
+        return True
+
+
 def quiet_routine_notices() -> None:
-    """Once per process."""
+    """livekit-agents' log as the gym's ops read it, once per process."""
     livekit_logger = logging.getLogger("livekit.agents")
-    if not any(isinstance(f, RoutineEndOfTurnNotice) for f in livekit_logger.filters):
-        livekit_logger.addFilter(RoutineEndOfTurnNotice())
+    for kind in (RoutineEndOfTurnNotice, MemberWordsOutOfLogs):
+        if not any(isinstance(f, kind) for f in livekit_logger.filters):
+            livekit_logger.addFilter(kind())
 
 
 PREWARMED_LLM = "llm"  # JobProcess.userdata key: the session's LLM client, built at warm-up
@@ -80,8 +95,9 @@ def prewarm(proc: JobProcess) -> None:
     otherwise do once on its event loop, where livekit-agents' loop monitor measured it holding
     the member's audio (Dec 5, 2-core box): the speech plugins' imports (350-430 ms), the LLM
     client's and the engine health reads' TLS contexts (160-330 ms each), anyio's backend (230 ms),
-    the hyphenator's tables used by the TTS's word splitting (110-130 ms). Then it all leaves the
-    garbage collector's reach, whose full collections over it held a session's process 70-80 ms."""
+    the hyphenator's tables used by the TTS's word splitting (110-130 ms), the HTTP modules the LLM
+    client loads on its first request (110-200 ms each). Then it all leaves the garbage collector's
+    reach, whose full collections over it held a session's process 70-80 ms."""
     quiet_routine_notices()
     settings = AgentSettings()
     if settings.speech.mode != "text":
@@ -91,6 +107,12 @@ def prewarm(proc: JobProcess) -> None:
 
         health_tls()  # the replicas' health reads share one TLS context, built here
     import anyio._backends._asyncio  # noqa: F401
+
+    # ...and what the LLM client's first request imports (httpx loads httpcore, and httpcore its
+    # anyio backend, only when a connection opens; the client's pages on first use): the loop
+    # monitor saw each hold a session's first turn 110-200 ms on a loaded box (Dec 5, 8 kiosks).
+    import httpcore._backends.anyio  # noqa: F401
+    import openai.pagination  # noqa: F401
     from livekit.agents.tokenize import basic
 
     basic.hyphenate_word("entraînement")

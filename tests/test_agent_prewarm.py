@@ -23,7 +23,9 @@ prewarm(proc)
 prewarm(proc)  # a second call (a thread executor's next job) neither collects nor freezes again
 llm = proc.userdata.get(PREWARMED_LLM)
 print(json.dumps({
-    "imported": sorted(m for m in ("kyutai_stt.stt", "kyutai_tts.tts", "anyio._backends._asyncio") if m in sys.modules),
+    "imported": sorted(m for m in ("kyutai_stt.stt", "kyutai_tts.tts", "anyio._backends._asyncio",
+                                   "httpcore._async", "httpcore._backends.anyio", "openai.pagination")
+                       if m in sys.modules),
     "loaded_by_prewarm": "kyutai_stt.stt" not in before,
     "health_tls": __import__("kyutai_common.client").client.health_tls.cache_info().currsize,
     "llm": type(llm).__module__ + "." + type(llm).__name__ if llm else None,
@@ -46,7 +48,8 @@ def test_an_idle_job_process_is_ready_for_a_member_before_the_kiosk_joins() -> N
         JARVIS_LLM__PRIMARY__PROVIDER="vllm", JARVIS_LLM__PRIMARY__MODEL="jarvis-fr",
         JARVIS_LLM__PRIMARY__BASE_URL="http://127.0.0.1:9/v1",
     )
-    assert ready["imported"] == ["anyio._backends._asyncio", "kyutai_stt.stt", "kyutai_tts.tts"]
+    assert ready["imported"] == ["anyio._backends._asyncio", "httpcore._async", "httpcore._backends.anyio",
+                                 "kyutai_stt.stt", "kyutai_tts.tts", "openai.pagination"]
     assert ready["loaded_by_prewarm"] is True and ready["health_tls"] == 1
     assert ready["llm"] == "livekit.plugins.openai.llm.LLM"
     assert isinstance(ready["frozen"], int) and ready["frozen"] > 10_000
