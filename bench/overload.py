@@ -54,7 +54,16 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import emit, progress
 from bench.turns import percentile, ratio_interval
-from bench.voice_loop import SENTENCES, TINY_MODELS_DIR, Bench, pid_of, prepare, sfu_pids, wait_until_quiet
+from bench.voice_loop import (
+    SENTENCES,
+    TINY_MODELS_DIR,
+    Bench,
+    pid_of,
+    prepare,
+    service_pids,
+    sfu_pids,
+    wait_until_quiet,
+)
 from jarvis_local.demo import llm_environment
 from jarvis_local.kiosk_sim import room_names, synthesize_french
 from jarvis_local.speech_models import tiny_models
@@ -182,6 +191,7 @@ def run(args: argparse.Namespace) -> None:
         bench = Bench(
             stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
             engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")], sfu_pids=sfu_pids(stack),
+            service_pids=service_pids(stack),
             stt_url=speech_env.get("KYUTAI_STT_URL"), engine_api_key=speech_env.get("KYUTAI_STT_API_KEY", ""),
             sentences=sentences, answer_timeout_s=10.0, join_timeout_s=120.0, records_path=args.records,
             kiosks_per_process=args.kiosks_per_process,

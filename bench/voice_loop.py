@@ -175,27 +175,18 @@ def sample_tree(root_pid: int, private_memory: bool = False) -> dict[int, ProcSa
     return samples
 
 
-@dataclass(frozen=True)
-class CoreSample:
-    """Busy CPU seconds of the whole host (every core, since boot) and of each group of processes."""
-
-    box_s: float
-    groups: dict[str, float]
-
-
-def sample_cores(groups: dict[str, list[int]]) -> CoreSample:
-    t = psutil.cpu_times()
-    # guest time is already inside user time on Linux: not added again
-    box_s = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0) + getattr(t, "steal", 0.0)
-    return CoreSample(box_s, {name: sum(tree_cpu_s(sample_tree(pid)) for pid in pids) for name, pids in groups.items()})
+def sample_cores(groups: dict[str, list[int]]) -> dict[str, float]:
+    """Busy CPU seconds of each group of process trees (a process and all its descendants), and of
+    this bench's own process alone (``bench``: its kiosk processes are a group of their own)."""
+    shares = {name: sum(tree_cpu_s(sample_tree(pid)) for pid in pids) for name, pids in groups.items()}
+    own = psutil.Process().cpu_times()
+    return {**shares, "bench": own.user + own.system}
 
 
-def cores_pct(before: CoreSample, after: CoreSample, seconds: float) -> dict[str, float]:
-    """Where the host's cores went between two samples (100 = one core): each group, ``other`` (what no
-    group holds: the token service, PostgreSQL, Redis, this bench, the rest of the host) and ``box``."""
-    shares = {name: round(100 * (after.groups[name] - before.groups[name]) / seconds, 1) for name in after.groups}
-    box = 100 * (after.box_s - before.box_s) / seconds
-    return {**shares, "other": round(max(0.0, box - sum(shares.values())), 1), "box": round(box, 1)}
+def cores_pct(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Where the cores went between two samples, per group (100 = one core), and their ``total``."""
+    shares = {name: round(100 * (after[name] - before[name]) / seconds, 1) for name in after}
+    return {**shares, "total": round(sum(shares.values()), 1)}
 
 
 def engine_histogram(url: str | None, api_key: str, name: str) -> tuple[float, float] | None:
@@ -404,6 +395,7 @@ class Bench:
     worker_pid: int
     engine_pids: list[int]
     sfu_pids: list[int]
+    service_pids: list[int]  # the token service, PostgreSQL, Redis, the LLM stand-in
     sentences: list[tuple[str, np.ndarray]]
     answer_timeout_s: float
     join_timeout_s: float
@@ -484,7 +476,7 @@ class Bench:
         if profile:
             profile.start()
         groups = {"worker": [self.worker_pid], "engines": self.engine_pids,
-                  "kiosks": [proc.pid for proc in pool.procs], "sfu": self.sfu_pids}
+                  "kiosks": [proc.pid for proc in pool.procs], "sfu": self.sfu_pids, "services": self.service_pids}
         cores0 = await asyncio.to_thread(sample_cores, groups)
         markers0 = await asyncio.to_thread(engine_histogram, self.stt_url, self.engine_api_key, MARKER_WAIT)
         t0, tree0, eng0 = await self.snapshot()
@@ -529,7 +521,7 @@ class Bench:
                  f"/{row['turns']} (late {row['late_turns']}), lost {row['lost_turns']}, junk answers"
                  f" {row['junk_answers']}, agent turn records {row['agent_turns']}")
         progress("  cores (% of one): " + ", ".join(f"{name} {pct}" for name, pct in row["cores_pct"].items())
-                 + f" (this host has {psutil.cpu_count()})")
+                 + f" (of {100 * (psutil.cpu_count() or 1)})")
         # Sessions end, job processes exit and the pool refills: wait before the next level.
         await wait_until_quiet(self.worker_pid, what="worker after the level", timeout_s=60, max_cpu_pct=15)
         return row, stages
@@ -611,6 +603,12 @@ def sfu_pids(stack: LocalStack) -> list[int]:
     return [proc.pid for name, proc in stack.processes if name.startswith("livekit") and proc.poll() is None]
 
 
+def service_pids(stack: LocalStack) -> list[int]:
+    """The stack's other services running now: the token service, the LLM stand-in, PostgreSQL, Redis."""
+    services = ("token_service", "llm-standin", "postgres", "redis")
+    return [proc.pid for name, proc in stack.processes if name in services and proc.poll() is None]
+
+
 async def prepare(stack: LocalStack, max_sessions: int) -> tuple[str, list[str]]:
     await migrate(stack.pg_dsn, seed_demo=False)
     return await make_bench_gym(stack.pg_dsn, max(40, 4 * max_sessions))
@@ -683,7 +681,7 @@ def run(args: argparse.Namespace) -> None:
         bench = Bench(
             stack=stack, token_url=url, gym_key=key, badges=badges, worker_pid=worker,
             engine_pids=[pid_of(stack, "kyutai-stt"), pid_of(stack, "kyutai-tts")],
-            sfu_pids=sfu_pids(stack), stt_url=speech_env.get("KYUTAI_STT_URL"),
+            sfu_pids=sfu_pids(stack), service_pids=service_pids(stack), stt_url=speech_env.get("KYUTAI_STT_URL"),
             engine_api_key=speech_env.get("KYUTAI_STT_API_KEY", ""), sentences=sentences,
             answer_timeout_s=args.answer_timeout, join_timeout_s=args.join_timeout, profile_dir=args.profile,
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", records_path=args.records,
