@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import websockets
 from kyutai_stt import protocol
-from kyutai_stt.server import SttServer
+from kyutai_stt.server import MAX_BURST_STEPS, Stream, SttServer
 from kyutai_tiny.stt import TOKENIZER_NAME
 from websockets.exceptions import InvalidStatus
 
@@ -402,3 +402,20 @@ async def _until_closed(ws: websockets.ClientConnection) -> AsyncIterator[str | 
     with contextlib.suppress(websockets.ConnectionClosed):
         while True:
             yield await asyncio.wait_for(ws.recv(), timeout=5.0)
+
+
+def test_a_flush_goes_to_the_model_in_one_burst_and_a_talking_member_joins_its_first_step() -> None:
+    """A member's end of turn sends 8 frames of silence at once: they are stepped in one hand-off to
+    the model thread, not 8 (each waits for a core on a busy host); another kiosk talking in real time
+    has its one frame in the burst's first step, and is never held more than a burst behind."""
+    frame = np.zeros(protocol.FRAME_SAMPLES, np.float32)
+    ending, talking = Stream(slot=0, frame_size=frame.size), Stream(slot=1, frame_size=frame.size)
+    ending.add_audio(np.zeros(10 * frame.size, np.float32))  # more than a burst: the rest waits its turn
+    talking.add_audio(frame)
+
+    burst = SttServer._take_burst([ending, talking], backlog=True)
+    assert [sorted(step) for step in burst] == [[0, 1]] + [[0]] * (MAX_BURST_STEPS - 1)
+    assert len(ending.pending) == 10 - MAX_BURST_STEPS and not talking.pending
+
+    talking.add_audio(frame)  # with no backlog anywhere, one step at a time as before
+    assert [sorted(step) for step in SttServer._take_burst([talking], backlog=False)] == [[1]]
