@@ -60,6 +60,8 @@ def assert_content(name: str, payload: dict[str, Any]) -> None:
             assert set(cores) == groups | {"total"}, cores
             assert all(cores[group] > 0 for group in ("worker", "engines", "kiosks", "sfu")), cores
             assert cores["total"] <= 100 * (os.cpu_count() or 1) + 10, cores  # not beyond the host
+            # each answered turn ended with a Marker through the STT engine, and the row read its wait there
+            assert row["stt_marker_wait_ms_mean"] is not None and row["stt_marker_wait_ms_mean"] > 0, row
     if name == "kiosk_browser":
         assert payload["python_kiosk_v2v_ms_p50"] is not None and payload["python_kiosk_v2v_ms_p50"] > 0, payload
 

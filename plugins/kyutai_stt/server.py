@@ -455,12 +455,23 @@ class SttServer:
                 for stream in {stream for batch in burst for stream, _ in batch.values()}:
                     self._fail(stream, "model", "model step failed", protocol.CLOSE_ENGINE_ERROR)
                 continue
+            streams = list(dict.fromkeys(stream for batch in burst for stream, _ in batch.values()))
+            # What the burst itself queues goes out at the client's pace; only what was waiting
+            # before it says that a client does not read.
+            waiting = [stream.out.qsize() for stream in streams]
             for batch, (outputs, stats) in zip(burst, results, strict=True):
                 self.metrics.step_seconds.observe(stats.seconds)
                 self._step_s = stats.seconds if not self._step_s else 0.9 * self._step_s + 0.1 * stats.seconds
                 if stats.seconds > budget:
                     self.metrics.frames_over_budget.inc()
                 self._deliver(batch, outputs)
+            for stream, waited in zip(streams, waiting, strict=True):
+                if stream.closed:
+                    continue
+                if waited > self.settings.max_pending_messages:
+                    self._fail(stream, "slow_client", "client reads too slowly")
+                elif self.draining:
+                    self._hand_over_if_between_turns(stream)
 
     @staticmethod
     def _take_burst(ready: list[Stream], backlog: bool) -> list[dict[int, tuple[Stream, np.ndarray]]]:
@@ -502,10 +513,6 @@ class SttServer:
                     stream.open_word_end = None
             stream.out.put_nowait(protocol.step(output.step, output.prs, stream.buffered_samples))
             self._emit_markers(stream)
-            if stream.out.qsize() > self.settings.max_pending_messages:
-                self._fail(stream, "slow_client", "client reads too slowly")
-            elif self.draining:
-                self._hand_over_if_between_turns(stream)
 
 
 async def close_connection(websocket: ServerConnection, code: int = 1000, reason: str = "") -> None:
