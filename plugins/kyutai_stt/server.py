@@ -445,6 +445,7 @@ class SttServer:
                         await asyncio.wait_for(self._audio_ready.wait(), timeout=remaining)
                     continue
             burst = self._take_burst(ready, backlog)
+            streams = list(dict.fromkeys(stream for batch in burst for stream, _ in batch.values()))
             try:
                 results = await self._run_in_model_thread(
                     self._step_burst, [{slot: frame for slot, (_, frame) in batch.items()} for batch in burst]
@@ -452,10 +453,9 @@ class SttServer:
             except Exception:
                 # A failing step fails every stream in it, never the server.
                 logger.exception("model step failed")
-                for stream in {stream for batch in burst for stream, _ in batch.values()}:
+                for stream in streams:
                     self._fail(stream, "model", "model step failed", protocol.CLOSE_ENGINE_ERROR)
                 continue
-            streams = list(dict.fromkeys(stream for batch in burst for stream, _ in batch.values()))
             # What the burst itself queues goes out at the client's pace; only what was waiting
             # before it says that a client does not read.
             waiting = [stream.out.qsize() for stream in streams]
