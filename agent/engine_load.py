@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import httpx
+from kyutai_common.protocol import http_url
 
 logger = logging.getLogger("jarvis.agent.engine_load")
 
@@ -32,9 +33,7 @@ class Replica:
 
 def health_url(engine_url: str) -> str:
     """ws://host:port (a plugin's engine address) -> http://host:port/api/health."""
-    scheme, rest = engine_url.split("://", 1)
-    http = "https" if scheme == "wss" else "http"
-    return f"{http}://{rest.split('?')[0].rstrip('/')}/api/health"
+    return http_url(engine_url, "/api/health")
 
 
 def replica_from_health(url: str, status_code: int | None, body: object) -> Replica:

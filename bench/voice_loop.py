@@ -94,7 +94,7 @@ from typing import Any
 
 import numpy as np
 import psutil
-from kyutai_common.protocol import API_KEY_HEADER
+from kyutai_common.protocol import API_KEY_HEADER, http_url
 
 from bench.common import REPO, emit, progress, row_measured
 from bench.profile import TreeProfile
@@ -195,8 +195,7 @@ def engine_histogram(url: str | None, api_key: str, name: str) -> tuple[float, f
     or None when there is no engine or it does not answer."""
     if url is None:
         return None
-    request = urllib.request.Request(url.replace("ws://", "http://", 1).rstrip("/") + "/metrics",
-                                     headers={API_KEY_HEADER: api_key})
+    request = urllib.request.Request(http_url(url, "/metrics"), headers={API_KEY_HEADER: api_key})
     found: dict[str, float] = {}
     try:
         with urllib.request.urlopen(request, timeout=5) as r:

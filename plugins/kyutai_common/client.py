@@ -24,7 +24,7 @@ from livekit.agents.utils import is_given
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from .protocol import API_KEY_HEADER, CLOSE_CLIENT_ERROR, CLOSE_FULL, CLOSE_RESTART, NO_FREE_CHANNELS
+from .protocol import API_KEY_HEADER, CLOSE_CLIENT_ERROR, CLOSE_FULL, CLOSE_RESTART, NO_FREE_CHANNELS, http_url
 from .settings import PluginSettingsBase
 
 # After an Error the engine closes the stream at once; its close code tells whose fault it was.
@@ -194,10 +194,9 @@ class ReplicaPool:
         return usable, skipped
 
     async def _read_health(self, client: httpx.AsyncClient, url: str) -> _Health:
-        http = "https" + url[3:] if url.startswith("wss") else "http" + url[2:]
         now = time.monotonic()
         try:
-            response = await client.get(f"{http}/api/health")
+            response = await client.get(http_url(url, "/api/health"))
         except httpx.ConnectError:
             return _Health(now, 0, "unreachable")
         except httpx.HTTPError:

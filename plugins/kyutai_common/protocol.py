@@ -36,6 +36,7 @@ __all__ = [
     "NO_FREE_CHANNELS",
     "SAMPLE_RATE",
     "ProtocolError",
+    "http_url",
     "pack",
     "unpack",
 ]
@@ -55,6 +56,13 @@ CLOSE_ENGINE_ERROR = 1011
 CLOSE_FULL = 1013
 CLOSE_RESTART = 1012
 CLOSE_TOO_BIG = 1009  # a message over the server's max message size (RFC 6455 "message too big")
+
+
+def http_url(engine_url: str, path: str) -> str:
+    """An engine's HTTP endpoint from its stream address: ws://host:port -> http://host:port<path>
+    (wss -> https), for its /api/health and /metrics."""
+    scheme, rest = engine_url.split("://", 1)
+    return f"{'https' if scheme == 'wss' else 'http'}://{rest.split('?')[0].rstrip('/')}{path}"
 
 
 class ProtocolError(ValueError):
