@@ -1,6 +1,7 @@
 """Overload: kiosks ramp past capacity; the admitted sessions keep their latency (issue 13).
 
-``python -m bench.overload [--capacity N] [--turns 3] [--ramp 12] [--quick]``
+``python -m bench.overload [--capacity N] [--turns 3] [--ramp 12] [--quick] [--records FILE]``
+``python -m bench.overload --pool FILE [FILE ...]``
 
 What runs: the voice loop's stack (``bench.voice_loop``: PostgreSQL, Redis, LiveKit, the token
 service with admission control on, tiny Kyutai STT and TTS engines, the LLM stand-in, one worker)
@@ -34,12 +35,21 @@ do), ``v2v_p50_ratio``, ``promise`` (each part of the must-show, true/false:
 levels), ``all_ramp_refused``), ``loadavg_1m_before`` / ``_after`` and ``cpus`` (the machine is
 shared: read the ratio beside the load), ``token_service_nice`` (``--token-nice``: in production the
 token service does not share the engines' cores; here it gets them first). Never fails on timing.
+
+``--pool`` runs nothing: it reads the ``--records`` files of earlier runs (each holds a run's
+``half`` line, then its ``overload`` line) and prints one ``overload_pool`` JSON object over all
+their turns together: ``results`` (one row per level: ``runs``, ``sessions``, ``turns``,
+``answered``, ``lost_turns``, ``v2v_ms_p50``, ``v2v_ms_p95``), ``v2v_p95_ratio``,
+``v2v_p95_ratio_ci90``, ``v2v_p50_ratio``, ``promise`` (``v2v_p95_within_20pct``,
+``no_lost_turns``) and ``runs`` (each file's own ratio). One run's 20 turns at half load put its
+p95 on its slowest one or two turns; pooling the runs made the same way is how the promise is read.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -62,6 +72,7 @@ from bench.voice_loop import (
     prepare,
     service_pids,
     sfu_pids,
+    turn_figures,
     wait_until_quiet,
 )
 from jarvis_local.demo import llm_environment
@@ -219,6 +230,50 @@ def run(args: argparse.Namespace) -> None:
          cpus=os.cpu_count(), notes=[llm_banner] if llm_env else [])
 
 
+def read_runs(paths: list[Path]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each ``--records`` file's (half, overload) figures; a file that is not one whole run is an error."""
+    runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for path in paths:
+        try:
+            levels = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"overload: cannot read records {path}: {exc}") from exc
+        if len(levels) != 2 or not all(isinstance(lv, dict) and "records" in lv for lv in levels):
+            raise SystemExit(f"overload: {path} holds {len(levels)} level line(s), not one run's two (half, overload)")
+        half, over = ({**turn_figures(lv["records"], never_spoken=0)[0], "sessions": lv["sessions"]} for lv in levels)
+        runs.append((half, over))
+    return runs
+
+
+def pool(paths: list[Path]) -> dict[str, Any]:
+    runs = read_runs(paths)
+    rows = []
+    for level, index in (("half", 0), ("overload", 1)):
+        figures = [run[index] for run in runs]
+        v2v = [ms for f in figures for ms in f["v2v_ms"]]
+        rows.append({
+            "level": level, "runs": len(figures), "sessions": sorted({f["sessions"] for f in figures}),
+            "turns": sum(f["turns"] for f in figures), "answered": sum(f["answered"] for f in figures),
+            "lost_turns": sum(f["lost_turns"] for f in figures),
+            "v2v_ms_p50": percentile(v2v, 50), "v2v_ms_p95": percentile(v2v, 95), "v2v_ms": v2v,
+        })
+    half, over = rows
+
+    def ratio(key: str, a: dict[str, Any], b: dict[str, Any]) -> float | None:
+        return None if not a[key] or b[key] is None else round(b[key] / a[key], 2)
+
+    p95_ratio = ratio("v2v_ms_p95", half, over)
+    return emit(
+        "overload_pool", weights="tiny", quick=False, results=rows, v2v_p95_ratio=p95_ratio,
+        v2v_p95_ratio_ci90=ratio_interval(half["v2v_ms"], over["v2v_ms"], 95),
+        v2v_p50_ratio=ratio("v2v_ms_p50", half, over),
+        promise={"v2v_p95_within_20pct": p95_ratio is not None and p95_ratio <= 1.2,
+                 "no_lost_turns": half["lost_turns"] == over["lost_turns"] == 0},
+        runs=[{"records": str(path), "v2v_p95_ratio": ratio("v2v_ms_p95", h, o)}
+              for path, (h, o) in zip(paths, runs, strict=True)],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="capacity 2, 2 turns, 6 refused scans")
@@ -235,7 +290,12 @@ def main() -> None:
     parser.add_argument("--token-nice", type=int, default=-10,
                         help="the token service's nice value (root lowers it): on its own host in production, it"
                              " does not queue behind the engines; 0 leaves it as it starts")
+    parser.add_argument("--pool", type=Path, nargs="+", default=None, metavar="FILE",
+                        help="run nothing: pool the turns of earlier runs' --records files into one ratio")
     args = parser.parse_args()
+    if args.pool:
+        pool(args.pool)
+        return
     if args.quick:
         args.capacity, args.turns, args.ramp = 2, 2, 6
     if args.capacity < 2 or args.turns < 1 or args.ramp < 1:
