@@ -13,6 +13,9 @@ The run is counted here, from silero's per-window probabilities, not read from s
 ``raw_accumulated_speech``: that one is reported before the window just scored is added (one
 32 ms window late), and once speech has started it also counts windows down to the lower
 deactivation threshold, so a noise that tails off keeps it growing.
+
+Resuming where it paused is :class:`ReplayingSource`'s: livekit-agents pauses its room output by
+clearing the audio source's queue and resumes past what it cleared.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from livekit import rtc
 from livekit.agents import vad as lk_vad
 from livekit.agents.voice import AgentSession, AgentStateChangedEvent, SpeechHandle
+from livekit.agents.voice.io import AudioOutput
 from pydantic import BaseModel, Field
 
 logger = logging.getLogger("jarvis.agent.barge_in")
@@ -200,3 +205,84 @@ class BargeIn:
             "confirmed", "confirmed (%.0f ms of voice), JARVIS stops %.0f ms after its pause",
             1000 * voiced_s, self._elapsed_ms(),
         )
+
+
+class ReplayingSource:
+    """The room output's ``rtc.AudioSource``, wrapped so that a pause loses none of JARVIS's words.
+
+    livekit-agents (1.8) pauses its room output by clearing the source's queue, up to 200 ms of
+    JARVIS's voice not yet played, and resumes past it: a cough cost the member a syllable or a
+    word. This keeps the last audio it passed on; what a clear *while paused* drops is played first
+    when audio flows again. A clear while playing (an interruption, a detach) drops it for good, as
+    livekit-agents means it to, and so does a second clear while paused (a pause confirmed into a
+    stop clears again).
+    """
+
+    KEPT_S = 0.5  # more than the room output's 200 ms queue
+
+    def __init__(self, inner: rtc.AudioSource, paused: Callable[[], bool]) -> None:
+        self._inner = inner
+        self._paused = paused
+        self._kept: np.ndarray = np.zeros(0, dtype=np.int16)  # the last KEPT_S of samples passed on, interleaved
+        self._replay: list[rtc.AudioFrame] = []
+        self.replayed_s = 0.0
+
+    @property
+    def sample_rate(self) -> int:
+        return self._inner.sample_rate
+
+    @property
+    def num_channels(self) -> int:
+        return self._inner.num_channels
+
+    @property
+    def queued_duration(self) -> float:
+        return self._inner.queued_duration
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        replay, self._replay = self._replay, []
+        for kept in replay:
+            self.replayed_s += kept.duration
+            await self._inner.capture_frame(kept)
+        await self._inner.capture_frame(frame)
+        keep = int(self.KEPT_S * self.sample_rate) * self.num_channels
+        self._kept = np.concatenate([self._kept, np.frombuffer(frame.data, dtype=np.int16)])[-keep:]
+
+    def clear_queue(self) -> None:
+        dropped = round(self._inner.queued_duration * self.sample_rate) * self.num_channels
+        self._inner.clear_queue()
+        tail = self._kept[max(0, len(self._kept) - dropped):]
+        self._replay = self._frames(tail) if dropped and self._paused() else []
+
+    def _frames(self, samples: np.ndarray) -> list[rtc.AudioFrame]:
+        step = self.sample_rate // 20 * self.num_channels  # 50 ms, the room output's own frames
+        return [
+            rtc.AudioFrame(chunk.tobytes(), self.sample_rate, self.num_channels, len(chunk) // self.num_channels)
+            for chunk in (samples[i:i + step] for i in range(0, len(samples), step))
+        ]
+
+    async def wait_for_playout(self) -> None:
+        await self._inner.wait_for_playout()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _is_clear(event: asyncio.Event) -> Callable[[], bool]:
+    return lambda: not event.is_set()
+
+
+def replay_paused_audio(output: AudioOutput | None) -> ReplayingSource | None:
+    """Wraps the audio source at the end of a session's audio output chain (``session.output.audio``
+    after ``session.start``); ``None``, with a warning, when livekit-agents' room output no longer
+    looks as this was written for."""
+    while output is not None:
+        # livekit-agents' _ParticipantAudioOutput: its source and its "not paused" event
+        source, playing = getattr(output, "_audio_source", None), getattr(output, "_playback_enabled", None)
+        if isinstance(source, rtc.AudioSource) and isinstance(playing, asyncio.Event):
+            replaying = ReplayingSource(source, paused=_is_clear(playing))
+            output._audio_source = replaying  # type: ignore[attr-defined]
+            return replaying
+        output = output.next_in_chain
+    logger.warning("no room audio source to wrap: a resumed answer skips the audio its pause cleared")
+    return None

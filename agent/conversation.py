@@ -26,7 +26,7 @@ from livekit.agents.voice.events import ErrorEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 from livekit.agents.voice.turn import TurnHandlingOptions
 
-from agent.barge_in import BargeIn
+from agent.barge_in import BargeIn, replay_paused_audio
 from agent.llm import LLMConfig, build_llm, llm_connect_options
 from agent.metrics import BARGE_IN_TOPIC, kiosk_publisher
 from agent.prompt import build_instructions, greeting
@@ -276,6 +276,8 @@ async def start_conversation(
             audio_output=spoken,
         ),
     )
+    if spoken:
+        replay_paused_audio(conversation.session.output.audio)
     # Spoken at once from a fixed text: the member hears their name before any LLM call.
     greeting = conversation.session.say(conversation.greeting)
     if spoken and speech is not None and speech.tts is not None:
