@@ -16,6 +16,10 @@ LiveKit, the kiosks themselves) shares the CPUs, so the default is one session p
 of 4 admitted kiosks had no agent within 120 s (Dec 3, machine load average 10-19 from other
 runs). Pass ``--capacity`` for a bigger host, sized from ``bench.voice_loop``'s levels.
 
+The kiosks' members talk independently (``bench.voice_kiosks``: each kiosk's first sentence at a
+random moment within one turn's cycle, 0.3-2.5 s pauses), so two sessions' turns end together as
+often as chance has them, not in every turn of a run whose kiosks happened to stay in step.
+
 - ``half``: capacity / 2 kiosks talk; their voice-to-voice p95 is the reference.
 - ``overload``: capacity kiosks talk (all admitted) while ``--ramp`` more badge scans arrive one
   every ``--ramp-every`` seconds once the token service reports itself full. Each is timed from the
@@ -64,6 +68,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import emit, progress
 from bench.turns import percentile, ratio_interval
+from bench.voice_kiosks import INDEPENDENT_FIRST_TURN_SPREAD_S, INDEPENDENT_PAUSE_S
 from bench.voice_loop import (
     SENTENCES,
     TINY_MODELS_DIR,
@@ -206,6 +211,7 @@ def run(args: argparse.Namespace) -> None:
             stt_url=speech_env.get("KYUTAI_STT_URL"), engine_api_key=speech_env.get("KYUTAI_STT_API_KEY", ""),
             sentences=sentences, answer_timeout_s=10.0, join_timeout_s=120.0, records_path=args.records,
             kiosks_per_process=args.kiosks_per_process,
+            first_turn_spread_s=INDEPENDENT_FIRST_TURN_SPREAD_S, pause_s=INDEPENDENT_PAUSE_S,
         )
         results = asyncio.run(measure(bench, args.capacity, args.turns, args.ramp, args.ramp_every))
 

@@ -40,6 +40,16 @@ ONSET_GAP_S = 1.5
 # The answer to an utterance begins after at least this much agent silence: speech running on
 # over the member's last word is the end of something said before, not the answer.
 ANSWER_GAP_S = 0.25
+# Members at different kiosks do not talk in step. With these (``bench.overload``'s) each kiosk's
+# first sentence comes at a random moment within about one turn's cycle (a sentence, JARVIS's
+# answer, a pause: ~11 s with the stand-in LLM), and a member pauses 0.3-2.5 s before speaking
+# again, so two kiosks' turns end together as often as chance has them. With VisitSpec's defaults
+# (``bench.voice_loop``'s, kept so its figures compare with earlier ones) every kiosk begins at
+# once and pauses 0.3-0.8 s: a run keeps the phase its kiosks drift into. Two overload runs that
+# way: kiosks that stayed in step (turns ending within ~1 s of each other's) measured a full-level
+# p95 1.47 times the half level's; kiosks that drifted apart 1.06.
+INDEPENDENT_FIRST_TURN_SPREAD_S = 11.0
+INDEPENDENT_PAUSE_S = (0.3, 2.5)
 
 
 @dataclass
@@ -50,6 +60,8 @@ class VisitSpec:
     badge: str
     answer_timeout_s: float
     join_timeout_s: float
+    first_turn_spread_s: float = 0.0  # the first sentence waits a random 0..this
+    pause_s: tuple[float, float] = (0.3, 0.8)  # between an answer and the next sentence
 
 
 @dataclass
@@ -183,6 +195,7 @@ class Visit:
             return
         kiosk = self.kiosk
         self._talk_began = time.perf_counter()
+        await asyncio.sleep(random.uniform(0.0, self.spec.first_turn_spread_s))
         for n in range(turns):
             # Anything the agent is still saying (a long answer, an answer to junk) ends first.
             await poll(lambda: kiosk.quiet_for(QUIET_S), 20.0)
@@ -202,7 +215,7 @@ class Visit:
             })
             self._windows.append((kiosk.wall(started), kiosk.wall(first or time.perf_counter()) + 2.0))
             # A member pauses a moment before speaking again.
-            await asyncio.sleep(random.uniform(0.3, 0.8))
+            await asyncio.sleep(random.uniform(*self.spec.pause_s))
         await poll(lambda: kiosk.quiet_for(QUIET_S), 20.0)
 
     async def finish_record(self) -> VisitRecord:

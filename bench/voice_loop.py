@@ -407,6 +407,10 @@ class Bench:
     # Each level's raw kiosk records, one JSON line per level: what a slow turn's post-mortem reads.
     records_path: Path | None = None
     kiosks_per_process: int = KIOSKS_PER_PROCESS
+    # How the simulated members time their sentences (bench.voice_kiosks.VisitSpec's fields: overload
+    # makes the kiosks independent, voice_loop keeps the timing its earlier figures had).
+    first_turn_spread_s: float = 0.0
+    pause_s: tuple[float, float] = (0.3, 0.8)
     next_badge: int = 0
 
     def specs(self, n: int) -> list[VisitSpec]:
@@ -414,7 +418,9 @@ class Bench:
         for i in range(n):
             badge = self.badges[self.next_badge % len(self.badges)]
             self.next_badge += 1
-            out.append(VisitSpec(i, self.token_url, self.gym_key, badge, self.answer_timeout_s, self.join_timeout_s))
+            out.append(VisitSpec(i, self.token_url, self.gym_key, badge, self.answer_timeout_s, self.join_timeout_s,
+                                 first_turn_spread_s=self.first_turn_spread_s if n > 1 else 0.0,
+                                 pause_s=self.pause_s))
         return out
 
     def engines(self) -> dict[int, ProcSample]:
