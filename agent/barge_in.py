@@ -243,7 +243,11 @@ class ReplayingSource:
         replay, self._replay = self._replay, []
         for kept in replay:
             self.replayed_s += kept.duration
-            await self._inner.capture_frame(kept)
+            await self._pass_on(kept)
+        await self._pass_on(frame)
+
+    async def _pass_on(self, frame: rtc.AudioFrame) -> None:
+        # replayed audio is kept again: a second pause during it must find it at the queue's tail
         await self._inner.capture_frame(frame)
         keep = int(self.KEPT_S * self.sample_rate) * self.num_channels
         self._kept = np.concatenate([self._kept, np.frombuffer(frame.data, dtype=np.int16)])[-keep:]

@@ -50,6 +50,7 @@ ANSWER_GAP_S = 0.25
 # p95 1.47 times the half level's; kiosks that drifted apart 1.06.
 INDEPENDENT_FIRST_TURN_SPREAD_S = 11.0
 INDEPENDENT_PAUSE_S = (0.3, 2.5)
+PAUSE_S = (0.3, 0.8)
 
 
 @dataclass
@@ -61,7 +62,7 @@ class VisitSpec:
     answer_timeout_s: float
     join_timeout_s: float
     first_turn_spread_s: float = 0.0  # the first sentence waits a random 0..this
-    pause_s: tuple[float, float] = (0.3, 0.8)  # between an answer and the next sentence
+    pause_s: tuple[float, float] = PAUSE_S  # between an answer and the next sentence
 
 
 @dataclass

@@ -108,7 +108,7 @@ from bench.turns import (
     percentile,
     summarize_kiosks,
 )
-from bench.voice_kiosks import VisitSpec, kiosk_process
+from bench.voice_kiosks import PAUSE_S, VisitSpec, kiosk_process
 from jarvis.migrate import migrate
 from jarvis_local.demo import llm_environment
 from jarvis_local.kiosk_sim import synthesize_french
@@ -410,7 +410,7 @@ class Bench:
     # How the simulated members time their sentences (bench.voice_kiosks.VisitSpec's fields: overload
     # makes the kiosks independent, voice_loop keeps the timing its earlier figures had).
     first_turn_spread_s: float = 0.0
-    pause_s: tuple[float, float] = (0.3, 0.8)
+    pause_s: tuple[float, float] = PAUSE_S
     next_badge: int = 0
 
     def specs(self, n: int) -> list[VisitSpec]:

@@ -48,7 +48,8 @@ def room_output(source: HeardSource) -> _ParticipantAudioOutput:
 
 
 def answer(first: int, seconds: float) -> list[rtc.AudioFrame]:
-    """Samples numbered from ``first``, so a skipped or repeated stretch shows in what was heard."""
+    """Samples numbered from ``first``, so a skipped or repeated stretch shows in what was heard
+    (int16: up to 1.36 s from 1)."""
     samples = np.arange(first, first + int(seconds * RATE), dtype=np.int16)
     return [rtc.AudioFrame(samples[i:i + FRAME].tobytes(), RATE, 1, FRAME) for i in range(0, len(samples), FRAME)]
 
@@ -80,6 +81,25 @@ async def test_a_cough_pauses_jarvis_and_it_resumes_without_losing_a_word(replay
     else:
         # what the replay is for: livekit-agents alone resumes past what its pause cleared
         assert skipped > 0.1 * RATE
+    await output.aclose()
+
+
+async def test_two_coughs_in_a_row_lose_no_word_either() -> None:
+    source = HeardSource()
+    output = room_output(source)
+    replay_paused_audio(output)
+    await speak(output, answer(1, 1.3))
+    await asyncio.sleep(0.4)
+    for _ in range(2):  # the second cough comes while the first pause's audio is replayed
+        output.pause()
+        await asyncio.sleep(0.3)
+        output.resume()
+        await asyncio.sleep(0.08)
+    await asyncio.wait_for(output.wait_for_playout(), timeout=5)
+    heard = np.array(source.heard)
+    skipped = len(np.setdiff1d(np.arange(1, 1 + int(1.3 * RATE)), heard))
+    assert skipped == 0, f"{skipped / RATE * 1000:.0f} ms of the answer never played"
+    assert len(heard) - len(np.unique(heard)) <= 2 * FRAME
     await output.aclose()
 
 
