@@ -215,11 +215,7 @@ def run(args: argparse.Namespace) -> None:
         )
         results = asyncio.run(measure(bench, args.capacity, args.turns, args.ramp, args.ramp_every))
 
-    def full_to_half(key: str) -> float | None:
-        half, over = results[0][key], results[-1][key]
-        return None if not half or over is None else round(over / half, 2)
-
-    ratio = full_to_half("v2v_ms_p95")
+    ratio = full_to_half(results[0], results[-1], "v2v_ms_p95")
     refusal_max = results[-1]["refusal_ms_max"]
     promise = {
         "refusals_under_50ms": refusal_max is not None and refusal_max < 50,
@@ -230,10 +226,15 @@ def run(args: argparse.Namespace) -> None:
     emit("overload", weights=models.weights, quick=args.quick, results=results, capacity=args.capacity,
          turns_per_session=args.turns, kiosks_per_process=args.kiosks_per_process, v2v_p95_ratio=ratio,
          v2v_p95_ratio_ci90=ratio_interval(results[0]["v2v_ms"], results[-1]["v2v_ms"], 95),
-         v2v_p50_ratio=full_to_half("v2v_ms_p50"),
+         v2v_p50_ratio=full_to_half(results[0], results[-1], "v2v_ms_p50"),
          promise=promise, token_service_nice=token_nice,
          loadavg_1m_before=round(load_before, 2), loadavg_1m_after=round(os.getloadavg()[0], 2),
          cpus=os.cpu_count(), notes=[llm_banner] if llm_env else [])
+
+
+def full_to_half(half: dict[str, Any], over: dict[str, Any], key: str) -> float | None:
+    """The overload level's figure over the half level's, to 0.01; None when either is missing."""
+    return None if not half[key] or over[key] is None else round(over[key] / half[key], 2)
 
 
 def read_runs(paths: list[Path]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -264,18 +265,14 @@ def pool(paths: list[Path]) -> dict[str, Any]:
             "v2v_ms_p50": percentile(v2v, 50), "v2v_ms_p95": percentile(v2v, 95), "v2v_ms": v2v,
         })
     half, over = rows
-
-    def ratio(key: str, a: dict[str, Any], b: dict[str, Any]) -> float | None:
-        return None if not a[key] or b[key] is None else round(b[key] / a[key], 2)
-
-    p95_ratio = ratio("v2v_ms_p95", half, over)
+    p95_ratio = full_to_half(half, over, "v2v_ms_p95")
     return emit(
         "overload_pool", weights="tiny", quick=False, results=rows, v2v_p95_ratio=p95_ratio,
         v2v_p95_ratio_ci90=ratio_interval(half["v2v_ms"], over["v2v_ms"], 95),
-        v2v_p50_ratio=ratio("v2v_ms_p50", half, over),
+        v2v_p50_ratio=full_to_half(half, over, "v2v_ms_p50"),
         promise={"v2v_p95_within_20pct": p95_ratio is not None and p95_ratio <= 1.2,
                  "no_lost_turns": half["lost_turns"] == over["lost_turns"] == 0},
-        runs=[{"records": str(path), "v2v_p95_ratio": ratio("v2v_ms_p95", h, o)}
+        runs=[{"records": str(path), "v2v_p95_ratio": full_to_half(h, o, "v2v_ms_p95")}
               for path, (h, o) in zip(paths, runs, strict=True)],
     )
 
