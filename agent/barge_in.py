@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 
 logger = logging.getLogger("jarvis.agent.barge_in")
 
-VADListener = Callable[[lk_vad.VADEvent], None]
+VADListener = Callable[[lk_vad.VADEvent], object]  # what it returns is ignored
 Publish = Callable[[dict[str, Any]], None]
 
 

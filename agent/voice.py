@@ -15,7 +15,7 @@ from livekit.agents import tts as lk_tts
 from livekit.agents.voice.turn import TurnHandlingOptions
 from pydantic import BaseModel, Field
 
-from agent.barge_in import BargeInSettings, ObservedVAD
+from agent.barge_in import BargeInSettings, ObservedVAD, VoicedRun
 
 logger = logging.getLogger("jarvis.agent.voice")
 
@@ -37,6 +37,10 @@ class SpeechSettings(BaseModel):
     # Extra wait after the end of turn is detected (the Kyutai head already waited for a pause).
     min_endpointing_delay_s: float = Field(default=0.05, ge=0.0, le=5.0)
     max_endpointing_delay_s: float = Field(default=2.5, ge=0.1, le=10.0)
+    # The STT's end of turn waits while silero still hears the member's voice, at most this long
+    # (a head that fired mid-word split the question in two; 0 = off). Its latest 32 ms window
+    # decides, so a turn that ends in silence waits for nothing.
+    end_of_turn_hold_s: float = Field(default=0.4, ge=0.0, le=2.0)
     # Barge-in: JARVIS pauses when the member talks over it, stops once it is clearly speech,
     # resumes after a cough or a clang (agent/barge_in.py).
     barge_in: BargeInSettings = Field(default_factory=BargeInSettings)
@@ -105,11 +109,17 @@ def build_speech(settings: SpeechSettings, gym_id: str, gym_voice: str | None = 
     import kyutai_tts
     from livekit.agents import inference
 
-    stt = kyutai_stt.STT(language="fr")
-    tts = kyutai_tts.TTS(voice=gym_voice) if gym_voice else kyutai_tts.TTS.for_gym(gym_id)
     # Silero (bundled with livekit-agents, runs locally) tells when the member talks over JARVIS.
     # Silero's own start of speech no later than the pause (its default waits 0.05 s).
     vad = ObservedVAD(inference.VAD(model="silero", min_speech_duration=min(0.05, settings.barge_in.pause_after_s)))
+    voice = VoicedRun(settings.barge_in.confirm_min_probability)
+    vad.add_listener(voice.update)
+    stt = kyutai_stt.STT(
+        language="fr",
+        end_of_turn=kyutai_stt.EndOfTurnOptions(hold_while_voiced_s=settings.end_of_turn_hold_s),
+        voice_heard=(lambda: voice.seconds > 0) if settings.end_of_turn_hold_s > 0 else None,
+    )
+    tts = kyutai_tts.TTS(voice=gym_voice) if gym_voice else kyutai_tts.TTS.for_gym(gym_id)
     logger.info("speech: kyutai stt+tts, turn detection %s", settings.turn_detection)
     return Speech(
         stt=stt, tts=tts, vad=vad, turn_handling=handling, aec_warmup_s=settings.aec_warmup_s,

@@ -31,6 +31,10 @@ class EndOfTurnOptions:
     delay_s: float = 0.5
     # Checkpoints without heads: the turn ends after this much audio without a new word.
     no_heads_silence_s: float = 1.2
+    # With a `voice_heard` probe (the agent's VAD): a head that fires while the member's voice is
+    # still heard waits for it to stop, at most this long. A head that fires mid-word ends the turn
+    # before the model has given that word, which then comes back as a second turn of its own.
+    hold_while_voiced_s: float = 0.4
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -39,6 +43,8 @@ class EndOfTurnOptions:
             raise ValueError("head and ignore_first_steps must not be negative")
         if self.attack_s <= 0 or self.release_s <= 0 or self.delay_s < 0 or self.no_heads_silence_s <= 0:
             raise ValueError("times must be positive")
+        if self.hold_while_voiced_s < 0:
+            raise ValueError("hold_while_voiced_s must not be negative")
 
     @property
     def flush_frames(self) -> int:

@@ -8,8 +8,10 @@ then, at the end of the turn, FINAL_TRANSCRIPT and END_OF_SPEECH.
 End of turn: the pause probability of one of the model's end-of-speech heads, smoothed as Unmute
 does, crossing a threshold while the member speaks. The stream then flushes the model's text delay
 (a `Marker` followed by a burst of silence) so the last words and the FINAL come at once, not
-half a second later. Checkpoints without the heads end a turn after a silence without words (the
-agent's VAD or turn detector can flush earlier through `flush()`).
+half a second later. Given a `voice_heard` probe (the agent's VAD), a head that fires while the
+member's voice is still heard waits, a step at a time, for it to stop. Checkpoints without the
+heads end a turn after a silence without words (the agent's VAD or turn detector can flush earlier
+through `flush()`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,6 +76,7 @@ class _STTOptions:
     api_key: str
     language: SttLanguage
     end_of_turn: EndOfTurnOptions
+    voice_heard: Callable[[], bool] | None = None
 
 
 class STT(KyutaiProvider, stt.STT):
@@ -87,10 +90,13 @@ class STT(KyutaiProvider, stt.STT):
         api_key: NotGivenOr[str] = NOT_GIVEN,
         language: SttLanguage = "fr",
         end_of_turn: NotGivenOr[EndOfTurnOptions] = NOT_GIVEN,
+        voice_heard: Callable[[], bool] | None = None,
         settings: NotGivenOr[PluginSettings] = NOT_GIVEN,
     ) -> None:
         """Arguments not given come from `settings` (default: `PluginSettings()`, the environment).
-        `urls`: engine replicas (instead of one `url`); each stream picks the one with most room."""
+        `urls`: engine replicas (instead of one `url`); each stream picks the one with most room.
+        `voice_heard`: whether the member's voice is audible right now (the session's VAD); an end
+        of turn waits while it is, up to `end_of_turn.hold_while_voiced_s`."""
         super().__init__(
             capabilities=stt.STTCapabilities(
                 streaming=True, interim_results=True, aligned_transcript="word", offline_recognize=True
@@ -105,6 +111,7 @@ class STT(KyutaiProvider, stt.STT):
             api_key=resolved_key,
             language=language,
             end_of_turn=end_of_turn if is_given(end_of_turn) else EndOfTurnOptions(),
+            voice_heard=voice_heard,
         )
 
     @property
@@ -187,6 +194,7 @@ class _Connection:
     has_heads: bool | None = None
     lost_at: float | None = None  # when this connection's replica was lost (monotonic)
     replayed_steps: int = 0  # model steps over audio replayed after a failover (turn ends judged before)
+    held_steps: int = 0  # steps an end of turn has waited for the member's voice to stop
 
     def audio_time(self, server_time: float) -> float:
         """Server time (which counts the flush silence we inserted) -> time in the member's audio.
@@ -483,6 +491,7 @@ class SpeechStream(stt.SpeechStream):
         conn.words.append(_timed(text, start, start, self.start_time_offset))
         conn.last_word_sample = conn.sent_samples
         conn.last_word_step = conn.steps
+        conn.held_steps = 0
         self._emit(conn, stt.SpeechEventType.INTERIM_TRANSCRIPT, alternatives=[self._speech_data(conn)])
 
     def _on_end_word(self, conn: _Connection, server_stop: float) -> None:
@@ -516,8 +525,19 @@ class SpeechStream(stt.SpeechStream):
             ended = self._pause.value > options.threshold
         else:  # the model's own progress since the last word (audio may have been sent long ago)
             ended = (conn.steps - conn.last_word_step) * FRAME_SECONDS >= options.no_heads_silence_s
-        if ended:
+        if ended and not self._voice_still_heard(conn):
             await self._flush(conn, "turn")
+
+    def _voice_still_heard(self, conn: _Connection) -> bool:
+        """Whether an end of turn waits one more step, the member's voice being still heard. The
+        hold is counted since the turn's last word, so a head that flickers cannot stretch it."""
+        heard, hold_s = self._opts.voice_heard, self._opts.end_of_turn.hold_while_voiced_s
+        if heard is None or conn.held_steps >= round(hold_s / FRAME_SECONDS) or not heard():
+            if conn.held_steps:
+                logger.debug("end of turn held %d ms for the member's voice", conn.held_steps * FRAME_SECONDS * 1000)
+            return False
+        conn.held_steps += 1
+        return True
 
     def _on_marker(self, conn: _Connection, marker_id: int) -> bool:
         """The model has caught up with a flush: the segment is final. True at the end of input."""
@@ -542,6 +562,7 @@ class SpeechStream(stt.SpeechStream):
             self._emit(conn, stt.SpeechEventType.END_OF_SPEECH, speech_end_time=end_time)
         conn.words = []
         conn.speaking = False
+        conn.held_steps = 0
         self._pause.value = 0.0
 
     def _report_usage(self, conn: _Connection) -> None:
