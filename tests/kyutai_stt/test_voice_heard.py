@@ -62,23 +62,29 @@ async def member_says_a_sentence_with_a_breath(server: SttServer, probe: Probe) 
     return ended_at, voice_stops
 
 
+def cuts(ended_at: list[float], voice_stops: float) -> int:
+    """Turn ends while the member was still talking. (Random weights may also give a stray word in
+    the silence after the sentence, and a turn of its own: those are not cuts.)"""
+    return sum(at < voice_stops for at in ended_at)
+
+
 async def test_without_a_voice_probe_a_breath_mid_sentence_ends_the_turn(stt_server: SttServer) -> None:
-    ended_at, _ = await member_says_a_sentence_with_a_breath(stt_server, "none")
+    ended_at, voice_stops = await member_says_a_sentence_with_a_breath(stt_server, "none")
     # Else the tiny head no longer cuts at the breath, and this file proves nothing.
-    assert len(ended_at) == 2, f"the breath did not cut the sentence: {ended_at}"
+    assert cuts(ended_at, voice_stops) >= 1, f"the breath did not cut the sentence: {ended_at}, {voice_stops}"
 
 
 async def test_the_turn_waits_while_the_members_voice_is_heard(stt_server: SttServer) -> None:
     ended_at, voice_stops = await member_says_a_sentence_with_a_breath(stt_server, "until the sentence ends")
-    assert len(ended_at) == 1, "the breath cut the member's sentence in two"
-    assert ended_at[0] > voice_stops
+    assert cuts(ended_at, voice_stops) == 0, "the breath cut the member's sentence in two"
+    assert ended_at, "the sentence's turn never ended"
 
 
 async def test_a_voice_heard_all_along_holds_the_turn_no_longer_than_the_bound(stt_server: SttServer) -> None:
     """The breath's hold lets go (the head falls as the member talks on); the sentence's end is
     held HOLD_S, then ends the turn all the same."""
     held, voice_stops = await member_says_a_sentence_with_a_breath(stt_server, "all along")
-    assert len(held) == 1, "the breath cut the member's sentence in two"
+    assert cuts(held, voice_stops) == 0 and held, "the breath cut the member's sentence in two"
     free, free_voice_stops = await member_says_a_sentence_with_a_breath(stt_server, "until the sentence ends")
     delay_held, delay_free = held[0] - voice_stops, free[0] - free_voice_stops
     print(f"turn end after the voice stopped: {delay_free:.2f} s, held all along {delay_held:.2f} s")
