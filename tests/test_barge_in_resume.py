@@ -60,6 +60,21 @@ async def speak(output: _ParticipantAudioOutput, frames: list[rtc.AudioFrame]) -
     output.flush()
 
 
+async def jarvis_answering(seconds: float) -> tuple[HeardSource, _ParticipantAudioOutput]:
+    """JARVIS's answer (samples numbered from 1) well under way, with the replay installed."""
+    source = HeardSource()
+    output = room_output(source)
+    replay_paused_audio(output)
+    await speak(output, answer(1, seconds))
+    await asyncio.sleep(0.4)  # JARVIS is talking, the source's queue is full
+    return source, output
+
+
+def never_played(heard: np.ndarray, seconds: float) -> int:
+    """Samples of an answer numbered from 1 that the member never heard."""
+    return len(np.setdiff1d(np.arange(1, 1 + int(seconds * RATE)), heard))
+
+
 @pytest.mark.parametrize("replay", [True, False], ids=["replayed", "livekit-agents-alone"])
 async def test_a_cough_pauses_jarvis_and_it_resumes_without_losing_a_word(replay: bool) -> None:
     source = HeardSource()
@@ -72,7 +87,7 @@ async def test_a_cough_pauses_jarvis_and_it_resumes_without_losing_a_word(replay
     output.resume()  # no words followed: a false alarm
     await asyncio.wait_for(output.wait_for_playout(), timeout=5)
     heard = np.array(source.heard)
-    skipped = len(np.setdiff1d(np.arange(1, 1 + int(1.2 * RATE)), heard))
+    skipped = never_played(heard, 1.2)
     if replay:
         assert isinstance(wrapped, ReplayingSource) and wrapped.replayed_s > 0.1
         assert skipped == 0, f"{skipped / RATE * 1000:.0f} ms of the answer never played"
@@ -85,11 +100,7 @@ async def test_a_cough_pauses_jarvis_and_it_resumes_without_losing_a_word(replay
 
 
 async def test_two_coughs_in_a_row_lose_no_word_either() -> None:
-    source = HeardSource()
-    output = room_output(source)
-    replay_paused_audio(output)
-    await speak(output, answer(1, 1.3))
-    await asyncio.sleep(0.4)
+    source, output = await jarvis_answering(1.3)
     for _ in range(2):  # the second cough comes while the first pause's audio is replayed
         output.pause()
         await asyncio.sleep(0.3)
@@ -97,18 +108,14 @@ async def test_two_coughs_in_a_row_lose_no_word_either() -> None:
         await asyncio.sleep(0.08)
     await asyncio.wait_for(output.wait_for_playout(), timeout=5)
     heard = np.array(source.heard)
-    skipped = len(np.setdiff1d(np.arange(1, 1 + int(1.3 * RATE)), heard))
+    skipped = never_played(heard, 1.3)
     assert skipped == 0, f"{skipped / RATE * 1000:.0f} ms of the answer never played"
     assert len(heard) - len(np.unique(heard)) <= 2 * FRAME
     await output.aclose()
 
 
 async def test_a_pause_confirmed_into_a_stop_replays_nothing_into_the_next_answer() -> None:
-    source = HeardSource()
-    output = room_output(source)
-    replay_paused_audio(output)
-    await speak(output, answer(1, 1.2))
-    await asyncio.sleep(0.4)
+    source, output = await jarvis_answering(1.2)
     output.pause()  # the member talks over JARVIS...
     await asyncio.sleep(0.1)
     output.clear_buffer()  # ...and keeps talking: livekit-agents interrupts the paused answer
