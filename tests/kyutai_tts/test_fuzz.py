@@ -30,6 +30,7 @@ from ..kyutai_common.fuzzing import (
     frames,
     fuzz,
     huge_messages,
+    instrument_collector_quiet,
     refusal,
     rss_kb,
     stream_once_free,
@@ -164,20 +165,21 @@ async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: E
 
     inputs = collect(frames(["Text", "Voice", "Eos"], ["text", "embeddings", "shape"]), FUZZ_INPUTS)
     gap_bound_s = 0.2 * (factor := slowdown())
-    alone_arrivals, _ = await speak(engine.port, (FRENCH_ANSWER + " ").split() * 8)
-    non_reading = start_non_reading_client(engine)
-    # The healthy kiosk reads on its own thread and loop: the fuzzer's CPU work (hypothesis,
-    # packing huge frames) must not make it a slow reader, which the engine rightly drops.
-    healthy = asyncio.create_task(
-        asyncio.to_thread(asyncio.run, speak(engine.port, (FRENCH_ANSWER + " ").split() * 30))
-    )
-    await asyncio.sleep(0.5)
-    fuzz_started_at = time.monotonic()
-    report = await fuzz(stream_url(engine.port), HEADERS, inputs)
-    named_started_at = time.monotonic()
-    cases = await named_cases(engine)
-    fuzz_done_at = time.monotonic()
-    arrivals, others = await healthy
+    with instrument_collector_quiet() as instrument:
+        alone_arrivals, _ = await speak(engine.port, (FRENCH_ANSWER + " ").split() * 8)
+        non_reading = start_non_reading_client(engine)
+        # The healthy kiosk reads on its own thread and loop: the fuzzer's CPU work (hypothesis,
+        # packing huge frames) must not make it a slow reader, which the engine rightly drops.
+        healthy = asyncio.create_task(
+            asyncio.to_thread(asyncio.run, speak(engine.port, (FRENCH_ANSWER + " ").split() * 30))
+        )
+        await asyncio.sleep(0.5)
+        fuzz_started_at = time.monotonic()
+        report = await fuzz(stream_url(engine.port), HEADERS, inputs)
+        named_started_at = time.monotonic()
+        cases = await named_cases(engine)
+        fuzz_done_at = time.monotonic()
+        arrivals, others = await healthy
     try:
         assert await dropped(engine, 30.0), "a client that does not read was not dropped"
     finally:
@@ -193,7 +195,13 @@ async def test_fuzzed_and_hostile_clients_never_reach_a_healthy_stream(engine: E
     # Where the healthy stream waited (seconds from the fuzz start, gap), to tell a stall's cause.
     slow = [(round(b - fuzz_started_at, 2), round(b - a, 3)) for a, b in itertools.pairwise(arrivals) if b - a > 0.15]
     named_at = named_started_at - fuzz_started_at
-    print(f"\ngaps over 150 ms: {slow}; named cases from +{named_at:.2f} s to +{fuzz_done_at - fuzz_started_at:.2f} s")
+    engine_collections = [line for line in engine.log.read_text().splitlines() if "garbage collection" in line]
+    print(
+        f"\ngaps over 150 ms: {slow}; named cases from +{named_at:.2f} s to +{fuzz_done_at - fuzz_started_at:.2f} s; "
+        f"test process: {instrument.objects} objects, a full collection {instrument.full_collection_ms} ms before the "
+        f"window, collections over 20 ms in it (generation, ms) {instrument.pauses}; "
+        f"slow collections in the engine: {engine_collections}"
+    )
     beside = sum(1 for t in arrivals if t <= fuzz_done_at)
     await asyncio.sleep(1.0)
     rss_after = rss_kb(pid)
