@@ -12,7 +12,10 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
+
+CollectionCallback = Callable[[str, dict[str, Any]], None]
 
 # Collections longer than this get a log line: a stream's frame is 80 ms.
 SLOW_COLLECTION_S = 0.05
@@ -34,6 +37,20 @@ def freeze_startup_objects(logger: logging.Logger) -> None:
     logger.info("froze %d startup objects out of the garbage collector", gc.get_freeze_count())
 
 
+def on_slow_collections(threshold_s: float, report: Callable[[int, float, int], None]) -> CollectionCallback:
+    """A `gc.callbacks` entry that calls `report(generation, held_s, collected)` for each collection
+    that held the process over `threshold_s`."""
+    started: list[float] = []
+
+    def on_collection(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started and (held_s := time.perf_counter() - started[0]) > threshold_s:
+            report(info["generation"], held_s, info["collected"])
+
+    return on_collection
+
+
 def log_slow_collections(logger: logging.Logger, threshold_s: float = SLOW_COLLECTION_S) -> None:
     """A warning for each collection that held the process over `threshold_s`: every stream or
     session it serves heard it as a gap. Once per process: later calls do nothing."""
@@ -41,19 +58,13 @@ def log_slow_collections(logger: logging.Logger, threshold_s: float = SLOW_COLLE
     if _slow_collections_logged:
         return
     _slow_collections_logged = True
-    started: list[float] = []
 
-    def on_collection(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            started[:] = [time.perf_counter()]
-        elif started:
-            held_s = time.perf_counter() - started[0]
-            if held_s > threshold_s:
-                logger.warning(
-                    "garbage collection of generation %d held the process for %.0f ms (%d objects collected)",
-                    info["generation"],
-                    held_s * 1000,
-                    info["collected"],
-                )
+    def warn(generation: int, held_s: float, collected: int) -> None:
+        logger.warning(
+            "garbage collection of generation %d held the process for %.0f ms (%d objects collected)",
+            generation,
+            held_s * 1000,
+            collected,
+        )
 
-    gc.callbacks.append(on_collection)
+    gc.callbacks.append(on_slow_collections(threshold_s, warn))

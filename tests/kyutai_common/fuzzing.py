@@ -21,6 +21,7 @@ import msgpack
 import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kyutai_common.runtime import on_slow_collections
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
@@ -122,14 +123,11 @@ def instrument_collector_quiet() -> Iterator[CollectorQuiet]:
     started = time.perf_counter()
     gc.collect()
     quiet = CollectorQuiet(len(gc.get_objects()), round(1000 * (time.perf_counter() - started)))
-    began: list[float] = []
 
-    def on_collection(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            began[:] = [time.perf_counter()]
-        elif began and (held_ms := 1000 * (time.perf_counter() - began[0])) > 20:
-            quiet.pauses.append((int(info["generation"]), round(held_ms)))
+    def pause(generation: int, held_s: float, _collected: int) -> None:
+        quiet.pauses.append((generation, round(1000 * held_s)))
 
+    on_collection = on_slow_collections(0.02, pause)
     gc.freeze()
     gc.callbacks.append(on_collection)
     try:
